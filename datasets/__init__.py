@@ -1,0 +1,74 @@
+"""Dataset loaders: the embedded world, ImageNet and its held-out split, and the five shifts.
+
+Every stage reaches data through the three functions below, given the `data` config group
+(conf/data/*.yaml) and an image transform (the model's own open_clip val or train transform):
+
+- `train_set(data_cfg, transform)`: the fine-tuning split (train minus the held-out split).
+- `eval_sets(data_cfg, transform, names=None)`: the held-out, id and shift sets as `EvalSet`s.
+- `class_info(data_cfg)`: class names and prompt templates, for zero-shot heads.
+
+Each suite lives in its own module (`datasets.world`, `datasets.imagenet`) that provides the same
+three functions; this module only dispatches on `data_cfg.name`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from models.errors import UserError
+
+SUITES = {"world": "datasets.world", "imagenet": "datasets.imagenet"}
+
+
+@dataclasses.dataclass
+class EvalSet:
+    """One evaluation set: its name in results records, its role, and how to score it.
+
+    `dataset` yields `(image_tensor, label)`, labels indexing `classnames`. `project_logits`, when set,
+    maps logits over the suite's full class list (e.g. ImageNet's 1000) to this set's classes
+    (ImageNet-R/A's 200, ObjectNet's 113); None means the classes are the same.
+    """
+
+    name: str
+    role: str  # heldout | id | shift
+    dataset: Dataset
+    classnames: list[str]
+    project_logits: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+@dataclasses.dataclass
+class ClassInfo:
+    classnames: list[str]
+    templates: Sequence[Callable[[str], str]] | Sequence[str]
+    classes_id: str  # e.g. "imagenet1k"; checkpoints record it, eval checks it
+
+
+def _suite(data_cfg: Any):
+    name = data_cfg.name
+    if name not in SUITES:
+        raise UserError(f"data.name: unknown dataset suite {name!r}; expected one of {sorted(SUITES)}")
+    return importlib.import_module(SUITES[name])
+
+
+def train_set(data_cfg: Any, transform: Callable) -> Dataset:
+    return _suite(data_cfg).train_set(data_cfg, transform)
+
+
+def eval_sets(data_cfg: Any, transform: Callable, names: Sequence[str] | None = None) -> list[EvalSet]:
+    """The suite's sets in the order heldout, id, shifts (or only `names`)."""
+    return _suite(data_cfg).eval_sets(data_cfg, transform, names)
+
+
+def class_info(data_cfg: Any) -> ClassInfo:
+    return _suite(data_cfg).class_info(data_cfg)
+
+
+def set_names(data_cfg: Any) -> list[tuple[str, str]]:
+    """(name, role) of every evaluation set of the suite, in the order heldout, id, shifts."""
+    return [(data_cfg.heldout, "heldout"), (data_cfg.id, "id")] + [(s, "shift") for s in data_cfg.shifts]

@@ -1,0 +1,1 @@
+"""Evaluation stage: `python -m eval`."""

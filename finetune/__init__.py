@@ -1,0 +1,1 @@
+"""Fine-tuning stage: `python -m finetune`."""

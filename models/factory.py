@@ -1,0 +1,77 @@
+"""The one front door for building CLIP models: `create_clip(arch, pretrained)`.
+
+Architectures are data: the project's own model configs are JSON files in `models/model_configs/`,
+registered with `open_clip.add_model_config`, so the tiny CLIP is built exactly like ViT-B-32.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+import open_clip
+import torch
+
+from models.errors import UserError
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+
+# Tokenizers for project-defined architectures that do not use open_clip's BPE tokenizer.
+# Keyed by architecture name; values build the tokenizer.
+PROJECT_TOKENIZERS: dict[str, Callable[[], Callable]] = {}
+
+
+@functools.cache
+def register_model_configs() -> tuple[str, ...]:
+    """Register every JSON in models/model_configs with open_clip; return their names."""
+    names = []
+    for config in sorted(MODEL_CONFIG_DIR.glob("*.json")):
+        open_clip.add_model_config(config)
+        names.append(config.stem)
+    return tuple(names)
+
+
+def check_arch(arch: str) -> None:
+    register_model_configs()
+    available = open_clip.list_models()
+    if arch not in available:
+        close = difflib.get_close_matches(arch, available, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see open_clip.list_models()"
+        raise UserError(f"model.arch: unknown architecture {arch!r}{hint}")
+
+
+def create_clip(arch: str, pretrained: str | None = None, device: str | torch.device = "cpu"):
+    """Build an open_clip CLIP model, its eval transform and its tokenizer.
+
+    `pretrained` is an open_clip tag ('openai'), a local checkpoint path, or None (random init).
+    Downloads that fail (no network) raise a UserError that says how to proceed offline.
+    """
+    check_arch(arch)
+    if pretrained and not Path(str(pretrained)).exists() and _looks_like_path(str(pretrained)):
+        raise UserError(f"model.pretrained: file not found: {pretrained}")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained or None, device=device)
+    except RuntimeError as err:
+        message = str(err).splitlines()[0] if str(err) else repr(err)
+        if "pretrained" in message.lower() or "unknown" in message.lower():
+            raise UserError(f"model.pretrained: {message}") from None
+        raise
+    except OSError as err:  # network failures during a hub or URL download surface as OSError subclasses
+        raise UserError(
+            f"model.pretrained={pretrained!r}: download of weights for {arch} failed ({type(err).__name__}); "
+            "with no network, download them elsewhere and pass model.pretrained=/path/to/weights"
+        ) from None
+    model.eval()
+    return model, preprocess, get_tokenizer(arch)
+
+
+def get_tokenizer(arch: str):
+    if arch in PROJECT_TOKENIZERS:
+        return PROJECT_TOKENIZERS[arch]()
+    return open_clip.get_tokenizer(arch)
+
+
+def _looks_like_path(value: str) -> bool:
+    return "/" in value or value.endswith((".pt", ".bin", ".safetensors", ".pth"))

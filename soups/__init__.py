@@ -1,0 +1,1 @@
+"""Soup stage: `python -m soups`."""
