@@ -1,0 +1,139 @@
+"""Checkpoint format: safetensors + JSON metadata, atomic writes, no unpickling of code."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from models.atomic import atomic_path
+from models.checkpoint import (
+    CheckpointMeta,
+    convert_foreign_state_dict,
+    import_checkpoint,
+    iter_tensors,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+    sha256_prefix,
+    to_open_clip_state_dict,
+)
+from models.errors import UserError
+
+
+def small_state() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "visual.proj": torch.randn(8, 4, generator=g),
+        "visual.ln_post.weight": torch.ones(8),
+        "head.weight": torch.randn(3, 4, generator=g),
+        "head.bias": torch.zeros(3),
+    }
+
+
+def meta(**overrides) -> CheckpointMeta:
+    fields = dict(arch="TinyCLIP", pretrained="foundation.safetensors", num_classes=3, classes="world", kind="individual", hparams={"lr": 1e-5})
+    fields.update(overrides)
+    return CheckpointMeta(**fields)
+
+
+def test_round_trip_keeps_tensors_and_metadata(tmp_path):
+    state = small_state()
+    ingredients = [{"path": "a.safetensors", "sha256": "abc", "weight": 0.5}]
+    path = save_checkpoint(tmp_path / "m.safetensors", state, meta(kind="soup", ingredients=ingredients))
+    loaded, loaded_meta = load_checkpoint(path)
+    assert loaded.keys() == state.keys()
+    for key in state:
+        assert torch.equal(loaded[key], state[key])
+    assert loaded_meta.kind == "soup"
+    assert loaded_meta.hparams == {"lr": 1e-5}
+    assert loaded_meta.ingredients == ingredients
+    assert loaded_meta.format == "model-soups-ckpt/1"
+    assert read_meta(path) == loaded_meta
+    assert dict(iter_tensors(path)).keys() == state.keys()
+
+
+def test_sha256_prefix_matches_hashlib(tmp_path):
+    import hashlib
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"model soups")
+    assert sha256_prefix(path) == hashlib.sha256(b"model soups").hexdigest()[:12]
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    path = save_checkpoint(tmp_path / "m.safetensors", small_state(), meta())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="m.safetensors"):
+        load_checkpoint(path)
+
+
+def test_missing_checkpoint_names_the_path(tmp_path):
+    with pytest.raises(UserError, match="nope.safetensors: checkpoint not found"):
+        read_meta(tmp_path / "nope.safetensors")
+
+
+def test_safetensors_without_our_metadata_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(UserError, match="no 'model_soups' metadata"):
+        read_meta(tmp_path / "plain.safetensors")
+
+
+class Payload:
+    """Unpickling this would run code: torch.load(weights_only=True) must refuse it."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "model_0.pt"
+    with open(path, "wb") as handle:
+        pickle.dump({"classification_head.weight": torch.zeros(2, 2), "evil": Payload()}, handle)
+    with pytest.raises(UserError, match="refused to unpickle"):
+        import_checkpoint(path)
+
+
+def test_official_layout_imports_to_classifier_keys(tmp_path):
+    official = {
+        "model.visual.conv1.weight": torch.ones(2, 3, 1, 1, dtype=torch.float16),
+        "model.token_embedding.weight": torch.ones(5, 2),
+        "model.logit_scale": torch.tensor(4.6),
+        "classification_head.weight": torch.full((3, 2), 2.0),
+        "classification_head.bias": torch.zeros(3),
+    }
+    path = tmp_path / "model_7.pt"
+    torch.save(official, path)
+    state, has_head = import_checkpoint(path)
+    assert has_head
+    assert set(state) == {"visual.conv1.weight", "head.weight", "head.bias"}
+    assert state["visual.conv1.weight"].dtype == torch.float32
+    assert torch.equal(state["head.weight"], torch.full((3, 2), 2.0))
+
+
+def test_open_clip_layout_with_module_prefix_imports_without_head():
+    state, has_head = convert_foreign_state_dict({"state_dict": {"module.visual.proj": torch.ones(2, 2), "module.text_projection": torch.ones(2, 2)}}, "x")
+    assert not has_head
+    assert set(state) == {"visual.proj"}
+
+
+def test_export_replaces_only_the_image_tower():
+    clip_state = {"visual.proj": torch.zeros(2), "text_projection": torch.ones(2)}
+    full = to_open_clip_state_dict({"visual.proj": torch.full((2,), 3.0), "head.weight": torch.ones(1)}, clip_state)
+    assert set(full) == {"visual.proj", "text_projection"}
+    assert torch.equal(full["visual.proj"], torch.full((2,), 3.0))
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []

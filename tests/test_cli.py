@@ -1,0 +1,90 @@
+"""The stage wrapper: one-line errors, --help, resolved config beside outputs, DONE/FAILED, sweeps."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import REPO, run_module
+
+STAGES = ["finetune", "eval", "soups", "plots"]
+
+TOY_STAGE = textwrap.dedent(
+    """
+    import sys
+    from models.cli import output_dir, stage_entry
+    from models.errors import UserError
+
+    def run(cfg):
+        if cfg.seed == 1:
+            raise UserError("seed: 1 is unlucky; pick another")
+        if cfg.seed == 2:
+            raise RuntimeError("a bug")
+        (output_dir() / "work.txt").write_text(str(cfg.seed))
+
+    if __name__ == "__main__":
+        sys.argv.append("run_name=s${seed}")
+        stage_entry("plots", run)()
+    """
+)
+
+
+@pytest.fixture
+def toy(tmp_path):
+    script = tmp_path / "toy_stage.py"
+    script.write_text(TOY_STAGE)
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(script), *args, f"paths.runs={tmp_path}/runs"], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    return run
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_help_explains_the_stage(stage):
+    result = run_module(stage, "--help")
+    assert result.returncode == 0
+    assert f"python -m {stage}:" in result.stdout
+    assert "Config groups" in result.stdout and "experiment:" in result.stdout
+
+
+@pytest.mark.parametrize("args,expected", [(["no_such_key=1"], "Could not override 'no_such_key'"), (["model=vit_b99"], "Could not find 'model/vit_b99'")])
+def test_a_bad_option_is_one_line_and_exit_2(args, expected):
+    result = run_module("eval", *args)
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_a_user_error_is_one_line_and_leaves_failed(toy, tmp_path):
+    result = toy("seed=1")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: seed: 1 is unlucky; pick another"
+    run_dir = tmp_path / "runs/default/plots/s1"
+    assert (run_dir / "FAILED").exists() and not (run_dir / "DONE").exists()
+
+
+def test_a_run_writes_its_resolved_config_and_done_then_is_skipped(toy, tmp_path):
+    assert toy("seed=0").returncode == 0
+    run_dir = tmp_path / "runs/default/plots/s0"
+    assert (run_dir / ".hydra/config.yaml").exists()
+    assert (run_dir / "DONE").exists()
+    (run_dir / "work.txt").write_text("untouched")
+    assert toy("seed=0").returncode == 0
+    assert (run_dir / "work.txt").read_text() == "untouched"  # skipped: DONE exists
+    assert toy("seed=0", "force=true").returncode == 0
+    assert (run_dir / "work.txt").read_text() == "0"
+
+
+def test_failed_multirun_jobs_do_not_kill_the_sweep(toy, tmp_path):
+    result = toy("-m", "seed=0,1,2,3")
+    sweep = tmp_path / "runs/default/plots"
+    assert (sweep / "s0/DONE").exists() and (sweep / "s3/DONE").exists()  # jobs after the failures ran
+    assert (sweep / "s1/FAILED").read_text().startswith("error: seed: 1 is unlucky")
+    assert "RuntimeError: a bug" in (sweep / "s2/FAILED").read_text()
+    assert result.returncode != 0
+    assert "2 job(s) failed" in result.stderr

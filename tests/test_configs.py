@@ -1,0 +1,69 @@
+"""Every option of every config group composes with every stage's primary config, so a typo fails CI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import models.cli  # noqa: F401  (registers the project_root resolver)
+from models.cli import CONF_DIR
+
+STAGES = sorted(p.stem for p in CONF_DIR.glob("*.yaml") if p.stem != "base")
+SKIP_DIRS = {"hydra"}
+
+
+def group_options() -> list[tuple[str, str]]:
+    options = []
+    for yaml in sorted(CONF_DIR.rglob("*.yaml")):
+        group = yaml.parent.relative_to(CONF_DIR).as_posix()
+        if group == "." or group.split("/")[0] in SKIP_DIRS:
+            continue
+        options.append((group, yaml.stem))
+    return options
+
+
+def test_the_stages_are_the_documented_ones():
+    assert {"finetune", "eval", "soups", "plots"} <= set(STAGES)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("group,option", group_options())
+def test_every_option_composes(stage: str, group: str, option: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(stage, overrides=[f"{group}={option}"])
+    # Resolve everything a job reads (hydra: interpolations only exist inside a Hydra run).
+    job = OmegaConf.to_container(cfg, resolve=True)
+    assert job["stage"] == stage
+    if group not in ("experiment",):
+        chosen = cfg[group.split("/")[0]]
+        assert chosen is not None
+
+
+@pytest.mark.parametrize("launcher", ["basic", "submitit_local", "submitit_slurm", "slurm"])
+def test_launchers_compose(launcher: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("finetune", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    target = cfg.hydra.launcher._target_
+    expected = {"basic": "BasicLauncher", "submitit_local": "LocalLauncher", "submitit_slurm": "SlurmLauncher", "slurm": "SlurmLauncher"}
+    assert target.endswith(expected[launcher])
+
+
+def test_slurm_settings_live_in_conf():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("finetune", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=mypart"], return_hydra_config=True)
+    assert cfg.hydra.launcher.partition == "mypart"
+    assert cfg.hydra.launcher.gpus_per_node >= 1
+
+
+def test_a_typo_fails_composition():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with pytest.raises(Exception, match="vit_b99"):
+            compose("eval", overrides=["model=vit_b99"])
+
+
+def test_groups_match_the_design():
+    groups = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()}
+    assert {"model", "data", "finetune", "sweep", "soup", "eval", "experiment", "logger", "paths", "hydra"} <= groups
