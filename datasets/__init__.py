@@ -42,6 +42,19 @@ class EvalSet:
     project_logits: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class UnreadableImage:
+    """Returned by a dataset in place of an image tensor when a file cannot be decoded.
+
+    Datasets return it instead of raising so that the error reaches the main process as data (a worker's
+    exception would arrive wrapped in a traceback): `models.evaluate` then names the path in one line, or
+    skips and counts it when `eval.skip_bad_images=true`.
+    """
+
+    path: str
+    reason: str
+
+
 @dataclasses.dataclass
 class ClassInfo:
     classnames: list[str]

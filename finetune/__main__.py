@@ -3,11 +3,12 @@
 from omegaconf import DictConfig
 
 from models.cli import stage_entry
-from models.errors import UserError
 
 
 def run(cfg: DictConfig) -> None:
-    raise UserError("the finetune stage is not implemented yet (see the project's issues)")
+    from finetune.train import finetune  # imported here so `--help` stays fast
+
+    finetune(cfg)
 
 
 main = stage_entry("finetune", run)

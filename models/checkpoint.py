@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import pickle
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,9 @@ def load_pt_weights_only(path: str | os.PathLike) -> dict[str, Any]:
     if not path.exists():
         raise UserError(f"{path}: file not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing or loading; the outcome is what counts
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else "unsafe pickle"
         raise UserError(f"{path}: refused to unpickle (it holds more than tensors: {first})") from None

@@ -67,7 +67,11 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu")
     state, meta = load_checkpoint(path)
     clip_model, _, _ = create_clip(meta.arch, pretrained=None)
     classifier = ImageClassifier(clip_model.visual, embed_dim_of(clip_model), meta.num_classes)
-    missing, unexpected = classifier.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = classifier.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches: a checkpoint of another configuration of this arch
+        first = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
+        raise UserError(f"{path}: weights do not match architecture {meta.arch} ({first})") from None
     if missing or unexpected:
         raise UserError(f"{path}: weights do not match architecture {meta.arch} (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return classifier.to(device).eval(), meta

@@ -2,17 +2,28 @@
 
 Kept here, not in eval/, because soups (greedy selection) and finetune (held-out accuracy at the end)
 need it too, and stages never import each other.
+
+- Each image is decoded and transformed once, whatever the number of models (shared decoding).
+- `inference_mode`, several DataLoader workers, and AMP on GPU (`amp="auto"`).
+- Under torchrun (an initialised `torch.distributed`), `score_models` gives each rank a contiguous shard
+  of the set and all-reduces the counts, so every rank returns the whole set's numbers.
+- An unreadable image (a dataset returns `datasets.UnreadableImage`) is an error naming its path, or,
+  with `skip_bad_images=True`, is skipped and counted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset, default_collate
 
-from datasets import EvalSet
+from datasets import EvalSet, UnreadableImage
+from models.errors import UserError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -21,22 +32,79 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def make_loader(eval_set: EvalSet, batch_size: int, workers: int) -> DataLoader:
-    return DataLoader(eval_set.dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=torch.cuda.is_available())
+def resolve_amp(setting: bool | str | None, device: torch.device | str) -> bool:
+    """`auto` (or None): AMP on CUDA only; CPU stays float32 so results match a float32 reference."""
+    if setting is None or setting == "auto":
+        return torch.device(device).type == "cuda"
+    return bool(setting)
+
+
+def collate_readable(batch: list) -> tuple[torch.Tensor | None, torch.Tensor, list[UnreadableImage]]:
+    """Stack the readable samples; hand back the unreadable ones separately."""
+    bad = [image for image, _ in batch if isinstance(image, UnreadableImage)]
+    good = [(image, label) for image, label in batch if not isinstance(image, UnreadableImage)]
+    if not good:
+        return None, torch.zeros(0, dtype=torch.long), bad
+    images, labels = default_collate(good)
+    return images, labels, bad
+
+
+def shard_range(n: int, rank: int, world_size: int) -> range:
+    """Contiguous shard `rank` of `world_size` (sizes differ by at most one), so ranks' outputs concatenate in order."""
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (rank < extra))
+
+
+def make_loader(eval_set: EvalSet, batch_size: int, workers: int, shard: tuple[int, int] | None = None) -> DataLoader:
+    dataset = eval_set.dataset if shard is None else Subset(eval_set.dataset, shard_range(len(eval_set.dataset), *shard))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        collate_fn=collate_readable,
+        persistent_workers=False,
+    )
+
+
+def bad_image_error(bad: UnreadableImage) -> UserError:
+    return UserError(
+        f"{bad.path}: unreadable image ({bad.reason}); replace or remove it, or pass eval.skip_bad_images=true to skip such images"
+    )
 
 
 @torch.inference_mode()
 def iter_logits(
-    models: Sequence[nn.Module], eval_set: EvalSet, batch_size: int = 256, workers: int = 0, device: torch.device | str = "cpu"
+    models: Sequence[nn.Module],
+    eval_set: EvalSet,
+    batch_size: int = 256,
+    workers: int = 0,
+    device: torch.device | str = "cpu",
+    amp: bool | str | None = False,
+    skip_bad_images: bool = False,
+    on_skip: Callable[[UnreadableImage], None] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
-    """Per batch: the logits of every model (projected onto the set's classes) and the labels.
+    """Per batch: the float32 logits of every model (projected onto the set's classes) and the labels.
 
     Each image is decoded and transformed once, whatever the number of models.
     """
     device = torch.device(device)
-    for images, labels in make_loader(eval_set, batch_size, workers):
+    autocast = torch.autocast(device.type, dtype=torch.float16) if resolve_amp(amp, device) else contextlib.nullcontext()
+    for images, labels, bad in make_loader(eval_set, batch_size, workers, shard):
+        for item in bad:
+            if not skip_bad_images:
+                raise bad_image_error(item)
+            if on_skip is not None:
+                on_skip(item)
+        if images is None:
+            continue
         images = images.to(device, non_blocking=True)
-        logits = [model(images).float() for model in models]
+        with autocast:
+            logits = [model(images) for model in models]
+        logits = [x.float() for x in logits]
         if eval_set.project_logits is not None:
             logits = [eval_set.project_logits(x) for x in logits]
         yield [x.cpu() for x in logits], labels
@@ -55,3 +123,91 @@ def accuracies(models: Sequence[nn.Module], eval_set: EvalSet, **loader_kwargs) 
         for i, x in enumerate(logits):
             correct[i] += count_correct(x, labels)
     return [(c, n) for c in correct]
+
+
+@dataclasses.dataclass
+class SetScores:
+    """One model on one set. Per-class tensors have one entry per class of the set."""
+
+    per_class_correct: torch.Tensor
+    per_class_n: torch.Tensor
+    skipped: list[str]  # paths of unreadable images that were skipped
+    logits: torch.Tensor | None = None  # [n, classes] in set order, when kept
+    labels: torch.Tensor | None = None
+
+    @property
+    def correct(self) -> int:
+        return int(self.per_class_correct.sum())
+
+    @property
+    def n(self) -> int:
+        return int(self.per_class_n.sum())
+
+    @property
+    def top1(self) -> float:
+        return self.correct / self.n if self.n else float("nan")
+
+    def per_class_top1(self) -> list[float | None]:
+        """Per-class accuracy; None for a class with no examples in the set."""
+        return [(c / n if n else None) for c, n in zip(self.per_class_correct.tolist(), self.per_class_n.tolist())]
+
+
+def distributed_shard() -> tuple[int, int] | None:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.get_rank(), dist.get_world_size()
+    return None
+
+
+def score_models(
+    models: Sequence[nn.Module],
+    eval_set: EvalSet,
+    batch_size: int = 256,
+    workers: int = 0,
+    device: torch.device | str = "cpu",
+    amp: bool | str | None = "auto",
+    skip_bad_images: bool = False,
+    keep_logits: bool = False,
+    logits_dtype: torch.dtype = torch.float16,
+) -> list[SetScores]:
+    """Score every model on `eval_set` in one pass over the images (sharded across ranks under torchrun)."""
+    num_classes = len(eval_set.classnames)
+    shard = distributed_shard()
+    per_class_correct = torch.zeros(len(models), num_classes, dtype=torch.long)
+    per_class_n = torch.zeros(num_classes, dtype=torch.long)
+    skipped: list[str] = []
+    kept: list[list[torch.Tensor]] = [[] for _ in models]
+    kept_labels: list[torch.Tensor] = []
+    batches = iter_logits(models, eval_set, batch_size, workers, device, amp, skip_bad_images, lambda bad: skipped.append(bad.path), shard)
+    for logits, labels in batches:
+        per_class_n += torch.bincount(labels, minlength=num_classes)
+        for i, x in enumerate(logits):
+            hits = labels[x.argmax(dim=-1) == labels]
+            per_class_correct[i] += torch.bincount(hits, minlength=num_classes)
+            if keep_logits:
+                kept[i].append(x.to(logits_dtype))
+        if keep_logits:
+            kept_labels.append(labels)
+    if shard is not None:
+        per_class_correct, per_class_n, skipped, kept, kept_labels = _all_reduce(
+            per_class_correct, per_class_n, skipped, kept, kept_labels, keep_logits
+        )
+    results = []
+    for i in range(len(models)):
+        logits = torch.cat(kept[i]) if keep_logits and kept[i] else None
+        labels = torch.cat(kept_labels) if keep_logits and kept_labels else None
+        results.append(SetScores(per_class_correct[i], per_class_n.clone(), list(skipped), logits, labels))
+    return results
+
+
+def _all_reduce(per_class_correct, per_class_n, skipped, kept, kept_labels, keep_logits):
+    """Sum counts over ranks; gather skipped paths and (if kept) logits in rank order."""
+    dist.all_reduce(per_class_correct, op=dist.ReduceOp.SUM)
+    dist.all_reduce(per_class_n, op=dist.ReduceOp.SUM)
+    gathered: list = [None] * dist.get_world_size()
+    local = (skipped, [torch.cat(k) if k else None for k in kept] if keep_logits else None, torch.cat(kept_labels) if kept_labels else None)
+    dist.all_gather_object(gathered, local)
+    skipped = [path for rank_skipped, _, _ in gathered for path in rank_skipped]
+    if keep_logits:
+        kept = [[g[1][i] for g in gathered if g[1] is not None and g[1][i] is not None] for i in range(len(kept))]
+        kept_labels = [g[2] for g in gathered if g[2] is not None]
+    return per_class_correct, per_class_n, skipped, kept, kept_labels

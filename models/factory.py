@@ -15,12 +15,14 @@ import open_clip
 import torch
 
 from models.errors import UserError
+from models.world_tokenizer import WorldTokenizer
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 
 # Tokenizers for project-defined architectures that do not use open_clip's BPE tokenizer.
 # Keyed by architecture name; values build the tokenizer.
 PROJECT_TOKENIZERS: dict[str, Callable[[], Callable]] = {}
+PROJECT_TOKENIZERS["TinyCLIP"] = WorldTokenizer  # the embedded world's word-level tokenizer
 
 
 @functools.cache

@@ -13,7 +13,7 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -156,19 +156,24 @@ def avg_shift_accuracy(results: pd.DataFrame) -> pd.Series:
 # --- the official wide format ----------------------------------------------------------------------
 
 
+def json_lines(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSON-lines file; a bad line is a UserError naming it."""
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(f"{path}:{number}: not a JSON line") from None
+
+
 def read_official_results(path: str | os.PathLike, kind: str = "individual") -> pd.DataFrame:
     """Read an official `*_results.jsonl` (one line per model, fractions per set) into long records."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: file not found")
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise UserError(f"{path}:{number}: not a JSON line") from None
+    for number, row in json_lines(path):
         if "model_name" not in row:
             raise UserError(f"{path}:{number}: no 'model_name' key; is this the official wide format?")
         for dataset, role in OFFICIAL_SETS.items():

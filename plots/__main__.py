@@ -1,17 +1,35 @@
 """`python -m plots`: see `python -m plots --help`."""
 
+from pathlib import Path
+
 from omegaconf import DictConfig
 
-from models.cli import output_dir
-from models.cli import stage_entry
-from models.results import load_results, wide_table
+from models.cli import output_dir, stage_entry
+from models.errors import UserError
+from plots.inputs import load_any
+from plots.report import record_figures, write_table
+
+RECORD_FIGURES = ("all", "table", "fig1", "greedy", "wise_ft")
+CHECKPOINT_FIGURES = ("checkpoints", "landscape", "angle", "approx", "soup_size")
 
 
 def run(cfg: DictConfig) -> None:
-    table = wide_table(load_results(cfg.results))
-    path = output_dir() / "models.csv"
-    table.to_csv(path)
-    print(f"wrote {path} ({len(table)} models)")
+    figure = str(cfg.figure)
+    if figure not in RECORD_FIGURES + CHECKPOINT_FIGURES:
+        raise UserError(f"figure={figure}: unknown; choose from {', '.join(RECORD_FIGURES + CHECKPOINT_FIGURES)}")
+    out = output_dir()
+    records = load_any(cfg.results)
+    models, sets, _ = write_table(records, out, cfg.plots.paper)
+    skipped: list[str] = []
+    if figure in RECORD_FIGURES and figure != "table":
+        skipped += record_figures(records, Path(cfg.results), models, sets, out, list(cfg.plots.formats), figure)
+    if figure in CHECKPOINT_FIGURES:
+        from plots.compute import checkpoint_figures  # torch, open_clip and the datasets load only when needed
+
+        skipped += checkpoint_figures(cfg, records, models, sets, out, figure)
+    for reason in skipped:
+        print(f"skipped {reason}")
+    print(f"wrote {out}")
 
 
 main = stage_entry("plots", run, resumable=False)

@@ -2,12 +2,12 @@
 
 from omegaconf import DictConfig
 
-from models.cli import stage_entry
-from models.errors import UserError
+from models.cli import output_dir, overrides, stage_entry
+from soups.pipeline import run_soup
 
 
 def run(cfg: DictConfig) -> None:
-    raise UserError("the soups stage is not implemented yet (see the project's issues)")
+    run_soup(cfg, output_dir(), overrides())
 
 
 main = stage_entry("soups", run)

@@ -1,0 +1,140 @@
+"""Miniature ImageNet-suite trees in the exact public layouts, with tiny random images.
+
+For tests and benchmarks (and for trying `data=imagenet` on a laptop): every folder a real download has,
+a few pixels per image. The returned manifest holds the label each file was written for, so tests can
+check the loaders against labels known independently of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from datasets.imagenet import DEFAULT_DIRS, NUM_CLASSES, imagenet_wnids
+
+
+@dataclasses.dataclass
+class Miniature:
+    root: Path
+    labels: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)  # set name -> {path: label}
+    objectnet_imagenet_ids: list[list[int]] = dataclasses.field(default_factory=list)  # per ObjectNet class
+
+
+def _write_image(path: Path, rng: np.random.Generator, size: int) -> None:
+    pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    suffix = path.suffix.lower()
+    Image.fromarray(pixels).save(path, format="PNG" if suffix == ".png" else "JPEG", quality=90)
+
+
+def _class_tree(root: Path, folders: Sequence[str], labels: Sequence[int], per_class: int, name: str, rng, size: int) -> dict[str, int]:
+    written = {}
+    for folder, label in zip(folders, labels):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for k in range(per_class):
+            path = root / folder / name.format(folder=folder, k=k)
+            _write_image(path, rng, size)
+            written[str(path)] = label
+    return written
+
+
+def make_miniature(
+    root: str | Path,
+    sets: Sequence[str] = ("train", "val", "ImageNetV2", "ImageNetSketch", "ImageNetR", "ImageNetA", "ObjectNet"),
+    per_class: int = 1,
+    train_per_class: int = 3,
+    r_wnids: Sequence[str] | None = None,
+    a_wnids: Sequence[str] | None = None,
+    objectnet_classes: int = 5,
+    objectnet_extra_folders: int = 2,
+    size: int = 8,
+    seed: int = 0,
+) -> Miniature:
+    """Write the requested sets under `root` in the layout of docs/data.md (the `DEFAULT_DIRS` names).
+
+    R and A default to every 5th and every 7th wnid (the real sets have 200 each; pass their lists to
+    match clip_benchmark's hard-coded class lists). ObjectNet gets `objectnet_classes` mapped folders plus
+    unmapped ones (the real set has 313 folders, 113 mapped), and mapping files in its `mappings/` format.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    wnids = imagenet_wnids()
+    out = Miniature(root)
+    for set_name in sets:
+        base = root / DEFAULT_DIRS[set_name]
+        if set_name == "train":
+            out.labels[set_name] = _class_tree(base, wnids, range(NUM_CLASSES), train_per_class, "{folder}_{k}.JPEG", rng, size)
+        elif set_name == "val":
+            out.labels[set_name] = _class_tree(
+                base, wnids, range(NUM_CLASSES), per_class, "ILSVRC2012_val_{folder}_{k:04d}.JPEG", rng, size
+            )
+        elif set_name == "ImageNetSketch":
+            out.labels[set_name] = _class_tree(base, wnids, range(NUM_CLASSES), per_class, "sketch_{k}.JPEG", rng, size)
+        elif set_name == "ImageNetV2":
+            out.labels[set_name] = _class_tree(
+                base, [str(i) for i in range(NUM_CLASSES)], range(NUM_CLASSES), per_class, "{k:040x}.jpeg", rng, size
+            )
+        elif set_name in ("ImageNetR", "ImageNetA"):
+            chosen = list((r_wnids if set_name == "ImageNetR" else a_wnids) or wnids[:: 5 if set_name == "ImageNetR" else 7])
+            chosen = sorted(chosen)
+            # labels index the folders present, in sorted order
+            out.labels[set_name] = _class_tree(base, chosen, range(len(chosen)), per_class, "art_{k}.jpg", rng, size)
+        elif set_name == "ObjectNet":
+            out.labels[set_name], out.objectnet_imagenet_ids = _objectnet(
+                base, per_class, objectnet_classes, objectnet_extra_folders, rng, size
+            )
+        else:
+            raise ValueError(f"unknown set {set_name!r}")
+    return out
+
+
+def _objectnet(base: Path, per_class: int, n_classes: int, n_extra: int, rng, size: int) -> tuple[dict[str, int], list[list[int]]]:
+    """ObjectNet images (with a 2-px border, as the real photos have) and its four mapping files.
+
+    ImageNet-2012 ids are a random permutation of pytorch indices and names are arbitrary, so a loader
+    that skipped a mapping step would get the classes wrong.
+    """
+    wnids = imagenet_wnids()
+    id_2012_of_pytorch = rng.permutation(NUM_CLASSES)
+    names_2012 = [f"imagenet class {i} ({wnids[int(np.flatnonzero(id_2012_of_pytorch == i)[0])]})" for i in range(NUM_CLASSES)]
+    folders = [f"folder_{i:03d}" for i in range(n_classes + n_extra)]
+    mapped_folders = folders[:n_classes]
+    objectnet_names = {f: f"Object {i}" for i, f in enumerate(folders)}
+    imagenet_ids = [sorted(rng.choice(NUM_CLASSES, size=1 + i % 3, replace=False).tolist()) for i in range(n_classes)]
+    mappings = base / "mappings"
+    mappings.mkdir(parents=True, exist_ok=True)
+    (mappings / "folder_to_objectnet_label.json").write_text(json.dumps(objectnet_names))
+    objectnet_to_imagenet = {
+        objectnet_names[f]: "; ".join(names_2012[id_2012_of_pytorch[i]] for i in ids) for f, ids in zip(mapped_folders, imagenet_ids)
+    }
+    (mappings / "objectnet_to_imagenet_1k.json").write_text(json.dumps(objectnet_to_imagenet))
+    (mappings / "imagenet_to_label_2012_v2").write_text("\n".join(names_2012) + "\n")
+    (mappings / "pytorch_to_imagenet_2012_id.json").write_text(json.dumps({str(p): int(i) for p, i in enumerate(id_2012_of_pytorch)}))
+    labels = _class_tree(base / "images", mapped_folders, range(n_classes), per_class, "{k:032x}.png", rng, size + 4)
+    _class_tree(base / "images", folders[n_classes:], [-1] * n_extra, per_class, "{k:032x}.png", rng, size + 4)
+    return labels, imagenet_ids
+
+
+# A tiny open_clip ViT with open_clip's own BPE tokenizer (so clip_benchmark can run it unchanged):
+# random weights, 32-px input. For interop tests and eval benchmarks on miniature trees.
+TINY_VIT_ARCH = "soups-miniature-vit"
+TINY_VIT_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def register_tiny_vit(config_dir: str | Path) -> str:
+    """Register the tiny ViT with open_clip in this process (its JSON is written to `config_dir`)."""
+    import open_clip
+
+    config_dir = Path(config_dir)
+    config_dir.mkdir(parents=True, exist_ok=True)
+    (config_dir / f"{TINY_VIT_ARCH}.json").write_text(json.dumps(TINY_VIT_CONFIG))
+    open_clip.add_model_config(config_dir / f"{TINY_VIT_ARCH}.json")
+    return TINY_VIT_ARCH

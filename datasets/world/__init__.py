@@ -1,0 +1,99 @@
+"""The embedded world: a seeded, procedurally generated image-caption world of digit glyphs.
+
+It plays the paper's data in miniature (DESIGN.md, "Dataset roles"): a broad captioned pretraining
+corpus in every style, labelled photos (train, held-out, test) playing ImageNet, and five shifted
+test sets playing ImageNetV2, -R, -Sketch, ObjectNet and ImageNet-A. Generation is deterministic
+and cached under `data_cfg.root` (datasets/world/sets.py); the pixels are drawn in render.py.
+
+The three functions below are the suite interface that `datasets.train_set` etc. dispatch to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from datasets import ClassInfo, EvalSet
+from datasets.world.render import CLASSNAMES
+from datasets.world.sets import SCALES, WorldArrays, load_set
+from models.errors import UserError
+
+CLASSES_ID = "world"
+
+# Zero-shot prompt templates (as CLIP's 80 ImageNet templates, they name styles; paper Sec. 2 / CLIP).
+TEMPLATES = (
+    "a photo of the digit {}.",
+    "a photo of a digit {}.",
+    "a pencil sketch of the digit {}.",
+    "a rendition of the digit {}.",
+    "a rotated digit {} in clutter.",
+    "a small faint digit {}.",
+    "the digit {}.",
+)
+
+ROLE_OF = {"heldout": "heldout", "photo": "id"}
+EVAL_SET_NAMES = ("heldout", "photo", "photo_v2", "rendition", "sketch", "unusual", "hard")
+
+
+class WorldDataset(Dataset):
+    """Images and labels of one world set; yields `(transform(PIL image), label)`."""
+
+    def __init__(self, arrays: WorldArrays, transform: Callable | None = None):
+        self.images = arrays.images
+        self.labels = arrays.labels
+        self.captions = arrays.captions
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image = Image.fromarray(self.images[index])
+        return (self.transform(image) if self.transform else image), int(self.labels[index])
+
+
+def world_params(data_cfg: Any) -> tuple[str, str, int]:
+    """(cache root, scale, world seed) from the data config, checked."""
+    scale = str(getattr(data_cfg, "scale", "demo"))
+    if scale not in SCALES:
+        raise UserError(f"data.scale: unknown world scale {scale!r}; expected one of {sorted(SCALES)}")
+    root = getattr(data_cfg, "root", None)
+    if not root:
+        raise UserError("data.root: the world's cache folder is not set")
+    return str(root), scale, int(getattr(data_cfg, "seed", 0))
+
+
+def arrays(data_cfg: Any, name: str) -> WorldArrays:
+    """One set's raw uint8 arrays (generated and cached on first use)."""
+    root, scale, seed = world_params(data_cfg)
+    return load_set(root, scale, seed, name)
+
+
+def train_set(data_cfg: Any, transform: Callable) -> Dataset:
+    """The labelled photos for fine-tuning (disjoint from the held-out split)."""
+    return WorldDataset(arrays(data_cfg, "train"), transform)
+
+
+def eval_sets(data_cfg: Any, transform: Callable, names: Sequence[str] | None = None) -> list[EvalSet]:
+    """The held-out, photo test and shift sets, in the order of the data config (or only `names`)."""
+    ordered = [data_cfg.heldout, data_cfg.id, *data_cfg.shifts]
+    unknown = [n for n in (names or ordered) if n not in EVAL_SET_NAMES]
+    if unknown:
+        raise UserError(f"data: unknown world set(s) {unknown}; the world has {list(EVAL_SET_NAMES)}")
+    wanted = [n for n in ordered if names is None or n in names] + [n for n in (names or []) if n not in ordered]
+    return [EvalSet(name, ROLE_OF.get(name, "shift"), WorldDataset(arrays(data_cfg, name), transform), list(CLASSNAMES)) for name in wanted]
+
+
+def class_info(data_cfg: Any) -> ClassInfo:
+    return ClassInfo(classnames=list(CLASSNAMES), templates=list(TEMPLATES), classes_id=CLASSES_ID)
+
+
+def normalised_batch(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 N x H x W x 3 -> normalised float N x 3 x H x W; equals open_clip's val transform at 32 px."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)

@@ -1,0 +1,220 @@
+"""The sets of the embedded world, generated from a seed and cached as uint8 arrays.
+
+Roles follow DESIGN.md: `corpus` (captioned pretraining pairs, every style), `train` (labelled photos
+for fine-tuning), `heldout` (photos, playing ImageNet2p), `photo` (photo test, playing ImageNet val)
+and five shifts. Each set is generated in fixed-size chunks, each chunk seeded by (world seed, set,
+chunk index), so the pixels do not depend on the number of worker processes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from datasets.world import render
+from models.atomic import atomic_path
+
+VERSION = 4  # bump when the generator changes, so stale caches are not reused
+CHUNK = 500
+
+# Every style appears in pretraining (CLIP's web data holds sketches and renditions too);
+# the labelled fine-tuning data are photos only: broad pretraining, narrow fine-tuning.
+# Web alt-text is noisy: some captions never name the object, a few name the wrong one. The corpus
+# does the same, so zero-shot accuracy is limited by weak supervision, not only by compute.
+CAPTION_OMIT = 0.1
+CAPTION_WRONG = 0.0
+
+CORPUS_STYLES = {"photo": 0.3, "photo_v2": 0.15, "sketch": 0.15, "rendition": 0.15, "unusual": 0.15, "hard": 0.1}
+
+
+@dataclass(frozen=True)
+class SetSpec:
+    name: str
+    styles: dict[str, float]
+    set_id: int  # part of the seed; never reuse one, so sets never share a random stream
+    noisy_captions: bool = False
+
+
+SPECS = {
+    s.name: s
+    for s in [
+        SetSpec("corpus", CORPUS_STYLES, 1, noisy_captions=True),
+        SetSpec("train", {"photo": 1.0}, 2),
+        SetSpec("heldout", {"photo": 1.0}, 3),
+        SetSpec("photo", {"photo": 1.0}, 4),
+        SetSpec("photo_v2", {"photo_v2": 1.0}, 5),
+        SetSpec("rendition", {"rendition": 1.0}, 6),
+        SetSpec("sketch", {"sketch": 1.0}, 7),
+        SetSpec("unusual", {"unusual": 1.0}, 8),
+        SetSpec("hard", {"hard": 1.0}, 9),  # candidates, filtered by the reference classifier
+    ]
+}
+
+# Images per set at each scale. `demo` is the default; `small` is for tests (a few seconds).
+SCALES = {
+    "demo": {
+        "corpus": 50_000,
+        "train": 10_000,
+        "heldout": 5_000,
+        "photo": 5_000,
+        "photo_v2": 5_000,
+        "rendition": 5_000,
+        "sketch": 5_000,
+        "unusual": 5_000,
+        "hard": 5_000,
+    },
+    "small": {
+        "corpus": 2_000,
+        "train": 1_000,
+        "heldout": 200,
+        "photo": 200,
+        "photo_v2": 200,
+        "rendition": 200,
+        "sketch": 200,
+        "unusual": 200,
+        "hard": 200,
+    },
+}
+
+
+@dataclass
+class WorldArrays:
+    images: np.ndarray  # N x 32 x 32 x 3 uint8
+    labels: np.ndarray  # N int64
+    captions: list[str]
+
+
+def render_chunk(name: str, seed: int, chunk: int, n: int) -> WorldArrays:
+    spec = SPECS[name]
+    rng = np.random.default_rng(np.random.SeedSequence([seed, spec.set_id, chunk]))
+    images, labels, captions = render.render_batch(spec.styles, n, rng)
+    if spec.noisy_captions:
+        captions = [noisy_caption(c, int(y), rng) for c, y in zip(captions, labels)]
+    return WorldArrays(images, labels, captions)
+
+
+def noisy_caption(caption: str, label: int, rng: np.random.Generator) -> str:
+    """Drop the class name (CAPTION_OMIT) or replace it by another digit's (CAPTION_WRONG)."""
+    name = f"digit {render.CLASSNAMES[label]}"
+    u = rng.random()
+    if u < CAPTION_OMIT:
+        return caption.replace(name, "digit")
+    if u < CAPTION_OMIT + CAPTION_WRONG:
+        other = (label + int(rng.integers(1, 10))) % 10
+        return caption.replace(name, f"digit {render.CLASSNAMES[other]}")
+    return caption
+
+
+def _chunks(total: int) -> list[tuple[int, int]]:
+    return [(i, min(CHUNK, total - i * CHUNK)) for i in range((total + CHUNK - 1) // CHUNK)]
+
+
+def _concat(parts: list[WorldArrays]) -> WorldArrays:
+    return WorldArrays(
+        np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]), [c for p in parts for c in p.captions]
+    )
+
+
+# --- the hard set: kept only where a fixed simple classifier errs (as ImageNet-A against ResNet-50) ---
+
+
+def reference_features(images: np.ndarray) -> np.ndarray:
+    """Per pixel, the colour distance from the image's median colour (the glyph stands out whatever its
+    polarity), standardised per image, plus a bias column: the input of the reference classifier."""
+    pixels = images.astype(np.float64).reshape(len(images), -1, 3)
+    distance = np.linalg.norm(pixels - np.median(pixels, axis=1, keepdims=True), axis=2)
+    distance -= distance.mean(axis=1, keepdims=True)
+    distance /= distance.std(axis=1, keepdims=True) + 1e-6
+    return np.concatenate([distance, np.ones((len(images), 1))], axis=1)
+
+
+def fit_reference(images: np.ndarray, labels: np.ndarray, ridge: float = 100.0) -> np.ndarray:
+    """Ridge regression onto one-hot labels: closed form, so it is the same classifier on every machine.
+    On the demo world it scores 85% on the photo test: a fixed, decent model to filter against."""
+    x = reference_features(images)
+    y = np.eye(10)[labels]
+    return np.linalg.solve(x.T @ x + ridge * np.eye(x.shape[1]), x.T @ y)
+
+
+def reference_predict(weights: np.ndarray, images: np.ndarray) -> np.ndarray:
+    return (reference_features(images) @ weights).argmax(axis=1)
+
+
+# --- building and caching -----------------------------------------------------------------------
+
+
+def cache_dir(root: str | os.PathLike, scale: str, seed: int) -> Path:
+    return Path(root) / f"{scale}-seed{seed}-v{VERSION}"
+
+
+def save_arrays(path: Path, arrays: WorldArrays) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, images=arrays.images, labels=arrays.labels, captions=np.array(arrays.captions))
+
+
+def load_arrays(path: Path) -> WorldArrays:
+    with np.load(path) as data:
+        return WorldArrays(data["images"], data["labels"], [str(c) for c in data["captions"]])
+
+
+def _map(jobs: list[tuple[str, int, int, int]], workers: int) -> list[WorldArrays]:
+    if workers <= 1 or len(jobs) <= 1:
+        return [render_chunk(*job) for job in jobs]
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(render_chunk, *zip(*jobs)))
+
+
+def build_set(root: str | os.PathLike, scale: str, seed: int, name: str, workers: int | None = None) -> Path:
+    """Generate one set into the cache (skipped when present); the hard set needs the train set first."""
+    path = cache_dir(root, scale, seed) / f"{name}.npz"
+    if path.exists():
+        return path
+    if scale not in SCALES or name not in SPECS:
+        raise KeyError(f"unknown world scale {scale!r} or set {name!r}")
+    workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+    n = SCALES[scale][name]
+    if name == "hard":
+        train = load_arrays(build_set(root, scale, seed, "train", workers))
+        arrays = build_hard(train, n, seed, workers)
+    else:
+        arrays = _concat(_map([(name, seed, chunk, size) for chunk, size in _chunks(n)], workers))
+    save_arrays(path, arrays)
+    return path
+
+
+def build_world(root: str | os.PathLike, scale: str = "demo", seed: int = 0, workers: int | None = None) -> Path:
+    """Generate every set of the world into `root` (each skipped when cached). Returns the cache folder."""
+    folder = cache_dir(root, scale, seed)
+    if (folder / "DONE").exists():
+        return folder
+    sizes = {name: len(load_arrays(build_set(root, scale, seed, name, workers)).labels) for name in SCALES[scale]}
+    with atomic_path(folder / "DONE") as tmp:
+        tmp.write_text(json.dumps({"scale": scale, "seed": seed, "version": VERSION, "sizes": sizes}, indent=1))
+    return folder
+
+
+def build_hard(train: WorldArrays, n: int, seed: int, workers: int) -> WorldArrays:
+    """Render hard candidates chunk by chunk (in order) and keep those the reference classifier gets wrong."""
+    weights = fit_reference(train.images, train.labels)
+    kept: list[WorldArrays] = []
+    count, chunk = 0, 0
+    while count < n:
+        jobs = [("hard", seed, chunk + i, CHUNK) for i in range(max(workers, 1) * 2)]
+        chunk += len(jobs)
+        for part in _map(jobs, workers):
+            wrong = reference_predict(weights, part.images) != part.labels
+            kept.append(WorldArrays(part.images[wrong], part.labels[wrong], [c for c, w in zip(part.captions, wrong) if w]))
+            count += int(wrong.sum())
+    hard = _concat(kept)
+    return WorldArrays(hard.images[:n], hard.labels[:n], hard.captions[:n])
+
+
+def load_set(root: str | os.PathLike, scale: str, seed: int, name: str) -> WorldArrays:
+    """One set's arrays, generated on first use."""
+    return load_arrays(build_set(root, scale, seed, name))

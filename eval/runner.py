@@ -1,0 +1,162 @@
+"""The eval stage: score checkpoints on the held-out, id and shift sets and write results records.
+
+Each checkpoint is loaded once and scored on every requested set. With `eval.share_decoding=true`, up
+to `eval.max_models_per_pass` checkpoints of one architecture run on each decoded batch together.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from safetensors.torch import save_file
+
+import datasets
+from eval.checkpoints import model_ids, resolve_checkpoints
+from eval.distributed import init_distributed, is_main_process
+from models.atomic import atomic_path
+from models.checkpoint import CheckpointMeta, read_meta, sha256_prefix
+from models.classifier import ImageClassifier, load_classifier
+from models.errors import UserError
+from models.evaluate import SetScores, score_models
+from models.results import append_records, make_record
+
+log = logging.getLogger(__name__)
+
+SET_GROUPS = {"heldout": ("heldout",), "id": ("id",), "shifts": ("shift",), "all": ("heldout", "id", "shift")}
+LOGITS_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def selected_sets(sets: str | Sequence[str], data_cfg: Any) -> list[str]:
+    """`all | heldout | id | shifts` or a list of set names, in the suite's order."""
+    available = datasets.set_names(data_cfg)
+    if isinstance(sets, str) and sets in SET_GROUPS:
+        return [name for name, role in available if role in SET_GROUPS[sets]]
+    names = [sets] if isinstance(sets, str) else list(sets)
+    known = [name for name, _ in available]
+    for name in names:
+        if name not in known:
+            raise UserError(f"eval.sets: unknown set {name!r}; expected all, heldout, id, shifts or some of {known}")
+    return names
+
+
+def check_classes(meta: CheckpointMeta, info: datasets.ClassInfo, path: Path) -> None:
+    if meta.num_classes != len(info.classnames) or meta.classes != info.classes_id:
+        raise UserError(
+            f"{path}: checkpoint has {meta.num_classes} classes ({meta.classes!r}) but the dataset has "
+            f"{len(info.classnames)} ({info.classes_id!r}); pick the matching data=... or checkpoint"
+        )
+
+
+def val_transform(classifier: ImageClassifier) -> Callable:
+    """The model's own open_clip evaluation transform (as `create_model_and_transforms` builds it)."""
+    return image_transform_v2(PreprocessCfg(**classifier.visual.preprocess_cfg), is_train=False)
+
+
+def chunks(paths: list[Path], metas: list[CheckpointMeta], size: int) -> list[list[int]]:
+    """Indices grouped by architecture (one transform per pass), at most `size` per pass."""
+    by_arch: dict[str, list[int]] = {}
+    for i, meta in enumerate(metas):
+        by_arch.setdefault(meta.arch, []).append(i)
+    return [group[start : start + size] for group in by_arch.values() for start in range(0, len(group), size)]
+
+
+def set_record(
+    model_id: str, meta: CheckpointMeta, checkpoint: dict, eval_set: datasets.EvalSet, scores: SetScores, config: list[str]
+) -> dict:
+    return make_record(
+        model_id=model_id,
+        kind=meta.kind,
+        dataset=eval_set.name,
+        role=eval_set.role,
+        correct=scores.correct,
+        n=scores.n,
+        checkpoint=checkpoint,
+        config=config,
+        arch=meta.arch,
+        classes=meta.classes,
+        per_class_top1=scores.per_class_top1(),
+        per_class_n=scores.per_class_n.tolist(),
+        skipped=len(scores.skipped),
+        skipped_examples=scores.skipped[:10],
+    )
+
+
+def save_logits(out: Path, model_id: str, dataset: str, scores: SetScores) -> Path:
+    path = out / "logits" / model_id / f"{dataset}.safetensors"
+    with atomic_path(path) as tmp:
+        save_file(
+            {"logits": scores.logits.contiguous(), "labels": scores.labels.contiguous()},
+            str(tmp),
+            metadata={"model_id": model_id, "dataset": dataset},
+        )
+    return path
+
+
+def evaluate_checkpoints(
+    checkpoints: str | Sequence[str],
+    data_cfg: Any,
+    eval_cfg: Any,
+    out: Path,
+    device: torch.device,
+    config: Sequence[str] = (),
+) -> list[dict]:
+    """Evaluate every checkpoint on the selected sets; the main process appends records to `out/results.jsonl`."""
+    paths = resolve_checkpoints(checkpoints)
+    ids = model_ids(paths)
+    metas = [read_meta(p) for p in paths]
+    info = datasets.class_info(data_cfg)
+    for path, meta in zip(paths, metas):
+        check_classes(meta, info, path)
+    names = selected_sets(eval_cfg.sets, data_cfg)
+    per_pass = int(eval_cfg.get("max_models_per_pass", 8)) if eval_cfg.share_decoding else 1
+    dtype_name = str(eval_cfg.get("logits_dtype", "float16"))
+    if dtype_name not in LOGITS_DTYPES:
+        raise UserError(f"eval.logits_dtype: unknown dtype {dtype_name!r}; expected one of {sorted(LOGITS_DTYPES)}")
+    records = []
+    for chunk in chunks(paths, metas, per_pass):
+        models = [load_classifier(paths[i], device)[0] for i in chunk]
+        provenance = [{"path": str(paths[i]), "sha256": sha256_prefix(paths[i])} for i in chunk]
+        for eval_set in datasets.eval_sets(data_cfg, val_transform(models[0]), names):
+            all_scores = score_models(
+                models,
+                eval_set,
+                batch_size=int(eval_cfg.batch_size),
+                workers=int(eval_cfg.workers),
+                device=device,
+                amp=eval_cfg.get("amp", "auto"),
+                skip_bad_images=bool(eval_cfg.skip_bad_images),
+                keep_logits=bool(eval_cfg.save_logits),
+                logits_dtype=LOGITS_DTYPES[dtype_name],
+            )
+            new = [set_record(ids[i], metas[i], prov, eval_set, s, list(config)) for i, prov, s in zip(chunk, provenance, all_scores)]
+            for record in new if is_main_process() else []:
+                log.info(
+                    "%s on %s: top1 %.4f (n=%d, skipped %d)",
+                    record["model_id"],
+                    record["dataset"],
+                    record["top1"],
+                    record["n"],
+                    record["skipped"],
+                )
+            if is_main_process():
+                append_records(out, new)
+                if eval_cfg.save_logits:
+                    for i, s in zip(chunk, all_scores):
+                        save_logits(out, ids[i], eval_set.name, s)
+            records.extend(new)
+        del models
+    return records
+
+
+def run(cfg: Any) -> list[dict]:
+    """The `python -m eval` task (wrapped by models.cli.stage_entry)."""
+    from models.cli import output_dir, overrides
+    from models.evaluate import resolve_device
+
+    device = init_distributed(resolve_device(cfg.device))
+    return evaluate_checkpoints(cfg.checkpoints, cfg.data, cfg.eval, output_dir(), device, overrides())

@@ -1,0 +1,114 @@
+"""The fine-tuning recipe's math as pure functions: schedule, label smoothing, mixup, RandAugment strings.
+
+Nothing here touches files or global random state, so tests can check each piece by hand.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from models.errors import UserError
+
+# timm's RandAugment grammar: "rand" followed by dash-separated settings, e.g. rand-m9-n2, rand-m9-n2-mstd0.5.
+_RANDAUG_PART = re.compile(r"^(m|n|mstd|mmax|inc|w|p)(\d+(\.\d+)?)$")
+OFF_VALUES = (None, "", "none", "None", "null")
+
+
+def warmup_cosine_lr(step: int, base_lr: float, warmup_steps: int, total_steps: int) -> float:
+    """Learning rate at optimizer step `step` (0-based), stepped per batch.
+
+    Linear warmup to `base_lr` over `warmup_steps`, then half a cosine down to 0 at `total_steps`.
+    This is the official model-soups/WiSE-FT `cosine_lr`: warmup gives base_lr * (step + 1) / warmup,
+    the cosine phase 0.5 * (1 + cos(pi * e / es)) * base_lr with e = step - warmup, es = total - warmup.
+    """
+    warmup_steps = min(warmup_steps, total_steps)
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    decay_steps = total_steps - warmup_steps
+    if decay_steps <= 0:
+        return base_lr
+    progress = min(step - warmup_steps, decay_steps) / decay_steps
+    return 0.5 * (1.0 + math.cos(math.pi * progress)) * base_lr
+
+
+def soft_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
+    """One-hot targets with label smoothing: (1 - s) on the true class plus s / K spread over all K."""
+    one_hot = F.one_hot(labels, num_classes).float()
+    return one_hot * (1.0 - smoothing) + smoothing / num_classes
+
+
+def mixup(images: torch.Tensor, targets: torch.Tensor, alpha: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup (Zhang et al. 2018): lam ~ Beta(alpha, alpha); mix each example with the batch flipped.
+
+    Pairing with the flipped batch (as timm does) needs no random permutation, so the result depends only
+    on the batch and `generator`. alpha = 0 turns mixup off.
+    """
+    if alpha <= 0:
+        return images, targets
+    # Beta(a, a) from two Gammas, drawn from our own generator so resume replays the same lam.
+    g1 = torch._standard_gamma(torch.full((1,), float(alpha)), generator=generator)
+    g2 = torch._standard_gamma(torch.full((1,), float(alpha)), generator=generator)
+    lam = float(g1 / (g1 + g2))
+    mixed_images = lam * images + (1.0 - lam) * images.flip(0)
+    mixed_targets = lam * targets + (1.0 - lam) * targets.flip(0)
+    return mixed_images, mixed_targets
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy against probability targets (smoothed and/or mixed)."""
+    return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+
+
+def parse_randaug(spec: str | None) -> str | None:
+    """Validate a timm RandAugment string like 'rand-m9-n2'; None/'none' means off.
+
+    Raises UserError naming the field for anything timm would misread or silently ignore.
+    """
+    if spec in OFF_VALUES:
+        return None
+    text = str(spec)
+    parts = text.split("-")
+    if parts[0] != "rand" or len(parts) < 2 or not all(_RANDAUG_PART.match(p) for p in parts[1:]):
+        raise UserError(
+            f"finetune.randaug: cannot parse {text!r}; expected a timm RandAugment string like 'rand-m9-n2' (M magnitude, N ops) or null"
+        )
+    return text
+
+
+def randaug_transform(spec: str | None, image_size: int, mean: tuple[float, ...]) -> Callable | None:
+    """timm's RandAugment for PIL images, or None when off."""
+    spec = parse_randaug(spec)
+    if spec is None:
+        return None
+    from timm.data.auto_augment import rand_augment_transform
+
+    hparams = {"translate_const": int(image_size * 0.45), "img_mean": tuple(round(255 * x) for x in mean)}
+    try:
+        return rand_augment_transform(spec, hparams)
+    except (AssertionError, ValueError, KeyError) as err:
+        raise UserError(f"finetune.randaug: timm rejects {spec!r} ({err})") from None
+
+
+def check_hparams(ft: Mapping[str, Any]) -> None:
+    """Refuse settings that cannot train, before any work is done."""
+    checks = [
+        (float(ft["lr"]) > 0, "finetune.lr must be > 0", ft["lr"]),
+        (float(ft["weight_decay"]) >= 0, "finetune.weight_decay must be >= 0", ft["weight_decay"]),
+        (int(ft["epochs"]) >= 1, "finetune.epochs must be >= 1", ft["epochs"]),
+        (int(ft["batch_size"]) >= 1, "finetune.batch_size must be >= 1", ft["batch_size"]),
+        (int(ft["grad_accum"]) >= 1, "finetune.grad_accum must be >= 1", ft["grad_accum"]),
+        (int(ft["warmup_steps"]) >= 0, "finetune.warmup_steps must be >= 0", ft["warmup_steps"]),
+        (0 <= float(ft["label_smoothing"]) < 1, "finetune.label_smoothing must be in [0, 1)", ft["label_smoothing"]),
+        (float(ft["mixup"]) >= 0, "finetune.mixup (alpha) must be >= 0", ft["mixup"]),
+        (ft["init"] in ("zeroshot", "lp"), "finetune.init must be zeroshot or lp", ft["init"]),
+    ]
+    for ok, message, value in checks:
+        if not ok:
+            raise UserError(f"{message}, got {value!r}")
+    parse_randaug(ft["randaug"])

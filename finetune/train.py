@@ -1,0 +1,396 @@
+"""Fine-tune one CLIP image tower + linear head: one run, or one job of a sweep.
+
+`finetune(cfg)` builds everything, then `train_loop` reads top to bottom: data, forward, loss, backward,
+clip, step, schedule, log. The recipe's math lives in `finetune/recipe.py`, the data order in
+`finetune/data.py`, the resumable state in `finetune/state.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+import datasets
+from finetune import linear_probe, recipe, state, sweeps
+from finetune.data import SeededExamples, StepBatchSampler, counter_seed, steps_per_epoch
+from finetune.logbook import Logbook
+from finetune.preemption import PreemptionGuard
+from models import evaluate
+from models.checkpoint import CheckpointMeta, save_checkpoint, sha256_prefix
+from models.classifier import ImageClassifier, classifier_from_clip, zeroshot_head_weight
+from models.cli import output_dir, overrides
+from models.errors import UserError
+from models.factory import create_clip
+from models.results import append_records, make_record
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "model.safetensors"
+
+
+@dataclasses.dataclass
+class Ranks:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclasses.dataclass
+class Recipe:
+    """The finetune config with the sweep's overrides applied, as plain values."""
+
+    init: str
+    lr: float
+    weight_decay: float
+    epochs: int
+    batch_size: int
+    grad_accum: int
+    warmup_steps: int
+    grad_clip: float | None
+    label_smoothing: float
+    mixup: float
+    randaug: str | None
+    precision: str
+    compile: bool
+    workers: int
+    save_every_steps: int
+    save_every_minutes: float
+
+
+def resolve_recipe(cfg: DictConfig) -> tuple[Recipe, dict[str, Any]]:
+    """The job's recipe (finetune.* with the sweep job's values on top) and the raw merged dict."""
+    merged = OmegaConf.to_container(cfg.finetune, resolve=True)
+    merged.update(sweeps.job_hparams(OmegaConf.to_container(cfg.sweep, resolve=True)))
+    recipe.check_hparams(merged)
+    fields = {f.name for f in dataclasses.fields(Recipe)}
+    return Recipe(**{k: v for k, v in merged.items() if k in fields}), merged
+
+
+# --- set-up ------------------------------------------------------------------------------------------
+
+
+def setup_distributed() -> Ranks:
+    """torchrun (RANK/WORLD_SIZE set) or a multi-task SLURM job through submitit; else one process."""
+    if "RANK" not in os.environ and os.environ.get("SUBMITIT_EXECUTOR"):  # one task per GPU: hydra.launcher.tasks_per_node
+        import submitit
+
+        if submitit.JobEnvironment().num_tasks > 1:
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Ranks()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(name: str, ranks: Ranks) -> torch.device:
+    device = evaluate.resolve_device(name)
+    if device.type == "cuda" and ranks.world > 1:
+        device = torch.device("cuda", ranks.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Mixed precision is for GPUs: auto gives bf16 there and fp32 (no autocast) on CPU."""
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise UserError(f"finetune.precision: unknown {precision!r}; expected auto, fp32, bf16 or fp16")
+    if device.type != "cuda":
+        if precision in ("bf16", "fp16"):
+            raise UserError(f"finetune.precision={precision} needs a GPU; use auto or fp32 on {device.type}")
+        return None
+    return {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def train_transform(preprocess, randaug: str | None, image_size: int):
+    """RandAugment (timm) on the PIL image, then the model's own eval preprocessing."""
+    from torchvision import transforms
+
+    mean = next((t.mean for t in getattr(preprocess, "transforms", []) if isinstance(t, transforms.Normalize)), (0.5, 0.5, 0.5))
+    augment = recipe.randaug_transform(randaug, image_size, tuple(mean))
+    return preprocess if augment is None else transforms.Compose([augment, preprocess])
+
+
+def image_size_of(clip_model: nn.Module) -> int:
+    size = getattr(clip_model.visual, "image_size", 224)
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def lp_init(cfg: DictConfig, classifier: ImageClassifier, preprocess, device: torch.device) -> float:
+    """Fit the head on frozen features of the training split (init=lp); return its training accuracy."""
+    lp_cfg = cfg.finetune.lp
+    pretrained = str(cfg.model.pretrained)
+    key = {"arch": cfg.model.arch, "pretrained": pretrained, "data": OmegaConf.to_container(cfg.data, resolve=True)}
+    if Path(pretrained).is_file():
+        key["pretrained_stat"] = [Path(pretrained).stat().st_size, Path(pretrained).stat().st_mtime_ns]
+    cache_dir = Path(cfg.paths.cache) / "features" if lp_cfg.cache else None
+
+    def compute():
+        plain = datasets.train_set(cfg.data, preprocess)
+        return linear_probe.extract_features(classifier, plain, cfg.data.batch_size, cfg.finetune.workers, device)
+
+    features, labels = linear_probe.cached_features(cache_dir, key, compute)
+    weight, bias = linear_probe.fit_linear_head(
+        features, labels, classifier.head.weight.cpu(), classifier.head.bias.cpu(), lp_cfg.steps, lp_cfg.lr, lp_cfg.weight_decay
+    )
+    with torch.no_grad():
+        classifier.head.weight.copy_(weight)
+        classifier.head.bias.copy_(bias)
+    return float(((features @ weight.T + bias).argmax(-1) == labels).float().mean())
+
+
+# --- the loop ---------------------------------------------------------------------------------------
+
+
+def train_loop(
+    model: nn.Module,
+    classifier: ImageClassifier,
+    train_data: SeededExamples,
+    hp: Recipe,
+    num_classes: int,
+    seed: int,
+    device: torch.device,
+    ranks: Ranks,
+    run_dir: Path,
+    logbook: Logbook,
+    show_progress: bool = True,
+) -> int:
+    """Train `model` (the classifier, maybe DDP-wrapped or compiled) from its saved state, if any, to the end.
+
+    Returns the number of optimizer steps taken in this call.
+    """
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+    amp_dtype = autocast_dtype(hp.precision, device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    per_epoch = steps_per_epoch(len(train_data), hp.batch_size)
+    if per_epoch == 0:
+        raise UserError(f"finetune.batch_size={hp.batch_size} is larger than the training split ({len(train_data)} examples)")
+    total_steps = hp.epochs * per_epoch
+
+    step, sums = 0, {"loss": 0.0, "steps": 0, "seconds": 0.0}
+    saved = state.load_state(run_dir)
+    if saved is not None:  # resume: weights, optimizer moments, position, RNG
+        classifier.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scaler is not None and saved["scaler"] is not None:
+            scaler.load_state_dict(saved["scaler"])
+        step, sums = int(saved["step"]), dict(saved["epoch_sums"])
+        state.set_rng_states(saved["rng"])
+        log.info("resuming from %s at step %d of %d", run_dir / state.STATE_FILE, step, total_steps)
+    logbook.rewind(step)  # a fresh start (step 0) also clears the metrics of an earlier forced run
+
+    guard = PreemptionGuard().install()
+    bar = tqdm(
+        total=total_steps,
+        initial=step,
+        unit="img",
+        unit_scale=hp.batch_size,
+        disable=not (show_progress and ranks.main),
+        dynamic_ncols=True,
+    )
+    last_save, taken = time.monotonic(), 0
+    model.train()
+    while step < total_steps:
+        epoch, start = divmod(step, per_epoch)
+        sampler = StepBatchSampler(len(train_data), hp.batch_size, hp.grad_accum, seed, epoch, ranks.rank, ranks.world, start_step=start)
+        micro_batches = iter(DataLoader(train_data, batch_sampler=sampler, num_workers=hp.workers, pin_memory=device.type == "cuda"))
+        tic = time.perf_counter()
+        for _ in range(start, per_epoch):
+            lr = recipe.warmup_cosine_lr(step, hp.lr, hp.warmup_steps, total_steps)  # schedule, per batch
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step_loss = torch.zeros((), device=device)
+            for micro in range(hp.grad_accum):
+                images, labels = next(micro_batches)  # data
+                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                targets = recipe.soft_targets(labels, num_classes, hp.label_smoothing)  # label smoothing
+                chunk = ranks.rank * hp.grad_accum + micro  # this micro-batch's place in the global batch
+                mix_rng = torch.Generator().manual_seed(counter_seed(seed, step, chunk))
+                images, targets = recipe.mixup(images, targets, hp.mixup, mix_rng)  # mixup
+                last = micro == hp.grad_accum - 1
+                sync = nullcontext() if last or ranks.world == 1 else model.no_sync()  # all-reduce grads once per step
+                with sync, torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    logits = model(images)  # forward
+                    loss = recipe.soft_cross_entropy(logits, targets) / hp.grad_accum  # loss
+                    (scaler.scale(loss) if scaler else loss).backward()  # backward
+                step_loss += loss.detach()
+            if not torch.isfinite(step_loss):
+                raise UserError(f"loss is {step_loss.item()} at step {step} (epoch {epoch}); lower finetune.lr or check the data")
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if hp.grad_clip:
+                torch.nn.utils.clip_grad_norm_(classifier.parameters(), hp.grad_clip)  # clip
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()  # step
+            optimizer.zero_grad(set_to_none=True)
+
+            step += 1
+            sums["loss"] += float(step_loss)  # log
+            sums["steps"] += 1
+            taken += 1
+            toc = time.perf_counter()
+            sums["seconds"] += toc - tic
+            tic = toc
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(step_loss):.4f}", lr=f"{lr:.2e}", refresh=False)
+
+            epoch_end = step % per_epoch == 0
+            if epoch_end:
+                logbook.log_epoch(epoch_metrics(epoch, step, lr, sums, hp.batch_size, ranks, device))
+                sums = {"loss": 0.0, "steps": 0, "seconds": 0.0}
+            timed = hp.save_every_minutes and time.monotonic() - last_save > 60 * hp.save_every_minutes
+            periodic = hp.save_every_steps and step % hp.save_every_steps == 0
+            preempted = stop_requested(guard, ranks, device)
+            if (timed or periodic or preempted or epoch_end) and step < total_steps:
+                if ranks.main:
+                    state.save_state(run_dir, classifier, optimizer, step, sums, scaler)
+                last_save = time.monotonic()
+            if preempted:
+                barrier(ranks)
+                bar.close()
+                guard.hand_over()  # submitit: checkpoint() + requeue + exit
+                raise SystemExit(-1)  # ranks other than 0: submitit's handler returns without exiting
+    bar.close()
+    guard.uninstall()
+    return taken
+
+
+def stop_requested(guard: PreemptionGuard, ranks: Ranks, device: torch.device) -> bool:
+    """Whether any rank caught the preemption signal (all ranks must stop at the same step)."""
+    if ranks.world == 1:
+        return guard.requested
+    flag = torch.tensor([1.0 if guard.requested else 0.0], device=device)
+    dist.all_reduce(flag)
+    return bool(flag.item() > 0)
+
+
+def barrier(ranks: Ranks) -> None:
+    if ranks.world > 1:
+        dist.barrier()
+
+
+def epoch_metrics(
+    epoch: int, step: int, lr: float, sums: dict[str, float], batch_size: int, ranks: Ranks, device: torch.device
+) -> dict[str, Any]:
+    loss = torch.tensor([sums["loss"] / max(sums["steps"], 1)], device=device)
+    if ranks.world > 1:
+        dist.all_reduce(loss)
+        loss /= ranks.world
+    return {
+        "epoch": epoch,
+        "step": step,
+        "loss": float(loss),
+        "lr": lr,
+        "images_per_s": sums["steps"] * batch_size / max(sums["seconds"], 1e-9),
+        "seconds": sums["seconds"],
+    }
+
+
+# --- the stage ----------------------------------------------------------------------------------------
+
+
+def finetune(cfg: DictConfig) -> Path:
+    """Fine-tune one model into the run folder; return the checkpoint path."""
+    hp, merged = resolve_recipe(cfg)
+    run_dir = output_dir()
+    ranks = setup_distributed()
+    device = pick_device(cfg.device, ranks)
+    autocast_dtype(hp.precision, device)  # refuse a bad precision before any work
+    torch.manual_seed(cfg.seed)
+
+    clip_model, preprocess, tokenizer = create_clip(cfg.model.arch, cfg.model.pretrained)
+    info = datasets.class_info(cfg.data)
+    head = zeroshot_head_weight(clip_model, tokenizer, info.classnames, info.templates)  # init=zeroshot
+    classifier = classifier_from_clip(clip_model, head).to(device)
+    augment = train_transform(preprocess, hp.randaug, image_size_of(clip_model))
+    train_data = SeededExamples(datasets.train_set(cfg.data, augment), cfg.seed, random_transform=augment is not preprocess)
+    del clip_model  # the text tower is not trained
+
+    lp_accuracy = None
+    if hp.init == "lp" and state.load_state(run_dir) is None and ranks.main:
+        lp_accuracy = lp_init(cfg, classifier, preprocess, device)  # DDP below broadcasts rank 0's weights
+        log.info("linear probe: training accuracy %.4f", lp_accuracy)
+
+    model: nn.Module = classifier
+    if ranks.world > 1:
+        model = DistributedDataParallel(classifier, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.finetune.compile:
+        model = torch.compile(model)
+
+    logbook = Logbook(
+        run_dir, cfg.logger, str(cfg.run_name), {"finetune": merged, "model": OmegaConf.to_container(cfg.model)}, enabled=ranks.main
+    )
+    try:
+        train_loop(
+            model, classifier, train_data, hp, len(info.classnames), cfg.seed, device, ranks, run_dir, logbook, cfg.finetune.progress
+        )
+        checkpoint = run_dir / CHECKPOINT_FILE
+        if ranks.main:
+            hparams = dict(
+                merged,
+                init=hp.init,
+                parent_pretrained=cfg.model.pretrained,
+                seed=cfg.seed,
+                sweep=OmegaConf.to_container(cfg.sweep, resolve=True),
+                lp_train_accuracy=lp_accuracy,
+            )
+            meta = CheckpointMeta(
+                arch=cfg.model.arch,
+                pretrained=cfg.model.pretrained,
+                num_classes=len(info.classnames),
+                classes=info.classes_id,
+                kind="individual",
+                hparams=hparams,
+            )
+            save_checkpoint(checkpoint, classifier.state_dict(), meta)
+            if cfg.finetune.heldout_eval:
+                heldout = held_out_record(cfg, classifier.eval(), preprocess, device, checkpoint)
+                logbook.log_summary({"heldout_top1": heldout["top1"]})
+            if not cfg.finetune.keep_state:
+                (run_dir / state.STATE_FILE).unlink(missing_ok=True)
+        barrier(ranks)  # DONE (written after we return) must not precede rank 0's checkpoint
+    finally:
+        logbook.close()
+    return checkpoint
+
+
+def held_out_record(cfg: DictConfig, classifier: nn.Module, preprocess, device: torch.device, checkpoint: Path) -> dict[str, Any]:
+    """Held-out accuracy (the split fine-tuning never sees) as a results record in the run folder."""
+    (heldout,) = datasets.eval_sets(cfg.data, preprocess, names=[cfg.data.heldout])
+    ((correct, n),) = evaluate.accuracies(
+        [classifier], heldout, batch_size=cfg.data.batch_size, workers=cfg.finetune.workers, device=device
+    )
+    record = make_record(
+        model_id=str(cfg.run_name),
+        kind="individual",
+        dataset=heldout.name,
+        role="heldout",
+        correct=correct,
+        n=n,
+        checkpoint={"path": str(checkpoint), "sha256": sha256_prefix(checkpoint)},
+        config=overrides(),
+    )
+    append_records(checkpoint.parent, [record])
+    log.info("held-out accuracy on %s: %.4f (%d images)", heldout.name, record["top1"], n)
+    return record

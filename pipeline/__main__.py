@@ -1,0 +1,69 @@
+"""`python -m pipeline EXPERIMENT [--print] [--from N]`: run an experiment's stages in order.
+
+Every stage skips runs that finished (their folder holds DONE), so a second run takes seconds and a
+run after a kill resumes where it stopped. Progress says which step runs, and the time left is
+estimated from this machine's last timings of each step (or the recorded 2-core estimates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from models.atomic import write_text_atomic
+from pipeline.steps import EXPERIMENTS, experiment_steps
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("experiment", choices=EXPERIMENTS, help="which experiment's sequence to run")
+    parser.add_argument("--print", action="store_true", help="print the stage commands instead of running them")
+    parser.add_argument("--from", dest="start", type=int, default=1, help="start at step N (1-based)")
+    args = parser.parse_args()
+
+    runs = Path(os.environ.get("MODEL_SOUPS_RUNS", ROOT / "runs"))
+    steps = experiment_steps(args.experiment, runs.relative_to(ROOT) if runs.is_relative_to(ROOT) else runs)
+    if args.print:
+        for number, step in enumerate(steps, start=1):
+            print(f"# {number}. {step.name}\n{shlex.join(step.argv)}\n")
+        return 0
+
+    timings_path = runs / args.experiment / "pipeline_timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    started = time.monotonic()
+    for number, step in enumerate(steps, start=1):
+        if number < args.start:
+            continue
+        left = sum(timings.get(s.name, s.estimate_s) for s in steps[number - 1 :])
+        print(
+            f"\n=== [{number}/{len(steps)}] {step.name}  (elapsed {_clock(time.monotonic() - started)}, about {_clock(left)} left)\n"
+            f"    {shlex.join(step.argv)}",
+            flush=True,
+        )
+        step_start = time.monotonic()
+        argv = [sys.executable if a == "python" else a for a in step.argv]
+        result = subprocess.run(argv, cwd=ROOT)
+        if result.returncode != 0:
+            print(f"error: step {number} ({step.name}) failed with exit code {result.returncode}; fix it and rerun (finished work is kept)", file=sys.stderr)
+            return result.returncode
+        timings[step.name] = round(time.monotonic() - step_start, 1)
+        write_text_atomic(timings_path, json.dumps(timings, indent=1))
+    print(f"\n=== {args.experiment}: all {len(steps)} steps done in {_clock(time.monotonic() - started)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

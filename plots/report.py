@@ -1,0 +1,112 @@
+"""The record-driven outputs: main_table.{md,tex,csv} and the figures that need only records (1, 2, 6)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from models.atomic import write_text_atomic
+from models.errors import UserError
+from models.results import json_lines
+from plots import figures
+from plots.inputs import preferred_shift_order
+from plots.methods import ROWS
+from plots.render import save_figure
+from plots.table import AVG, ID, SetNames, main_table, model_accuracies, set_names, to_csv, to_latex, to_markdown, to_percent
+
+log = logging.getLogger(__name__)
+
+TRAJECTORY_FILE = "greedy_trajectory.jsonl"
+PAPER_SUITE_ID = "ImageNet"  # the paper's experiment is the one whose id set is ImageNet
+
+
+def with_paper(table: pd.DataFrame, paper_csv: str | os.PathLike | None, sets: SetNames) -> pd.DataFrame:
+    """On the paper's experiment, add the published `paper_id` and `paper_avg_shifts` beside ours (percent)."""
+    if sets.id != PAPER_SUITE_ID or not paper_csv or not Path(paper_csv).exists():
+        return table
+    paper = pd.read_csv(paper_csv).set_index("method")
+    missing = {ID, AVG} - set(paper.columns)
+    if missing:
+        raise UserError(f"{paper_csv}: lacks columns {sorted(missing)}")
+    joined = table.join(paper[[ID, AVG]].rename(columns={ID: "paper_id", AVG: "paper_avg_shifts"}), how="outer")
+    # Rows the paper has and we lack stay, with our cells empty, so the whole published table is in view.
+    order = [row for row in ROWS if row in joined.index] + [row for row in joined.index if row not in ROWS]
+    joined = joined.loc[order]
+    joined.index.name = "method"
+    return joined
+
+
+def write_table(records: pd.DataFrame, out: Path, paper_csv: str | None) -> tuple[pd.DataFrame, SetNames, dict[str, str]]:
+    sets = set_names(records, preferred_shift_order())
+    models = model_accuracies(records, sets)
+    table, picked = main_table(models, sets)
+    if table.empty:
+        raise UserError("results: no record matches a table row (kinds zeroshot, lp, individual, or a soup's model_id)")
+    table = with_paper(to_percent(table), paper_csv, sets)
+    caption = f"Top-1 accuracy (%). Held-out: {sets.heldout}; id: {sets.id}; avg_shifts: mean over {', '.join(sets.shifts)}."
+    write_text_atomic(out / "main_table.md", to_markdown(table, picked))
+    write_text_atomic(out / "main_table.tex", to_latex(table, picked, caption))
+    write_text_atomic(out / "main_table.csv", to_csv(table))
+    write_text_atomic(out / "main_table_models.json", json.dumps(picked, indent=1, sort_keys=True) + "\n")
+    log.info("wrote %s/main_table.{md,tex,csv} (%d rows)", out, len(table))
+    return models, sets, picked
+
+
+def read_trajectory(path: Path) -> pd.DataFrame:
+    """The soups stage's greedy_trajectory.jsonl -> candidate, candidate_heldout, tried_heldout, soup_heldout, accepted."""
+    fields = {
+        "ingredient": "candidate",
+        "ingredient_heldout_top1": "candidate_heldout",
+        "heldout_top1": "tried_heldout",
+        "soup_heldout_top1": "soup_heldout",
+        "accepted": "accepted",
+    }
+    rows = []
+    for number, row in json_lines(path):
+        missing = [k for k in fields if k not in row]
+        if missing:
+            raise UserError(f"{path}:{number}: trajectory line lacks {missing}; was it written by `python -m soups soup=greedy`?")
+        rows.append({new: row[old] for old, new in fields.items()})
+    trajectory = pd.DataFrame(rows)
+    trajectory["tried_heldout"] = pd.to_numeric(trajectory["tried_heldout"], errors="coerce")  # None: stopped early
+    return trajectory
+
+
+def greedy_trajectory_file(records: pd.DataFrame) -> Path | None:
+    """The trajectory beside the greedy soup's records (the latest such run)."""
+    if "source" not in records:
+        return None
+    sources = records.loc[records["kind"] == "greedy_soup", "source"].dropna().unique()
+    paths = [Path(s).parent / TRAJECTORY_FILE for s in sorted(sources)]
+    paths = [p for p in paths if p.exists()]
+    return paths[-1] if paths else None
+
+
+def record_figures(
+    records: pd.DataFrame, results_root: Path, models: pd.DataFrame, sets: SetNames, out: Path, formats: Sequence[str], which: str
+) -> list[str]:
+    """Draw figures 1, 2 (trajectory) and 6 where the records allow; return what was skipped and why."""
+    skipped = []
+    if which in ("all", "fig1"):
+        if models[[ID, AVG]].notna().all(axis=1).any():
+            save_figure(figures.fig1_accuracy_vs_robustness(models, sets), out, "fig1_accuracy_vs_robustness", formats)
+        else:
+            skipped.append("fig1: no model has both id and every shift")
+    if which in ("all", "greedy"):
+        path = greedy_trajectory_file(records)
+        if path is not None:
+            trajectory = read_trajectory(path)
+            save_figure(figures.fig2_greedy_trajectory(trajectory, sets), out, "fig2_greedy_trajectory", formats)
+        else:
+            skipped.append(f"fig2_greedy_trajectory: no {TRAJECTORY_FILE} beside greedy_soup records under {results_root}")
+    if which in ("all", "wise_ft"):
+        if models["alpha"].notna().sum() >= 2:
+            save_figure(figures.fig6_wise_ft(models, sets), out, "fig6_wise_ft", formats)
+        else:
+            skipped.append("fig6_wise_ft: fewer than 2 WiSE-FT records")
+    return skipped

@@ -1,0 +1,190 @@
+"""The paper's main table (its CLIP ViT-B/32 table) from results records: pure functions over pandas tables.
+
+Accuracies stay fractions inside; `to_percent` rounds to the published precision (percent, 2 decimals) at the edge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import pandas as pd
+
+from models.errors import UserError
+from models.results import wide_table
+from plots.methods import INDIVIDUAL_KIND, INIT_KINDS, MODEL_ID_ROWS, ROWS, WISE_FT_DEFAULT_ALPHA, WISE_FT_KIND, style, wise_ft_alpha
+
+HELDOUT, ID, AVG = "heldout", "id", "avg_shifts"
+
+
+@dataclasses.dataclass(frozen=True)
+class SetNames:
+    """The dataset names that play each role in the records (e.g. ImageNet2p / ImageNet / five shifts)."""
+
+    heldout: str | None
+    id: str | None
+    shifts: tuple[str, ...]
+
+
+def _one(names: Sequence[str], role: str) -> str | None:
+    if len(names) > 1:
+        raise UserError(f"results: several datasets have role {role!r} ({', '.join(names)}); keep one experiment per results folder")
+    return names[0] if names else None
+
+
+def set_names(records: pd.DataFrame, preferred_order: Sequence[str] = ()) -> SetNames:
+    """Read the roles from the records; shifts in `preferred_order` first (the data config's order), then by name."""
+    by_role = {role: sorted(records.loc[records["role"] == role, "dataset"].unique()) for role in ("heldout", "id", "shift")}
+    rank = {name: i for i, name in enumerate(preferred_order)}
+    shifts = sorted(by_role["shift"], key=lambda name: (rank.get(name, len(rank)), name))
+    return SetNames(_one(by_role["heldout"], "heldout"), _one(by_role["id"], "id"), tuple(shifts))
+
+
+def model_accuracies(records: pd.DataFrame, sets: SetNames) -> pd.DataFrame:
+    """One row per model_id: `kind`, `heldout`, `id`, each shift, `avg_shifts` (the unweighted mean of the shifts,
+    NaN unless every shift is there), and `alpha` for WiSE-FT records. Fractions."""
+    wide = wide_table(records)
+    columns = {sets.heldout: HELDOUT, sets.id: ID}
+    table = pd.DataFrame(index=wide.index)
+    table["kind"] = wide["kind"]
+    for name, column in list(columns.items()) + [(s, s) for s in sets.shifts]:
+        table[column] = wide[name] if name in wide else math.nan
+    table[AVG] = table[list(sets.shifts)].mean(axis=1, skipna=False) if sets.shifts else math.nan
+    alphas = (
+        records.drop_duplicates("model_id", keep="last").set_index("model_id")["alpha"] if "alpha" in records else pd.Series(dtype=float)
+    )
+    table["alpha"] = [wise_ft_alpha(str(m), alphas.get(m)) if _is_wise_ft(m, k) else math.nan for m, k in zip(table.index, table["kind"])]
+    return table
+
+
+def _is_wise_ft(model_id: str, kind: str) -> bool:
+    return kind == WISE_FT_KIND or str(model_id).startswith("wise_ft")
+
+
+def method_mask(models: pd.DataFrame, row: str) -> pd.Series:
+    """Models of one method row: the soups stage names the row in `kind`; a bare `model_id` (official files) also counts."""
+    return (models["kind"] == row) | (models.index.to_series(index=models.index) == row)
+
+
+def by_heldout(models: pd.DataFrame) -> pd.DataFrame:
+    """Best held-out first; ties keep the records' order (stable sort), models without held-out last."""
+    return models.sort_values(HELDOUT, ascending=False, kind="stable", na_position="last")
+
+
+def individuals(models: pd.DataFrame) -> pd.DataFrame:
+    return by_heldout(models[models["kind"] == INDIVIDUAL_KIND])
+
+
+def pick_rows(models: pd.DataFrame) -> dict[str, str]:
+    """Table row -> the model_id it shows (oracle is computed, not picked)."""
+    picked: dict[str, str] = {}
+    for kind, row in INIT_KINDS.items():
+        inits = by_heldout(models[models["kind"] == kind])
+        if len(inits):
+            picked[row] = inits.index[0]
+    pool = individuals(models)
+    for row, position in (("best_individual", 0), ("second_best_individual", 1)):
+        if len(pool) > position:
+            picked[row] = pool.index[position]
+    for row in MODEL_ID_ROWS:
+        found = models[method_mask(models, row)]
+        if len(found):
+            picked[row] = by_heldout(found).index[0]
+    wise = models[[_is_wise_ft(m, k) for m, k in zip(models.index, models["kind"])]]
+    if len(wise):
+        default = wise[(wise["alpha"] - WISE_FT_DEFAULT_ALPHA).abs() < 1e-9]
+        picked["wise_ft"] = by_heldout(default if len(default) else wise).index[0]
+    return picked
+
+
+def oracle_row(models: pd.DataFrame, sets: SetNames) -> pd.Series | None:
+    """Best individual on each set separately; its avg_shifts is the mean of the per-shift maxima."""
+    pool = individuals(models)
+    if pool.empty:
+        return None
+    row = pool[[HELDOUT, ID, *sets.shifts]].max()
+    row[AVG] = row[list(sets.shifts)].mean(skipna=False) if sets.shifts else math.nan
+    return row
+
+
+def main_table(models: pd.DataFrame, sets: SetNames) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The table (rows in the paper's order, where the data exists; fractions) and which model each row shows."""
+    columns = [HELDOUT, ID, *sets.shifts, AVG]
+    picked = pick_rows(models)
+    rows = {}
+    for row in ROWS:
+        if row == "oracle":
+            oracle = oracle_row(models, sets)
+            if oracle is not None:
+                rows[row] = oracle[columns]
+        elif row in picked:
+            rows[row] = models.loc[picked[row], columns]
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=columns)
+    table.index.name = "method"
+    return table, picked
+
+
+def to_percent(table: pd.DataFrame) -> pd.DataFrame:
+    """Fractions -> percent with 2 decimals, the paper's precision."""
+    return (table.astype(float) * 100).round(2)
+
+
+# --- writers (strings; the caller writes them atomically) ---------------------------------------------------
+
+
+def _cell(value: object) -> str:
+    return (
+        ""
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else f"{value:.2f}"
+        if isinstance(value, float)
+        else str(value)
+    )
+
+
+def row_label(method: str, picked: dict[str, str]) -> str:
+    label = style(method).label
+    if method in picked and picked[method] != method:
+        label += f" ({picked[method]})"
+    return label
+
+
+def to_markdown(table: pd.DataFrame, picked: dict[str, str]) -> str:
+    header = ["Method", *table.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(table.columns)) + "|"]
+    for method, values in table.iterrows():
+        lines.append("| " + " | ".join([row_label(method, picked), *(_cell(v) for v in values)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _tex_escape(text: str) -> str:
+    for char, escaped in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
+        text = text.replace(char, escaped)
+    return text
+
+
+def to_latex(table: pd.DataFrame, picked: dict[str, str], caption: str) -> str:
+    header = " & ".join(["Method", *(_tex_escape(str(c)) for c in table.columns)]) + r" \\"
+    body = [" & ".join([_tex_escape(row_label(m, picked)), *(_cell(v) for v in values)]) + r" \\" for m, values in table.iterrows()]
+    return "\n".join(
+        [
+            r"% needs \usepackage{booktabs}",
+            r"\begin{table}[t]",
+            r"\centering",
+            r"\begin{tabular}{l" + "r" * len(table.columns) + "}",
+            r"\toprule",
+            header,
+            r"\midrule",
+            *body,
+            r"\bottomrule",
+            r"\end{tabular}",
+            rf"\caption{{{_tex_escape(caption)}}}",
+            r"\end{table}",
+            "",
+        ]
+    )
+
+
+def to_csv(table: pd.DataFrame) -> str:
+    return table.to_csv(float_format="%.2f", na_rep="")

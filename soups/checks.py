@@ -1,0 +1,53 @@
+"""Ingredient checks before any averaging: one architecture, one class list, one key set, shapes, dtypes.
+
+Pure functions over descriptions of the ingredients (no tensors are read); NaN/inf are caught while
+streaming (soups.streaming) and unequal non-float tensors while averaging (soups.average).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from models.errors import UserError
+from soups.streaming import TensorSpec
+
+
+@dataclasses.dataclass
+class IngredientSpec:
+    name: str  # the path, for error messages
+    arch: str
+    num_classes: int
+    classes: str
+    tensors: dict[str, TensorSpec]
+
+
+def check_compatible(specs: Sequence[IngredientSpec]) -> None:
+    """Raise a UserError naming the first ingredient and key that differ from the first ingredient."""
+    if not specs:
+        raise UserError("ingredients: the ingredient set is empty; give a glob, a list of checkpoints or a finished sweep folder")
+    first = specs[0]
+    for other in specs[1:]:
+        if other.arch != first.arch:
+            raise UserError(
+                f"{other.name}: architecture {other.arch!r} differs from {first.name} ({first.arch!r}); soups need one architecture"
+            )
+        if other.num_classes != first.num_classes:
+            raise UserError(
+                f"{other.name}: mismatched class counts ({other.num_classes} classes, {first.name} has {first.num_classes}); soups need one class list"
+            )
+        if other.classes != first.classes:
+            raise UserError(
+                f"{other.name}: class list {other.classes!r} differs from {first.name} ({first.classes!r}); soups need one class list"
+            )
+        missing = sorted(first.tensors.keys() - other.tensors.keys())
+        extra = sorted(other.tensors.keys() - first.tensors.keys())
+        if missing or extra:
+            key, what = (missing[0], "lacks") if missing else (extra[0], "has an extra")
+            raise UserError(f"{other.name}: {what} key '{key}' compared with {first.name}; ingredients must share one key set")
+        for key, (shape, dtype) in first.tensors.items():
+            other_shape, other_dtype = other.tensors[key]
+            if other_shape != shape:
+                raise UserError(f"{other.name}: key '{key}' has shape {list(other_shape)}, {first.name} has {list(shape)}")
+            if other_dtype != dtype:
+                raise UserError(f"{other.name}: key '{key}' has dtype {other_dtype}, {first.name} has {dtype}")

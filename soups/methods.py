@@ -1,0 +1,339 @@
+"""Every soup method behind one interface, picked by name (`soup=<name>`, conf/soup/<name>.yaml).
+
+A method is a function `(SoupContext) -> SoupOutcome`. It reads ingredients only through the context
+(streaming, one checkpoint or one layer at a time) and scores through its evaluate callbacks; it writes
+no file. The stage (soups.pipeline) evaluates the outcome's models on the sets and writes everything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from models.checkpoint import sha256_prefix
+from models.errors import UserError
+from soups import average, ensemble, greedy, learned, model_stock
+from soups.ingredients import Ingredient, recorded_heldout
+from soups.scoring import Scorer
+from soups.streaming import BackgroundHashes, iter_ingredient_tensors, iter_layers, load_state
+
+log = logging.getLogger(__name__)
+
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclasses.dataclass
+class Candidate:
+    """One model the stage evaluates and records: a weight-space state, or an ensemble of members."""
+
+    model_id: str
+    state: StateDict | None = None
+    members: list[int] | None = None  # ensemble members (ingredient indices) when state is None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # added to each results record
+
+
+@dataclasses.dataclass
+class SoupOutcome:
+    kind: str  # the results records' kind, one row of the main table (e.g. greedy_soup)
+    candidates: list[Candidate]
+    checkpoint: StateDict | None = None  # written to <out>/model.safetensors
+    weights: list[float] | None = None  # per ingredient, for the checkpoint metadata
+    hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
+    init_weight: float | None = None  # weight of the init checkpoint (wise_ft, model_stock)
+    files: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> text, written to <out>/
+
+
+@dataclasses.dataclass
+class SoupContext:
+    ingredients: list[Ingredient]
+    options: Any  # cfg.soup
+    run_name: str
+    seed: int
+    device: torch.device
+    make_scorer: Callable[[], Scorer]
+    init: Ingredient | None = None  # the zero-shot / LP init (wise_ft, model_stock)
+    hashes: BackgroundHashes | None = None
+    _scorer: Scorer | None = None
+
+    def sha256(self, path: Path) -> str:
+        return self.hashes.get(path) if self.hashes is not None else sha256_prefix(path)
+
+    @property
+    def scorer(self) -> Scorer:
+        if self._scorer is None:
+            self._scorer = self.make_scorer()
+        return self._scorer
+
+    def stream(self, index: int, borrowed: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+        """One ingredient, tensor by tensor; `borrowed` tensors are only valid until the next is read."""
+        return iter_ingredient_tensors(self.ingredients[index].path, borrowed=borrowed)
+
+    def load(self, index: int) -> StateDict:
+        return load_state(self.ingredients[index].path)
+
+    def load_init(self) -> StateDict:
+        if self.init is None:
+            raise UserError(
+                f"soup.init: {self.options.name} needs the zero-shot (or LP) init checkpoint; pass soup.init=/path/to/model.safetensors"
+            )
+        return load_state(self.init.path)
+
+    def heldout_correct(self) -> list[int]:
+        """Each ingredient's held-out correct count: from its run's results records, else computed."""
+        scorer, n = self.scorer, self.scorer.n_heldout
+        counts: list[int | None] = [recorded_heldout(ing, scorer.heldout.name, n, self.sha256) for ing in self.ingredients]
+        missing = [i for i, c in enumerate(counts) if c is None]
+        log.info("held-out accuracy: %d ingredient(s) from results records, %d to compute", len(counts) - len(missing), len(missing))
+        chunk = int(self.options.get("eval_chunk", 8))
+        for start in range(0, len(missing), chunk):
+            group = missing[start : start + chunk]
+            for index, (correct, _) in zip(group, scorer.accuracies([self.load(i) for i in group], scorer.heldout)):
+                counts[index] = correct
+        return [int(c) for c in counts]  # type: ignore[arg-type]
+
+    def order(self, correct: list[int]) -> list[int]:
+        """Candidates by held-out accuracy, best first (paper, Recipe 1), or shuffled (`soup.order=random`)."""
+        indices = list(range(len(correct)))
+        order = self.options.get("order", "sorted")
+        if order == "random":
+            random.Random(self.seed).shuffle(indices)
+            return indices
+        if order != "sorted":
+            raise UserError(f"soup.order: unknown order {order!r}; use sorted or random")
+        return sorted(indices, key=lambda i: -correct[i])  # stable: ties keep the input order
+
+
+def _uniform_state(ctx: SoupContext, indices: list[int]) -> StateDict:
+    running = average.RunningSum(_accumulate_dtype(ctx))
+    for i in indices:
+        running.add(ctx.stream(i, borrowed=True), name=ctx.ingredients[i].name)
+    return running.mean(in_place=True)
+
+
+def _accumulate_dtype(ctx: SoupContext) -> torch.dtype:
+    name = ctx.options.get("accumulate", "float32")
+    if name not in ("float32", "float64"):
+        raise UserError(f"soup.accumulate: use float32 or float64, not {name!r}")
+    return getattr(torch, name)
+
+
+def _trajectory(ctx: SoupContext, steps: list[greedy.GreedyStep], individual: list[int], n: int) -> str:
+    lines = []
+    for number, step in enumerate(steps):
+        line = {
+            "step": number,
+            "ingredient": ctx.ingredients[step.index].name,
+            "ingredient_heldout_top1": individual[step.index] / n,
+            "accepted": step.accepted,
+            "heldout_top1": None if step.correct is None else step.correct / n,
+            "evaluated": step.evaluated,
+            "stopped_early": step.correct is None,
+            "soup_heldout_top1": step.soup_correct / n,
+            "soup_size": step.soup_size,
+        }
+        lines.append(line)
+    return "".join(json.dumps(line) + "\n" for line in lines)
+
+
+def _log_savings(steps: list[greedy.GreedyStep], n: int) -> dict[str, int]:
+    candidates = max(len(steps) - 1, 0)
+    saved = greedy.forward_passes_saved(steps, n)
+    total = candidates * n
+    log.info("early rejection saved %d of %d held-out forward passes (%.1f%%)", saved, total, 100.0 * saved / max(total, 1))
+    return {"forward_passes_saved": saved, "forward_passes_full": total}
+
+
+# --- the methods --------------------------------------------------------------------------------------
+
+
+def uniform_method(ctx: SoupContext) -> SoupOutcome:
+    state = _uniform_state(ctx, list(range(len(ctx.ingredients))))
+    n = len(ctx.ingredients)
+    return SoupOutcome("uniform_soup", [Candidate(ctx.run_name, state)], state, [1.0 / n] * n)
+
+
+def greedy_method(ctx: SoupContext) -> SoupOutcome:
+    scorer = ctx.scorer
+    n = scorer.n_heldout
+    individual = ctx.heldout_correct()
+    order = ctx.order(individual)
+    running = average.RunningSum(_accumulate_dtype(ctx))
+    pending: dict[int, StateDict] = {}
+
+    def score(index: int) -> Iterator[tuple[int, int]]:
+        pending.clear()
+        pending[index] = ctx.load(index)
+        return scorer.heldout_batches(running.mean_with(pending[index], name=ctx.ingredients[index].name))
+
+    def commit(index: int) -> None:
+        state = pending.pop(index, None)
+        running.add(state if state is not None else ctx.stream(index), name=ctx.ingredients[index].name, owned=True)
+
+    steps = greedy.greedy_select(
+        order,
+        individual[order[0]],
+        n,
+        score,
+        commit,
+        accept=ctx.options.get("accept", "gt"),
+        early_rejection=bool(ctx.options.get("early_rejection", True)),
+    )
+    pending.clear()
+    members = {s.index for s in steps if s.accepted}
+    state = running.mean(in_place=True)
+    weights = [1.0 / len(members) if i in members else 0.0 for i in range(len(ctx.ingredients))]
+    kind = "greedy_soup_random_order" if ctx.options.get("order", "sorted") == "random" else "greedy_soup"
+    savings = _log_savings(steps, n)
+    log.info("greedy soup: %d of %d ingredients, held-out %.4f", len(members), len(ctx.ingredients), steps[-1].soup_correct / n)
+    return SoupOutcome(
+        kind,
+        [Candidate(ctx.run_name, state, extra={"soup_size": len(members)})],
+        state,
+        weights,
+        hparams={"order": ctx.options.get("order", "sorted"), "accept": ctx.options.get("accept", "gt"), **savings},
+        files={"greedy_trajectory.jsonl": _trajectory(ctx, steps, individual, n)},
+    )
+
+
+def _learned(ctx: SoupContext, by_layer: bool) -> SoupOutcome:
+    states = [ctx.load(i) for i in range(len(ctx.ingredients))]
+    for i, state in enumerate(states[1:], start=1):  # non-float tensors are not mixed: they must agree
+        for key, tensor in state.items():
+            if not tensor.is_floating_point() and not torch.equal(tensor, states[0][key]):
+                raise UserError(
+                    f"{ctx.ingredients[i].name}: non-float tensor '{key}' differs from the first ingredient's; it must be equal"
+                )
+    scorer = ctx.scorer
+    buffers = [name for name, _ in scorer.model.named_buffers()]
+    soup = learned.LearnedSoup(states, by_layer=by_layer, device=ctx.device, buffers=buffers)
+    batch_size = int(ctx.options.batch_size)
+
+    def batches(epoch: int):
+        generator = torch.Generator().manual_seed(ctx.seed * 1000 + epoch)
+        return DataLoader(
+            scorer.heldout.dataset, batch_size=batch_size, shuffle=True, generator=generator, num_workers=int(ctx.options.get("workers", 0))
+        )
+
+    history = learned.fit_learned_soup(
+        soup, scorer.model, batches, epochs=int(ctx.options.epochs), lr=float(ctx.options.lr), weight_decay=float(ctx.options.weight_decay)
+    )
+    state = learned.learned_state(soup)
+    weights = soup.ingredient_weights()
+    log.info(
+        "learned soup: β=%.3f, loss by epoch %s, mean α %s",
+        history.beta,
+        [round(x, 4) for x in history.losses],
+        [round(w, 3) for w in weights],
+    )
+    kind = "learned_soup_by_layer" if by_layer else "learned_soup"
+    files = {
+        "learned_weights.json": json.dumps({"beta": history.beta, "losses": history.losses, "alpha": soup.alpha_by_key()}, indent=1) + "\n"
+    }
+    return SoupOutcome(
+        kind, [Candidate(ctx.run_name, state)], state, weights, hparams={"beta": history.beta, "losses": history.losses}, files=files
+    )
+
+
+def learned_method(ctx: SoupContext) -> SoupOutcome:
+    return _learned(ctx, by_layer=False)
+
+
+def learned_by_layer_method(ctx: SoupContext) -> SoupOutcome:
+    return _learned(ctx, by_layer=True)
+
+
+def ensemble_method(ctx: SoupContext) -> SoupOutcome:
+    members = list(range(len(ctx.ingredients)))
+    return SoupOutcome("ensemble", [Candidate(ctx.run_name, members=members, extra={"ensemble_size": len(members)})])
+
+
+def greedy_ensemble_method(ctx: SoupContext) -> SoupOutcome:
+    scorer = ctx.scorer
+    n = scorer.n_heldout
+    chunk = int(ctx.options.get("eval_chunk", 8))
+    heldout_logits: list[torch.Tensor] = []
+    labels = None
+    for start in range(0, len(ctx.ingredients), chunk):
+        group = range(start, min(start + chunk, len(ctx.ingredients)))
+        logits, labels = scorer.logits([ctx.load(i) for i in group], scorer.heldout)
+        heldout_logits.extend(logits)
+    individual = [int((x.argmax(dim=-1) == labels).sum()) for x in heldout_logits]
+    order = ctx.order(individual)
+    members, steps = ensemble.greedy_ensemble(
+        heldout_logits,
+        labels,
+        order,
+        accept=ctx.options.get("accept", "gt"),
+        early_rejection=bool(ctx.options.get("early_rejection", True)),
+    )
+    log.info("greedy ensemble: %d of %d ingredients, held-out %.4f", len(members), len(ctx.ingredients), steps[-1].soup_correct / n)
+    extra = {"ensemble_size": len(members), "members": [ctx.ingredients[i].name for i in members]}
+    outcome = SoupOutcome("greedy_ensemble", [Candidate(ctx.run_name, members=members, extra=extra)])
+    outcome.files["greedy_trajectory.jsonl"] = _trajectory(ctx, steps, individual, n)
+    outcome.files["members.json"] = json.dumps(extra["members"], indent=1) + "\n"
+    return outcome
+
+
+def wise_ft_method(ctx: SoupContext) -> SoupOutcome:
+    init = ctx.load_init()
+    indices = list(range(len(ctx.ingredients)))
+    if len(indices) > 1:
+        log.info("wise_ft: %d ingredients given; the fine-tuned endpoint is their uniform soup", len(indices))
+    endpoint = _uniform_state(ctx, indices)
+    alphas = [float(a) for a in ctx.options.alphas]
+    if any(not 0.0 <= a <= 1.0 for a in alphas):
+        raise UserError(f"soup.alphas: every α must lie in [0, 1], got {alphas}")
+    candidates = [Candidate(f"{ctx.run_name}_alpha{a:.2f}", average.interpolate(init, endpoint, a), extra={"alpha": a}) for a in alphas]
+    alpha = float(ctx.options.alpha)
+    checkpoint = average.interpolate(init, endpoint, alpha)
+    n = len(indices)
+    return SoupOutcome(
+        "wise_ft", candidates, checkpoint, [alpha / n] * n, hparams={"alpha": alpha, "alphas": alphas}, init_weight=1.0 - alpha
+    )
+
+
+def model_stock_method(ctx: SoupContext) -> SoupOutcome:
+    if len(ctx.ingredients) < 2:
+        raise UserError("model_stock: needs at least 2 fine-tuned ingredients")
+    init = ctx.load_init()
+    names = [ing.name for ing in ctx.ingredients]
+    state, ratios = model_stock.model_stock(init, iter_layers([ing.path for ing in ctx.ingredients]), names)
+    mean_t = sum(ratios.values()) / max(len(ratios), 1)
+    n = len(ctx.ingredients)
+    log.info("model stock: mean ratio t = %.4f over %d tensors", mean_t, len(ratios))
+    files = {"model_stock_ratios.json": json.dumps(ratios, indent=1) + "\n"}
+    return SoupOutcome(
+        "model_stock",
+        [Candidate(ctx.run_name, state)],
+        state,
+        [mean_t / n] * n,
+        hparams={"mean_t": mean_t},
+        init_weight=1.0 - mean_t,
+        files=files,
+    )
+
+
+METHODS: dict[str, Callable[[SoupContext], SoupOutcome]] = {
+    "uniform": uniform_method,
+    "greedy": greedy_method,
+    "learned": learned_method,
+    "learned_by_layer": learned_by_layer_method,
+    "ensemble": ensemble_method,
+    "greedy_ensemble": greedy_ensemble_method,
+    "wise_ft": wise_ft_method,
+    "model_stock": model_stock_method,
+}
+
+
+def get_method(name: str) -> Callable[[SoupContext], SoupOutcome]:
+    if name not in METHODS:
+        raise UserError(f"soup.name: unknown soup method {name!r}; choose one of {sorted(METHODS)}")
+    return METHODS[name]

@@ -1,0 +1,174 @@
+"""The soups stage: resolve and check ingredients, run the chosen method, evaluate, write outputs.
+
+Outputs in the run folder, all written after every computation succeeded (so a failure leaves none):
+- `model.safetensors` (weight-space methods), metadata listing every ingredient (path, sha256, weight);
+- `results.jsonl`: one record per (model, set), `kind` naming the method's row of the main table;
+- method files: `greedy_trajectory.jsonl`, `learned_weights.json`, `model_stock_ratios.json`, ...;
+- `predictions.safetensors` for ensembles (averaged logits, float16, and labels per set).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
+
+from models.atomic import atomic_path, write_text_atomic
+from models.checkpoint import CheckpointMeta, save_checkpoint, sha256_prefix
+from models.errors import UserError
+from models.evaluate import count_correct, resolve_device
+from models.results import append_records, make_record
+from soups.checks import check_compatible
+from soups.ingredients import describe, resolve_ingredients
+from soups.methods import Candidate, SoupContext, SoupOutcome, get_method
+from soups.scoring import EvalSetsFn, Scorer, selected_set_names
+from soups.streaming import BackgroundHashes
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "model.safetensors"
+PREDICTIONS = "predictions.safetensors"
+
+
+def loader_kwargs(eval_cfg: Any) -> dict[str, Any]:
+    """The eval protocol's loader settings, as keyword arguments of `models.evaluate.iter_logits`."""
+    kwargs = {"batch_size": int(eval_cfg.batch_size), "workers": int(eval_cfg.workers)}
+    for key in ("amp", "skip_bad_images"):
+        if key in eval_cfg:
+            kwargs[key] = eval_cfg[key]
+    return kwargs
+
+
+def build_context(cfg: Any, eval_sets_fn: EvalSetsFn | None = None) -> SoupContext:
+    """Resolve and check the ingredients (and the init, if any) before anything is computed."""
+    get_method(cfg.soup.name)  # an unknown method fails before any file is read
+    ingredients = resolve_ingredients(cfg.ingredients, cfg.model)
+    check_compatible([ing.spec() for ing in ingredients])
+    init = None
+    if cfg.soup.get("init"):
+        init_path = Path(str(cfg.soup.init))
+        if not init_path.exists():
+            raise UserError(f"soup.init: {init_path}: no such checkpoint")
+        init = describe(init_path, cfg.model)
+        check_compatible([ingredients[0].spec(), init.spec()])
+    device = resolve_device(str(cfg.device))
+    evaluate = bool(cfg.soup.get("evaluate", True))
+    names = selected_set_names(cfg.data, cfg.eval.sets) if evaluate else [cfg.data.heldout]
+    meta = ingredients[0].meta
+
+    def make_scorer() -> Scorer:
+        return Scorer(meta, cfg.data, names, device, loader_kwargs(cfg.eval), eval_sets_fn)
+
+    hashes = BackgroundHashes([ing.path for ing in ingredients] + ([init.path] if init is not None else []))
+    return SoupContext(ingredients, cfg.soup, str(cfg.run_name), int(cfg.seed), device, make_scorer, init, hashes)
+
+
+def evaluate_outcome(ctx: SoupContext, outcome: SoupOutcome) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+    """(correct, n) of every candidate on every set, as record fields; ensembles also give predictions."""
+    scorer = ctx.scorer
+    chunk = int(ctx.options.get("eval_chunk", 8))
+    rows: list[dict[str, Any]] = []
+    predictions: dict[str, torch.Tensor] = {}
+    with_state = [c for c in outcome.candidates if c.state is not None]
+    for eval_set in scorer.sets:
+        for start in range(0, len(with_state), chunk):
+            group = with_state[start : start + chunk]
+            for candidate, (correct, n) in zip(group, scorer.accuracies([c.state for c in group], eval_set)):
+                rows.append(_row(candidate, eval_set.name, eval_set.role, correct, n))
+        for candidate in (c for c in outcome.candidates if c.state is None):
+            logits, labels = _ensemble_logits(ctx, candidate.members or [], eval_set, chunk)
+            rows.append(_row(candidate, eval_set.name, eval_set.role, count_correct(logits, labels), len(labels)))
+            predictions[f"{candidate.model_id}/{eval_set.name}/logits"] = logits.half()
+            predictions[f"{candidate.model_id}/{eval_set.name}/labels"] = labels
+    return rows, predictions
+
+
+def _row(candidate: Candidate, dataset: str, role: str, correct: int, n: int) -> dict[str, Any]:
+    return {"model_id": candidate.model_id, "dataset": dataset, "role": role, "correct": correct, "n": n, **candidate.extra}
+
+
+def _ensemble_logits(ctx: SoupContext, members: Sequence[int], eval_set, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The members' average logits on a set, loading `chunk` members at a time (one decode per chunk)."""
+    total, labels = None, None
+    for start in range(0, len(members), chunk):
+        group = members[start : start + chunk]
+        logits, labels = ctx.scorer.logits([ctx.load(i) for i in group], eval_set)
+        for x in logits:
+            total = x.clone() if total is None else total.add_(x)
+    return total / len(members), labels
+
+
+def checkpoint_meta(ctx: SoupContext, outcome: SoupOutcome, cfg: Any) -> CheckpointMeta:
+    first = ctx.ingredients[0].meta
+    ingredients = [
+        {"path": ing.name, "sha256": ctx.sha256(ing.path), "weight": w} for ing, w in zip(ctx.ingredients, outcome.weights or [])
+    ]
+    if ctx.init is not None and outcome.init_weight is not None:
+        ingredients.append({"path": ctx.init.name, "sha256": ctx.sha256(ctx.init.path), "weight": outcome.init_weight, "role": "init"})
+    hparams = {
+        "method": str(cfg.soup.name),
+        "soup_kind": outcome.kind,
+        **outcome.hparams,
+        "options": OmegaConf.to_container(cfg.soup, resolve=True),
+    }
+    kind = "wise_ft" if outcome.kind == "wise_ft" else "soup"
+    return CheckpointMeta(
+        arch=first.arch,
+        pretrained=first.pretrained,
+        num_classes=first.num_classes,
+        classes=first.classes,
+        kind=kind,
+        hparams=hparams,
+        ingredients=ingredients,
+    )
+
+
+def run_soup(cfg: Any, out: Path, config_overrides: Sequence[str] = (), eval_sets_fn: EvalSetsFn | None = None) -> SoupOutcome:
+    ctx = build_context(cfg, eval_sets_fn)
+    try:
+        return _run(ctx, cfg, out, config_overrides)
+    finally:
+        if ctx.hashes is not None:
+            ctx.hashes.close()
+
+
+def _run(ctx: SoupContext, cfg: Any, out: Path, config_overrides: Sequence[str]) -> SoupOutcome:
+    log.info("soup %s over %d ingredient(s) on %s", cfg.soup.name, len(ctx.ingredients), ctx.device)
+    outcome = get_method(cfg.soup.name)(ctx)
+    rows, predictions = evaluate_outcome(ctx, outcome) if cfg.soup.get("evaluate", True) else ([], {})
+
+    # Everything is computed: write the outputs, checkpoint first so records can name its hash.
+    checkpoint = None
+    if outcome.checkpoint is not None:
+        path = save_checkpoint(out / CHECKPOINT, outcome.checkpoint, checkpoint_meta(ctx, outcome, cfg))
+        checkpoint = {"path": str(path), "sha256": sha256_prefix(path) if rows else ""}  # the hash is only for records
+    for name, text in outcome.files.items():
+        write_text_atomic(out / name, text)
+    if predictions:
+        with atomic_path(out / PREDICTIONS) as tmp:
+            save_file({k: v.contiguous() for k, v in predictions.items()}, str(tmp))
+    saved_alpha = outcome.hparams.get("alpha")
+    records = []
+    for row in rows:
+        correct = row.pop("correct")
+        owns_checkpoint = checkpoint is not None and (saved_alpha is None or row.get("alpha") == saved_alpha)
+        records.append(
+            make_record(
+                kind=outcome.kind,
+                correct=correct,
+                checkpoint=checkpoint if owns_checkpoint else None,
+                config=config_overrides,
+                method=str(cfg.soup.name),
+                ingredients=len(ctx.ingredients),
+                **row,
+            )
+        )
+        log.info("%s on %s: top1 %.4f", row["model_id"], row["dataset"], records[-1]["top1"])
+    if records:
+        append_records(out, records)
+    return outcome

@@ -1,0 +1,103 @@
+"""The evaluate callbacks soups use: held-out scoring of a state dict, accuracies and logits on the sets.
+
+Built on the shared engine `models.evaluate` (the soups stage never imports the eval stage). One model
+skeleton of the ingredients' architecture is built once; states are loaded into it (or into copies of
+it, to score several states per decoded batch).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+import datasets
+from datasets import EvalSet
+from models.checkpoint import CheckpointMeta
+from models.errors import UserError
+from models.evaluate import accuracies, count_correct, iter_logits
+
+log = logging.getLogger(__name__)
+
+EvalSetsFn = Callable[[Any, Callable, Sequence[str] | None], list[EvalSet]]
+
+
+def selected_set_names(data_cfg: Any, sets: Any) -> list[str]:
+    """Set names for `eval.sets`: all | heldout | id | shifts | a list of names (heldout always first)."""
+    named = datasets.set_names(data_cfg)
+    if isinstance(sets, str):
+        roles = {"all": ("heldout", "id", "shift"), "heldout": ("heldout",), "id": ("heldout", "id"), "shifts": ("heldout", "shift")}
+        if sets not in roles:
+            raise UserError(f"eval.sets: unknown choice {sets!r}; use all, heldout, id, shifts or a list of set names")
+        return [name for name, role in named if role in roles[sets]]
+    wanted = [str(s) for s in sets]
+    unknown = [s for s in wanted if s not in dict(named)]
+    if unknown:
+        raise UserError(f"eval.sets: unknown set {unknown[0]!r}; the suite has {[name for name, _ in named]}")
+    return [data_cfg.heldout] + [s for s in wanted if s != data_cfg.heldout]
+
+
+class Scorer:
+    """Scores state dicts of one architecture on the suite's sets."""
+
+    def __init__(
+        self,
+        meta: CheckpointMeta,
+        data_cfg: Any,
+        set_names: Sequence[str],
+        device: torch.device,
+        loader_kwargs: dict[str, Any],
+        eval_sets_fn: EvalSetsFn | None = None,
+    ):
+        # Imported here: open_clip adds ~300 MB of RSS, which a plain uniform soup without evaluation never needs.
+        from models.classifier import ImageClassifier, embed_dim_of
+        from models.factory import create_clip
+
+        clip_model, preprocess, _ = create_clip(meta.arch, pretrained=None)
+        self.model = ImageClassifier(clip_model.visual, embed_dim_of(clip_model), meta.num_classes).to(device).eval()
+        self.device = device
+        self.loader_kwargs = {**loader_kwargs, "device": device}  # batch_size, workers, amp, ... of models.evaluate.iter_logits
+        self.sets = (eval_sets_fn or datasets.eval_sets)(data_cfg, preprocess, list(set_names))
+        heldout = [s for s in self.sets if s.role == "heldout"]
+        if not heldout:
+            raise UserError(f"data: the suite {data_cfg.name!r} has no held-out set; greedy and learned soups select on it")
+        self.heldout = heldout[0]
+        if len(self.heldout.classnames) != meta.num_classes:
+            raise UserError(
+                f"ingredients: checkpoints have {meta.num_classes} classes but held-out set {self.heldout.name!r} has {len(self.heldout.classnames)}; "
+                "use checkpoints fine-tuned on this suite"
+            )
+
+    @property
+    def n_heldout(self) -> int:
+        return len(self.heldout.dataset)
+
+    def _models_for(self, states: Sequence[Mapping[str, torch.Tensor]]) -> list[nn.Module]:
+        models = [self.model] + [copy.deepcopy(self.model) for _ in states[1:]]
+        for model, state in zip(models, states):
+            model.load_state_dict(state, strict=True)
+        return models
+
+    def heldout_batches(self, state: Mapping[str, torch.Tensor]) -> Iterator[tuple[int, int]]:
+        """(correct, examples) per held-out batch, lazily, so a caller can stop early."""
+        (model,) = self._models_for([state])
+        for (logits,), labels in iter_logits([model], self.heldout, **self.loader_kwargs):
+            yield count_correct(logits, labels), len(labels)
+
+    def accuracies(self, states: Sequence[Mapping[str, torch.Tensor]], eval_set: EvalSet) -> list[tuple[int, int]]:
+        """(correct, n) per state on one set, decoding each image once for all states."""
+        return accuracies(self._models_for(states), eval_set, **self.loader_kwargs)
+
+    def logits(self, states: Sequence[Mapping[str, torch.Tensor]], eval_set: EvalSet) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per state, its logits over the whole set (in order), and the labels."""
+        per_model: list[list[torch.Tensor]] = [[] for _ in states]
+        labels = []
+        for logits, batch_labels in iter_logits(self._models_for(states), eval_set, **self.loader_kwargs):
+            for store, x in zip(per_model, logits):
+                store.append(x)
+            labels.append(batch_labels)
+        return [torch.cat(x) for x in per_model], torch.cat(labels)

@@ -1,0 +1,95 @@
+"""Head initialisation: the zero-shot head equals open_clip's/clip_benchmark's classifier; LP solves its problem."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from finetune import linear_probe
+from models.classifier import classifier_from_clip, zeroshot_head_weight
+from models.factory import create_clip
+
+CLASSNAMES = ["zero", "one", "two", "three"]
+TEMPLATES = ["a photo of the digit {}.", "a sketch of the digit {}.", "the digit {}."]
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    torch.manual_seed(0)
+    model, preprocess, tokenizer = create_clip("TinyCLIP", pretrained=None)
+    with torch.no_grad():
+        model.logit_scale.fill_(torch.log(torch.tensor(100.0)))  # CLIP's trained scale, to check the scaling
+    return model, tokenizer
+
+
+def test_zeroshot_head_is_clip_benchmarks_classifier_times_logit_scale(tiny_clip):
+    from clip_benchmark.metrics.zeroshot_classification import zero_shot_classifier
+
+    model, tokenizer = tiny_clip
+    ours = zeroshot_head_weight(model, tokenizer, CLASSNAMES, TEMPLATES)
+    peer = zero_shot_classifier(
+        model, tokenizer, CLASSNAMES, [t.replace("{}", "{c}") for t in TEMPLATES], "cpu", amp=False
+    )  # [dim, classes]
+    assert torch.allclose(ours, 100.0 * peer.T, atol=1e-4)
+
+
+def test_zeroshot_head_by_hand_and_the_classifier_gives_clip_logits(tiny_clip):
+    model, tokenizer = tiny_clip
+    rows = []
+    with torch.no_grad():
+        for name in CLASSNAMES:
+            text = F.normalize(model.encode_text(tokenizer([t.format(name) for t in TEMPLATES])), dim=-1)
+            rows.append(F.normalize(text.mean(0), dim=-1))
+    by_hand = 100.0 * torch.stack(rows)
+    head = zeroshot_head_weight(model, tokenizer, CLASSNAMES, TEMPLATES)
+    assert torch.allclose(head, by_hand, atol=1e-4)
+
+    classifier = classifier_from_clip(model, head).eval()
+    images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        clip_logits = 100.0 * F.normalize(model.encode_image(images), dim=-1) @ torch.stack(rows).T
+        assert torch.allclose(classifier(images), clip_logits, atol=1e-3)
+
+
+def overlapping_blobs(n: int = 300, dim: int = 8, classes: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % classes
+    centres = torch.randn(classes, dim, generator=generator)
+    features = F.normalize(centres[labels] + 1.5 * torch.randn(n, dim, generator=generator), dim=-1)
+    return features, labels
+
+
+def test_linear_probe_reaches_the_lbfgs_optimum():
+    """The fitted head's loss equals that of an independent solver (L-BFGS) on the same convex problem."""
+    features, labels = overlapping_blobs()
+    weight, bias = linear_probe.fit_linear_head(features, labels, torch.zeros(3, 8), torch.zeros(3), steps=300, lr=0.1, weight_decay=0.0)
+
+    w = torch.zeros(3, 8, requires_grad=True)
+    b = torch.zeros(3, requires_grad=True)
+    solver = torch.optim.LBFGS([w, b], lr=1, max_iter=100, tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+    def closure():
+        solver.zero_grad()
+        loss = F.cross_entropy(features @ w.T + b, labels)
+        loss.backward()
+        return loss
+
+    solver.step(closure)
+    optimum = float(F.cross_entropy(features @ w.detach().T + b.detach(), labels))
+    ours = float(F.cross_entropy(features @ weight.T + bias, labels))
+    start = float(F.cross_entropy(torch.zeros(300, 3), labels))
+    assert ours == pytest.approx(optimum, abs=1e-3) and optimum < start - 0.05
+
+
+def test_feature_cache_computes_once_per_key(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return torch.randn(4, 2), torch.arange(4)
+
+    first = linear_probe.cached_features(tmp_path, {"arch": "a"}, compute)
+    again = linear_probe.cached_features(tmp_path, {"arch": "a"}, compute)
+    linear_probe.cached_features(tmp_path, {"arch": "b"}, compute)
+    assert len(calls) == 2 and torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])

@@ -1,0 +1,110 @@
+"""The recipe's math against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from finetune import recipe
+from models.errors import UserError
+
+
+def test_warmup_then_cosine_values_by_hand():
+    # warmup 2 of 6 steps: (step + 1) / 2, then 0.5 * (1 + cos(pi * e / 4)) for e = 0..3
+    expected = [0.5, 1.0, 1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4))]
+    got = [recipe.warmup_cosine_lr(s, 1.0, 2, 6) for s in range(6)]
+    assert got == pytest.approx(expected)
+    assert recipe.warmup_cosine_lr(3, 2e-5, 2, 6) == pytest.approx(2e-5 * expected[3])
+
+
+def test_warmup_longer_than_training_is_clamped():
+    # 3 steps, warmup 500: the warmup becomes the whole run and reaches base lr at the last step
+    assert [recipe.warmup_cosine_lr(s, 1.0, 500, 3) for s in range(3)] == pytest.approx([1 / 3, 2 / 3, 1.0])
+
+
+def test_no_warmup_starts_at_base_lr():
+    assert recipe.warmup_cosine_lr(0, 0.1, 0, 10) == pytest.approx(0.1)
+
+
+def test_label_smoothing_targets_and_loss_match_torch():
+    labels = torch.tensor([0, 2])
+    targets = recipe.soft_targets(labels, 4, 0.2)
+    assert targets[0].tolist() == pytest.approx([0.85, 0.05, 0.05, 0.05])
+    logits = torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
+    assert recipe.soft_cross_entropy(logits, targets) == pytest.approx(
+        float(F.cross_entropy(logits, labels, label_smoothing=0.2)), rel=1e-6
+    )
+
+
+def test_mixup_pairs_with_the_flipped_batch_and_mixes_targets_alike():
+    images = torch.arange(3.0).view(3, 1).expand(3, 4).clone()  # rows 0, 1, 2
+    targets = torch.eye(3)
+    mixed, mixed_targets = recipe.mixup(images, targets, 0.4, torch.Generator().manual_seed(1))
+    lam = float(mixed_targets[0, 0])
+    assert 0 < lam < 1
+    assert mixed[0].tolist() == pytest.approx([lam * 0 + (1 - lam) * 2] * 4)
+    assert mixed_targets[0].tolist() == pytest.approx([lam, 0, 1 - lam])
+    assert mixed[1].tolist() == pytest.approx([1.0] * 4)  # the middle row is paired with itself
+
+
+def test_mixup_is_reproducible_from_its_generator_and_off_at_zero():
+    x, t = torch.randn(4, 3), torch.eye(4)
+    a = recipe.mixup(x, t, 0.5, torch.Generator().manual_seed(7))
+    b = recipe.mixup(x, t, 0.5, torch.Generator().manual_seed(7))
+    assert torch.equal(a[0], b[0])
+    same = recipe.mixup(x, t, 0.0, torch.Generator().manual_seed(7))
+    assert same[0] is x and same[1] is t
+
+
+def test_mixup_lambda_follows_beta():
+    # Beta(a, a) has mean 1/2 and variance 1 / (4 (2a + 1)); a = 0.5 gives 1/8
+    g = torch.Generator().manual_seed(0)
+    lams = torch.tensor([float(recipe.mixup(torch.zeros(2, 1), torch.eye(2), 0.5, g)[1][0, 0]) for _ in range(4000)])
+    assert float(lams.mean()) == pytest.approx(0.5, abs=0.02)
+    assert float(lams.var()) == pytest.approx(1 / 8, abs=0.01)
+
+
+@pytest.mark.parametrize("spec", ["rand-m9-n2", "rand-m1-n0", "rand-m9-n2-mstd0.5"])
+def test_randaug_strings_parse_and_build_timm_transforms(spec):
+    from PIL import Image
+
+    transform = recipe.randaug_transform(spec, 32, (0.5, 0.5, 0.5))
+    out = transform(Image.new("RGB", (32, 32), (120, 30, 200)))
+    assert out.size == (32, 32)
+
+
+@pytest.mark.parametrize("spec", ["rand-m9-x2", "randaug-m9-n2", "rand", "m9-n2", "rand-m-n2", "rand-m9-n2-"])
+def test_bad_randaug_strings_are_user_errors(spec):
+    with pytest.raises(UserError, match="finetune.randaug"):
+        recipe.parse_randaug(spec)
+
+
+@pytest.mark.parametrize("off", [None, "none", ""])
+def test_randaug_off(off):
+    assert recipe.randaug_transform(off, 32, (0.5, 0.5, 0.5)) is None
+
+
+BASE = dict(
+    init="zeroshot",
+    lr=1e-3,
+    weight_decay=0.1,
+    epochs=1,
+    batch_size=8,
+    grad_accum=1,
+    warmup_steps=0,
+    label_smoothing=0.0,
+    mixup=0.0,
+    randaug=None,
+)
+
+
+@pytest.mark.parametrize(
+    "field,value", [("lr", 0.0), ("lr", -1e-3), ("epochs", 0), ("label_smoothing", 1.0), ("mixup", -0.1), ("init", "random")]
+)
+def test_hparams_that_cannot_train_are_refused(field, value):
+    with pytest.raises(UserError, match=f"finetune.{field}"):
+        recipe.check_hparams({**BASE, field: value})
+    recipe.check_hparams(BASE)

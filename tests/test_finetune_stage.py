@@ -1,0 +1,287 @@
+"""`python -m finetune` end to end on the small embedded world: outputs, resume after SIGKILL, DDP, bad input.
+
+Every run here is a real subprocess with one thread, a random-init TinyCLIP and 2 short epochs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, run_module
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+import datasets
+from finetune import sweeps
+from finetune.train import resolve_recipe
+from models.checkpoint import read_meta
+from models.cli import CONF_DIR
+from models.errors import UserError
+from models.results import read_records
+
+# One recipe with every knob on: accumulation, smoothing, mixup, RandAugment, warmup, periodic saves.
+RECIPE = [
+    "data.scale=small",
+    "model.pretrained=null",  # random init: these tests check mechanics, not accuracy
+    "finetune.batch_size=100",
+    "finetune.grad_accum=2",
+    "finetune.epochs=2",
+    "finetune.warmup_steps=3",
+    "finetune.lr=1e-3",
+    "finetune.label_smoothing=0.1",
+    "finetune.mixup=0.4",
+    "finetune.randaug=rand-m9-n2",
+    "finetune.save_every_steps=3",
+    "finetune.progress=false",
+]
+BATCHNORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict:
+    """Cache and runs folders for this module, with the small world generated once."""
+    base = tmp_path_factory.mktemp("finetune")
+    env = {"MODEL_SOUPS_CACHE": str(base / "cache"), "MODEL_SOUPS_RUNS": str(base / "runs"), "OMP_NUM_THREADS": "1"}
+    data_cfg = OmegaConf.create({"name": "world", "root": str(base / "cache" / "world"), "scale": "small", "seed": 0})
+    datasets.train_set(data_cfg, None)  # generates and caches every set
+    return {"env": env, "runs": base / "runs", "data_cfg": data_cfg}
+
+
+def run_dir(world: dict, name: str) -> Path:
+    return world["runs"] / name / "finetune" / "finetune"
+
+
+def finetune(world: dict, name: str, *args: str) -> subprocess.CompletedProcess:
+    return run_module("finetune", f"name={name}", *args, env=world["env"])
+
+
+@pytest.fixture(scope="module")
+def reference(world) -> Path:
+    """An uninterrupted 1-process run of RECIPE."""
+    result = finetune(world, "reference", *RECIPE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir(world, "reference")
+
+
+def test_a_run_writes_checkpoint_metrics_and_heldout_record(reference):
+    assert (reference / "DONE").exists() and not (reference / "train_state.pt").exists()
+    meta = read_meta(reference / "model.safetensors")
+    assert (meta.kind, meta.arch, meta.num_classes, meta.classes) == ("individual", "TinyCLIP", 10, "world")
+    assert meta.hparams["init"] == "zeroshot" and meta.hparams["parent_pretrained"] is None
+    assert meta.hparams["mixup"] == 0.4 and meta.hparams["randaug"] == "rand-m9-n2"
+    metrics = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [0, 1] and [m["step"] for m in metrics] == [10, 20]
+    assert all(m["images_per_s"] > 0 and m["loss"] > 0 for m in metrics)
+    assert metrics[1]["lr"] == pytest.approx(0.0, abs=1e-4)  # the cosine ends at 0
+    assert (reference / "metrics.csv").read_text().splitlines()[0].startswith("epoch,")
+    (record,) = read_records(reference / "results.jsonl")
+    assert (record["role"], record["dataset"], record["n"]) == ("heldout", "heldout", 200)
+    assert record["checkpoint"]["sha256"] == hashlib.sha256((reference / "model.safetensors").read_bytes()).hexdigest()[:12]
+
+
+KILLER = textwrap.dedent(
+    """
+    # Run the stage, but SIGKILL ourselves inside the forward/loss of micro-batch number KILL_AT.
+    import os, signal, sys
+    from finetune import recipe
+    loss, calls = recipe.soft_cross_entropy, [0]
+    def counting(*args):
+        calls[0] += 1
+        if calls[0] == int(os.environ["KILL_AT"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return loss(*args)
+    recipe.soft_cross_entropy = counting
+    from finetune.__main__ import main
+    sys.argv = ["finetune", *sys.argv[1:]]
+    main()
+    """
+)
+
+
+def test_resume_after_sigkill_mid_epoch_is_bit_identical(world, reference):
+    # Micro-batch 15 is in step 7 of epoch 0; the last saved state is at step 6 (save_every_steps=3).
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", **world["env"], "KILL_AT": "15"}
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, "name=resumed", *RECIPE], cwd=REPO, capture_output=True, text=True, env=env, timeout=300
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    folder = run_dir(world, "resumed")
+    assert torch.load(folder / "train_state.pt", weights_only=True)["step"] == 6
+    assert not (folder / "model.safetensors").exists() and not (folder / "DONE").exists()
+
+    resumed = finetune(world, "resumed", *RECIPE)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr + resumed.stdout
+    expected, got = load_file(str(reference / "model.safetensors")), load_file(str(folder / "model.safetensors"))
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    losses = [[json.loads(line)["loss"] for line in (f / "metrics.jsonl").read_text().splitlines()] for f in (reference, folder)]
+    assert losses[0] == losses[1]
+
+
+def test_ddp_on_two_processes_matches_one_process_at_the_same_global_batch(world, reference):
+    # 1 process x 2 accumulation steps of 50 == 2 processes x 1 step of 50 (gloo on CPU).
+    args = [*RECIPE, "finetune.grad_accum=1", "name=ddp"]
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", **world["env"]}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "finetune", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected, got = load_file(str(reference / "model.safetensors")), load_file(str(run_dir(world, "ddp") / "model.safetensors"))
+    # BatchNorm running statistics (a ResNet tower) are per-rank buffers in DDP, as everywhere; weights must agree.
+    weights = [k for k in expected if not k.endswith(BATCHNORM_BUFFERS)]
+    worst = max(float((expected[k] - got[k]).abs().max()) for k in weights)
+    assert worst < 1e-4, f"largest weight difference {worst}"
+    assert len((run_dir(world, "ddp") / "metrics.jsonl").read_text().splitlines()) == 2  # rank 0 logs alone
+
+
+def test_the_heldout_split_is_never_trained_on(world):
+    """No image of the held-out split is in the data the stage trains on (`datasets.train_set`)."""
+    train = datasets.train_set(world["data_cfg"], None)
+    (heldout,) = datasets.eval_sets(
+        OmegaConf.merge(world["data_cfg"], {"heldout": "heldout", "id": "photo", "shifts": []}), None, names=["heldout"]
+    )
+
+    def digests(dataset) -> set[str]:
+        return {hashlib.sha1(dataset[i][0].tobytes()).hexdigest() for i in range(len(dataset))}
+
+    train_digests, heldout_digests = digests(train), digests(heldout.dataset)
+    assert len(heldout_digests) == len(heldout.dataset)  # the images are distinct, so the check has teeth
+    assert not train_digests & heldout_digests
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["finetune.lr=1e30", "finetune.warmup_steps=0"], "at step"),  # fails while training
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_no_checkpoint(world, args, message):
+    name = "bad-" + hashlib.sha1(" ".join(args).encode()).hexdigest()[:8]
+    result = finetune(
+        world,
+        name,
+        "data.scale=small",
+        "model.pretrained=null",
+        "finetune.batch_size=100",
+        "finetune.epochs=1",
+        "finetune.progress=false",
+        *args,
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+    folder = run_dir(world, name)
+    leftovers = [p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".tmp", ".pt")] if folder.exists() else []
+    assert leftovers == [] and not (folder / "DONE").exists()
+    assert (folder / "FAILED").read_text().startswith("error:")
+
+
+@pytest.mark.parametrize(
+    "override,field",
+    [
+        ("finetune.lr=0", "finetune.lr"),
+        ("finetune.lr=-1e-3", "finetune.lr"),
+        ("finetune.randaug=rand-m9-x2", "finetune.randaug"),
+        ("finetune.init=random", "finetune.init"),
+    ],
+)
+def test_bad_recipe_values_are_refused_before_any_work(override, field):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("finetune", overrides=[override])
+    with pytest.raises(UserError, match=field):
+        resolve_recipe(cfg)
+
+
+def test_an_unknown_model_or_missing_weights_are_user_errors(tmp_path):
+    from models.factory import create_clip
+
+    with pytest.raises(UserError, match="model.arch"):
+        create_clip("ViT-B-99", None)
+    with pytest.raises(UserError, match="model.pretrained"):
+        create_clip("TinyCLIP", str(tmp_path / "missing.safetensors"))
+
+
+def test_a_sweep_jobs_values_override_the_recipe():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("finetune", overrides=["sweep=demo", "sweep.index=3", "finetune.lr=0.5"])
+    hp, merged = resolve_recipe(cfg)
+    drawn = sweeps.job_hparams(OmegaConf.to_container(cfg.sweep))
+    assert hp.lr == drawn["lr"] != 0.5 and hp.epochs == drawn["epochs"] and hp.init == "lp"
+    assert merged["lp"]["steps"] == cfg.finetune.lp.steps
+
+
+def test_lp_init_fits_the_head_on_cached_frozen_features(world, monkeypatch):
+    import torch.nn.functional as F
+
+    from finetune import linear_probe
+    from finetune.train import lp_init
+    from models.classifier import classifier_from_clip, zeroshot_head_weight
+    from models.factory import create_clip
+
+    cache = Path(world["env"]["MODEL_SOUPS_CACHE"])
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("finetune", overrides=[f"paths.cache={cache}", "data.scale=small", "model.pretrained=null", "finetune.init=lp"])
+    torch.manual_seed(0)
+    clip_model, preprocess, tokenizer = create_clip("TinyCLIP", None)
+    info = datasets.class_info(cfg.data)
+    classifier = classifier_from_clip(clip_model, zeroshot_head_weight(clip_model, tokenizer, info.classnames, info.templates))
+    tower_before = {k: v.clone() for k, v in classifier.visual.state_dict().items()}
+    zeroshot_head = classifier.head.weight.detach().clone()
+
+    lp_init(cfg, classifier, preprocess, torch.device("cpu"))
+    assert all(torch.equal(tower_before[k], v) for k, v in classifier.visual.state_dict().items())  # frozen
+    (cached,) = list((cache / "features").glob("features-*.safetensors"))
+    features = load_file(str(cached))
+    train = datasets.train_set(cfg.data, preprocess)
+    assert features["features"].shape[0] == len(train) and torch.equal(features["labels"], torch.tensor([int(y) for y in train.labels]))
+
+    def cross_entropy(weight, bias):
+        return float(F.cross_entropy(features["features"] @ weight.T + bias, features["labels"]))
+
+    assert (
+        cross_entropy(classifier.head.weight.detach(), classifier.head.bias.detach()) < cross_entropy(zeroshot_head, torch.zeros(10)) - 0.05
+    )
+
+    # a second LP reads the cache instead of touching the data
+    monkeypatch.setattr(linear_probe, "extract_features", lambda *a, **k: pytest.fail("features recomputed"))
+    lp_init(cfg, classifier, preprocess, torch.device("cpu"))
+
+
+def test_a_two_job_sweep_through_submitit_local_then_a_relaunch_skips_it(world):
+    args = ["-m", "sweep=demo", "hydra/launcher=submitit_local", "sweep.index=0,1", "data.scale=small", "model.pretrained=null"]
+    args += ["finetune.batch_size=100", "finetune.warmup_steps=2", "finetune.progress=false", "name=sweep"]
+    result = run_module("finetune", *args, env=world["env"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep_dir = world["runs"] / "sweep" / "finetune"
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        demo = OmegaConf.to_container(compose("finetune", overrides=["sweep=demo"]).sweep, resolve=True)
+    stamps = {}
+    for index in (0, 1):
+        folder = sweep_dir / f"model_{index}"
+        assert (folder / "DONE").exists() and (folder / "results.jsonl").exists()
+        meta = read_meta(folder / "model.safetensors")
+        drawn = sweeps.sample_random(demo["space"], demo["seed"], index)
+        assert meta.hparams["lr"] == drawn["lr"] and meta.hparams["epochs"] == drawn["epochs"] and meta.hparams["init"] == "lp"
+        assert len((folder / "metrics.jsonl").read_text().splitlines()) == drawn["epochs"]
+        stamps[index] = (folder / "model.safetensors").stat().st_mtime_ns
+
+    again = run_module("finetune", *[a.replace("submitit_local", "basic") for a in args], env=world["env"])  # one process
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {i: (sweep_dir / f"model_{i}" / "model.safetensors").stat().st_mtime_ns for i in (0, 1)} == stamps

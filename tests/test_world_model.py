@@ -1,0 +1,98 @@
+"""The tiny CLIP of the embedded world: config, training, zero-shot heads and the committed foundation."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import datasets
+from datasets.world import CLASSNAMES, TEMPLATES, sets
+from datasets.world.foundation import FIRST_STEPS, first_losses, init_model, zero_shot_table
+from datasets.world.pretrain import PretrainConfig, pretrain
+from models.classifier import zeroshot_head_weight
+from models.cli import CONF_DIR, PROJECT_ROOT
+from models.factory import create_clip
+from models.world_tokenizer import EOT, VOCAB_SIZE, WorldTokenizer
+
+FOUNDATION = PROJECT_ROOT / "models" / "pretrained" / "tiny_clip_world.safetensors"
+RESULTS = PROJECT_ROOT / "results" / "world"
+
+
+def world_config(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("world", overrides=list(overrides))
+
+
+def test_config_registers_and_trains_both_towers():
+    assert "TinyCLIP" in open_clip.list_models() or create_clip("TinyCLIP")
+    model, _, tokenizer = create_clip("TinyCLIP")
+    assert model.vocab_size == VOCAB_SIZE and tokenizer.vocab_size == VOCAB_SIZE
+    tokens = tokenizer(["a photo of the digit three", "a pencil sketch of the digit five"])
+    assert tokens[0].argmax() == tokens[0].tolist().index(EOT)  # open_clip pools the text at argmax(token)
+    images = torch.randn(2, 3, 32, 32)
+    model.train()
+    image_features, text_features, logit_scale = model(images, tokens)
+    assert image_features.shape == text_features.shape == (2, 64)
+    open_clip.ClipLoss()(image_features, text_features, logit_scale).backward()
+    for tower in (model.visual, model.transformer):
+        grads = [p.grad for p in tower.parameters() if p.requires_grad]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_tokenizer_maps_words_and_marks_unknown_ones():
+    tokens = WorldTokenizer()(["the digit seven", "the zebra"])
+    assert tokens.shape == (2, 16)
+    assert tokens[0, 3] != 1 and tokens[1, 2] == 1  # "seven" known, "zebra" unknown (UNK = 1)
+
+
+def test_short_pretraining_lowers_the_loss(tmp_path):
+    torch.set_num_threads(1)
+    corpus = sets.load_set(tmp_path, "small", 0, "corpus")
+    model, tokenizer = init_model("TinyCLIP", 0)
+    run = pretrain(model, corpus, tokenizer, PretrainConfig(steps=40, batch_size=64, warmup_steps=5))
+    assert run.losses[0] == pytest.approx(math.log(64), abs=0.3)  # random features: chance-level InfoNCE
+    assert sum(run.losses[-5:]) / 5 < run.losses[0] - 0.5
+
+
+def test_zero_shot_head_rows_are_scaled_unit_class_embeddings():
+    model, _, tokenizer = create_clip("TinyCLIP")
+    head = zeroshot_head_weight(model, tokenizer, list(CLASSNAMES), list(TEMPLATES))
+    assert head.shape == (10, model.visual.output_dim)
+    assert torch.allclose(head.norm(dim=1), torch.full((10,), model.logit_scale.exp().item()), rtol=1e-5)
+    # row 3 is the normalised mean over templates of the normalised text embeddings of "three"
+    with torch.no_grad():
+        emb = torch.nn.functional.normalize(model.encode_text(tokenizer([t.format("three") for t in TEMPLATES])), dim=-1).mean(0)
+    assert torch.allclose(head[3], torch.nn.functional.normalize(emb, dim=0) * model.logit_scale.exp(), atol=1e-5)
+
+
+def test_committed_foundation_gives_recorded_zero_shot_accuracy(tmp_path):
+    recorded = json.loads((RESULTS / "zeroshot_small-seed0.json").read_text())
+    cfg = world_config("data.scale=small", f"paths.cache={tmp_path}", f"results_dir={tmp_path / 'results'}")
+    assert Path(cfg.model.pretrained) == FOUNDATION
+    top1 = zero_shot_table(cfg)
+    for name, value in recorded["top1"].items():
+        assert abs(top1[name] - value) <= 0.005, name
+    assert top1["photo"] > 0.5
+
+
+def test_pretraining_command_reproduces_its_first_steps(tmp_path):
+    # The command's first losses are recorded in results/world/pretrain.json; the same config, seed and
+    # thread count must give the same floats bit for bit (this needs the demo-scale corpus: ~20 s).
+    record = json.loads((RESULTS / "pretrain.json").read_text())
+    cfg = world_config(f"paths.cache={tmp_path}")
+    assert record["pretrain"]["threads"] == cfg.pretrain.threads
+    model, _ = init_model(cfg.model.arch, cfg.pretrain.seed)
+    losses = first_losses(model, cfg, FIRST_STEPS)
+    assert losses == record["first_losses"]
+
+
+def test_world_stage_rejects_an_unknown_scale(tmp_path):
+    with pytest.raises(Exception, match="scale"):
+        datasets.train_set(world_config("data.scale=tiny", f"paths.cache={tmp_path}").data, lambda x: x)
