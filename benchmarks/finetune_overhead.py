@@ -134,8 +134,10 @@ def main() -> None:
             f"ours {row['ours_images_per_s']:8.1f} img/s, ours/bare = {row['ratio']:.3f} (goal >= 0.9)",
             flush=True,
         )
+    # keep the rows of architectures not measured this time
+    kept = [r for r in json.loads(RESULTS.read_text()) if r["arch"] not in args.archs] if RESULTS.exists() else []
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(rows, indent=2) + "\n")
+    RESULTS.write_text(json.dumps(kept + rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":

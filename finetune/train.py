@@ -318,13 +318,17 @@ def finetune(cfg: DictConfig) -> Path:
     device = pick_device(cfg.device, ranks)
     autocast_dtype(hp.precision, device)  # refuse a bad precision before any work
     torch.manual_seed(cfg.seed)
+    if cfg.finetune.get("threads"):
+        torch.set_num_threads(int(cfg.finetune.threads))
 
     clip_model, preprocess, tokenizer = create_clip(cfg.model.arch, cfg.model.pretrained)
     info = datasets.class_info(cfg.data)
+    augment = train_transform(preprocess, hp.randaug, image_size_of(clip_model))
+    train_data = SeededExamples(
+        datasets.train_set(cfg.data, augment), cfg.seed, random_transform=augment is not preprocess
+    )  # data errors first
     head = zeroshot_head_weight(clip_model, tokenizer, info.classnames, info.templates)  # init=zeroshot
     classifier = classifier_from_clip(clip_model, head).to(device)
-    augment = train_transform(preprocess, hp.randaug, image_size_of(clip_model))
-    train_data = SeededExamples(datasets.train_set(cfg.data, augment), cfg.seed, random_transform=augment is not preprocess)
     del clip_model  # the text tower is not trained
 
     lp_accuracy = None
@@ -335,7 +339,7 @@ def finetune(cfg: DictConfig) -> Path:
     model: nn.Module = classifier
     if ranks.world > 1:
         model = DistributedDataParallel(classifier, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.finetune.compile:
+    if hp.compile:
         model = torch.compile(model)
 
     logbook = Logbook(

@@ -57,6 +57,11 @@ def create_clip(arch: str, pretrained: str | None = None, device: str | torch.de
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained or None, device=device)
     except RuntimeError as err:
         message = str(err).splitlines()[0] if str(err) else repr(err)
+        if "download" in message.lower():  # open_clip 3.x wraps hub failures: "Failed to download weights for tag ..."
+            raise UserError(
+                f"model.pretrained={pretrained!r}: download of weights for {arch} failed; "
+                "with no network, download them elsewhere and pass model.pretrained=/path/to/weights"
+            ) from None
         if "pretrained" in message.lower() or "unknown" in message.lower():
             raise UserError(f"model.pretrained: {message}") from None
         raise

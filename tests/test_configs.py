@@ -67,3 +67,11 @@ def test_a_typo_fails_composition():
 def test_groups_match_the_design():
     groups = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()}
     assert {"model", "data", "finetune", "sweep", "soup", "eval", "experiment", "logger", "paths", "hydra"} <= groups
+
+
+@pytest.mark.parametrize("experiment", ["demo", "paper_vitb32"])
+def test_an_experiment_names_its_runs(experiment: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("eval", overrides=[f"experiment={experiment}"])
+    assert cfg.name == experiment
+    assert f"/{experiment}/eval/" in cfg.out

@@ -57,8 +57,9 @@ def test_short_pretraining_lowers_the_loss(tmp_path):
     corpus = sets.load_set(tmp_path, "small", 0, "corpus")
     model, tokenizer = init_model("TinyCLIP", 0)
     run = pretrain(model, corpus, tokenizer, PretrainConfig(steps=40, batch_size=64, warmup_steps=5))
-    assert run.losses[0] == pytest.approx(math.log(64), abs=0.3)  # random features: chance-level InfoNCE
-    assert sum(run.losses[-5:]) / 5 < run.losses[0] - 0.5
+    first, last = sum(run.losses[:5]) / 5, sum(run.losses[-5:]) / 5
+    assert first > math.log(64) - 0.5  # random towers: about chance-level InfoNCE (log of the batch size) or worse
+    assert last < first - 0.5
 
 
 def test_zero_shot_head_rows_are_scaled_unit_class_embeddings():
