@@ -41,7 +41,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     folder = Path(tempfile.mkdtemp(prefix="eval_shared_decoding_"))
     try:
-        arch = args.arch or register_tiny_vit(folder / "configs")
+        arch = args.arch or register_tiny_vit()
         mini = make_miniature(folder / "data", sets=("val",), per_class=args.per_class, size=args.size)
         models = []
         for seed in range(args.models):

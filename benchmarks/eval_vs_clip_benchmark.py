@@ -44,7 +44,7 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="eval_vs_clip_benchmark_"))
     try:
-        arch = args.arch or register_tiny_vit(folder / "configs")
+        arch = args.arch or register_tiny_vit()
         mini = make_miniature(folder / "data", sets=("val",), per_class=args.per_class, size=args.size)
         torch.manual_seed(0)
         clip_model, _, transform = open_clip.create_model_and_transforms(arch)

@@ -121,20 +121,41 @@ def _objectnet(base: Path, per_class: int, n_classes: int, n_extra: int, rng, si
 
 # A tiny open_clip ViT with open_clip's own BPE tokenizer (so clip_benchmark can run it unchanged):
 # random weights, 32-px input. For interop tests and eval benchmarks on miniature trees.
-TINY_VIT_ARCH = "soups-miniature-vit"
-TINY_VIT_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
+TINY_VIT_ARCH = "ViT-Tiny-BPE"  # models/model_configs/ViT-Tiny-BPE.json: ViT-B-32's structure, tiny, BPE tokenizer
 
 
-def register_tiny_vit(config_dir: str | Path) -> str:
-    """Register the tiny ViT with open_clip in this process (its JSON is written to `config_dir`)."""
-    import open_clip
+def register_tiny_vit() -> str:
+    """Register the project's model configs with open_clip in this process; return the tiny ViT's name."""
+    from models.factory import register_model_configs
 
-    config_dir = Path(config_dir)
-    config_dir.mkdir(parents=True, exist_ok=True)
-    (config_dir / f"{TINY_VIT_ARCH}.json").write_text(json.dumps(TINY_VIT_CONFIG))
-    open_clip.add_model_config(config_dir / f"{TINY_VIT_ARCH}.json")
+    register_model_configs()
     return TINY_VIT_ARCH
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m datasets.imagenet_miniature ROOT`: write a miniature ImageNet suite (for dry runs)."""
+    import argparse
+    import shutil
+
+    parser = argparse.ArgumentParser(prog="python -m datasets.imagenet_miniature", description=main.__doc__)
+    parser.add_argument("root", type=Path, help="folder to create (skipped if it already holds a finished miniature)")
+    parser.add_argument("--per-class", type=int, default=1, help="images per class in each test set")
+    parser.add_argument("--train-per-class", type=int, default=3, help="images per class in train")
+    parser.add_argument("--size", type=int, default=32, help="image side in pixels")
+    args = parser.parse_args(argv)
+    marker = args.root / "MINIATURE_DONE"
+    if marker.exists():
+        print(f"{args.root}: miniature already written")
+        return 0
+    staging = args.root.with_name(args.root.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    make_miniature(staging, per_class=args.per_class, train_per_class=args.train_per_class, size=args.size)
+    (staging / marker.name).write_text("")
+    shutil.rmtree(args.root, ignore_errors=True)
+    staging.rename(args.root)  # whole tree or nothing
+    print(f"{args.root}: wrote a miniature ImageNet suite")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -100,7 +100,7 @@ def check_hparams(ft: Mapping[str, Any]) -> None:
     checks = [
         (float(ft["lr"]) > 0, "finetune.lr must be > 0", ft["lr"]),
         (float(ft["weight_decay"]) >= 0, "finetune.weight_decay must be >= 0", ft["weight_decay"]),
-        (int(ft["epochs"]) >= 1, "finetune.epochs must be >= 1", ft["epochs"]),
+        (int(ft["epochs"]) >= 0, "finetune.epochs must be >= 0 (0 saves the init itself)", ft["epochs"]),
         (int(ft["batch_size"]) >= 1, "finetune.batch_size must be >= 1", ft["batch_size"]),
         (int(ft["grad_accum"]) >= 1, "finetune.grad_accum must be >= 1", ft["grad_accum"]),
         (int(ft["warmup_steps"]) >= 0, "finetune.warmup_steps must be >= 0", ft["warmup_steps"]),

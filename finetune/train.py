@@ -364,12 +364,12 @@ def finetune(cfg: DictConfig) -> Path:
                 pretrained=cfg.model.pretrained,
                 num_classes=len(info.classnames),
                 classes=info.classes_id,
-                kind="individual",
+                kind=checkpoint_kind(hp),
                 hparams=hparams,
             )
             save_checkpoint(checkpoint, classifier.state_dict(), meta)
             if cfg.finetune.heldout_eval:
-                heldout = held_out_record(cfg, classifier.eval(), preprocess, device, checkpoint)
+                heldout = held_out_record(cfg, classifier.eval(), preprocess, device, checkpoint, meta.kind)
                 logbook.log_summary({"heldout_top1": heldout["top1"]})
             if not cfg.finetune.keep_state:
                 (run_dir / state.STATE_FILE).unlink(missing_ok=True)
@@ -379,15 +379,20 @@ def finetune(cfg: DictConfig) -> Path:
     return checkpoint
 
 
-def held_out_record(cfg: DictConfig, classifier: nn.Module, preprocess, device: torch.device, checkpoint: Path) -> dict[str, Any]:
+def checkpoint_kind(hp: Recipe) -> str:
+    """epochs=0 saves the init itself: the zero-shot model or the LP-initialised one (the paper's model_0)."""
+    return "individual" if hp.epochs > 0 else hp.init
+
+
+def held_out_record(cfg: DictConfig, classifier: nn.Module, preprocess, device: torch.device, checkpoint: Path, kind: str) -> dict[str, Any]:
     """Held-out accuracy (the split fine-tuning never sees) as a results record in the run folder."""
     (heldout,) = datasets.eval_sets(cfg.data, preprocess, names=[cfg.data.heldout])
     ((correct, n),) = evaluate.accuracies(
         [classifier], heldout, batch_size=cfg.data.batch_size, workers=cfg.finetune.workers, device=device
     )
     record = make_record(
-        model_id=str(cfg.run_name),
-        kind="individual",
+        model_id=checkpoint.parent.name,  # the run folder's name, as eval names it
+        kind=kind,
         dataset=heldout.name,
         role="heldout",
         correct=correct,

@@ -27,6 +27,10 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
+def _short(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("experiment", choices=EXPERIMENTS, help="which experiment's sequence to run")
@@ -35,7 +39,8 @@ def main() -> int:
     args = parser.parse_args()
 
     runs = Path(os.environ.get("MODEL_SOUPS_RUNS", ROOT / "runs"))
-    steps = experiment_steps(args.experiment, runs.relative_to(ROOT) if runs.is_relative_to(ROOT) else runs)
+    cache = Path(os.environ.get("MODEL_SOUPS_CACHE", ROOT / ".cache"))
+    steps = experiment_steps(args.experiment, _short(runs), _short(cache))
     if args.print:
         for number, step in enumerate(steps, start=1):
             print(f"# {number}. {step.name}\n{shlex.join(step.argv)}\n")
@@ -57,7 +62,10 @@ def main() -> int:
         argv = [sys.executable if a == "python" else a for a in step.argv]
         result = subprocess.run(argv, cwd=ROOT)
         if result.returncode != 0:
-            print(f"error: step {number} ({step.name}) failed with exit code {result.returncode}; fix it and rerun (finished work is kept)", file=sys.stderr)
+            print(
+                f"error: step {number} ({step.name}) failed with exit code {result.returncode}; fix it and rerun (finished work is kept)",
+                file=sys.stderr,
+            )
             return result.returncode
         timings[step.name] = round(time.monotonic() - step_start, 1)
         write_text_atomic(timings_path, json.dumps(timings, indent=1))

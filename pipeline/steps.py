@@ -1,13 +1,17 @@
 """The documented sequence of stage commands for each experiment.
 
 Each step is a plain stage command line (what a user would type), so `python -m pipeline NAME --print`
-is also the cluster guide. `estimate_s` is the measured duration on a 2-core CPU, used for the ETA
-until this machine has timed the step itself.
+is also the cluster guide. `estimate_s` is the duration measured on a 2-core CPU, used for the time
+left until this machine has timed the step itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
+
+EXPERIMENTS = ("demo", "paper_vitb32", "paper_vitb32_dryrun")
+
+SOUPS = "uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble,wise_ft,model_stock"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,27 +25,60 @@ def _py(*args: str) -> tuple[str, ...]:
     return ("python", "-m", *args)
 
 
-SOUPS = "uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble,wise_ft,model_stock"
-
-
-EXPERIMENTS = ("demo", "paper_vitb32", "paper_vitb32_dryrun")
-
-
-def experiment_steps(experiment: str, runs: str = "runs") -> list[Step]:
-    """The steps of `experiment`; `runs` is the runs folder (paths.runs) the stages write to."""
-    exp = f"experiment={experiment}"
-    sweep_dir = f"{runs}/{experiment}/finetune"
-    steps = {
-        "demo": [
-            Step("world, foundation and zero-shot table", _py("datasets.world", exp), 20),
-            Step("zero-shot and LP inits", _py("finetune", "-m", exp, "sweep=inits"), 30),
-            Step("fine-tuning sweep", _py("finetune", "-m", exp, "sweep=demo"), 360),
-            Step("eval of every individual model", _py("eval", exp, f"checkpoints={sweep_dir}", "run_name=individuals"), 60),
-            Step("soups, ensembles, WiSE-FT, Model Stock", _py("soups", "-m", exp, f"soup={SOUPS}", f"ingredients={sweep_dir}"), 180),
-            Step("tables and figures from records", _py("plots", exp, "out=results/demo"), 20),
-            Step("figures from checkpoints", _py("plots", exp, "out=results/demo", "figure=checkpoints"), 120),
-        ],
-    }
-    if experiment not in steps:
+def experiment_steps(experiment: str, runs: str = "runs", cache: str = ".cache") -> list[Step]:
+    """The steps of `experiment`; `runs` and `cache` are the folders paths.runs and paths.cache point to."""
+    if experiment not in EXPERIMENTS:
         raise KeyError(experiment)
-    return steps[experiment]
+    exp = f"experiment={experiment}"
+    base = f"{runs}/{experiment}"
+    inits, sweep = f"{base}/inits", f"{base}/finetune"
+    # The fine-tunes start from the LP init (the paper's model_0), so it is θ0 for WiSE-FT and Model Stock.
+    lp_init = f"{inits}/lp/model.safetensors"
+    # On the cluster every GPU step goes through SLURM: `-m` with no sweep submits a single job.
+    launcher = ("hydra/launcher=slurm",) if experiment == "paper_vitb32" else ()
+    multirun = ("-m",) if launcher else ()
+    sweep_name = "demo" if experiment == "demo" else "paper_random"
+    timed = {  # measured seconds on 2 CPU cores (demo, dry run); the paper's run is GPU-hours (docs/experiments.md)
+        "demo": (25, 25, 300, 60, 240, 15, 150),
+        "paper_vitb32_dryrun": (15, 25, 90, 30, 120, 15, 60),
+        "paper_vitb32": (0, 3600, 72 * 3600, 3600, 7200, 60, 3600),
+    }[experiment]
+    steps = []
+    if experiment == "demo":
+        steps.append(Step("world, foundation and zero-shot table", _py("datasets.world", exp), timed[0]))
+    elif experiment == "paper_vitb32_dryrun":
+        steps.append(Step("miniature ImageNet-layout data", _py("datasets.imagenet_miniature", f"{cache}/imagenet_miniature"), timed[0]))
+    steps += [
+        Step(
+            "zero-shot and LP inits",
+            _py(
+                "finetune",
+                "-m",
+                exp,
+                "finetune.epochs=0",
+                "finetune.init=zeroshot,lp",
+                f"hydra.sweep.dir={inits}",
+                "hydra.sweep.subdir=${finetune.init}",
+                *launcher,
+            ),
+            timed[1],
+        ),
+        Step("fine-tuning sweep", _py("finetune", "-m", exp, f"sweep={sweep_name}", *launcher), timed[2]),
+        Step(
+            "eval of the inits and every fine-tuned model",
+            _py("eval", *multirun, exp, f"checkpoints=[{inits},{sweep}]", "run_name=individuals", *launcher),
+            timed[3],
+        ),
+        Step(
+            "soups, ensembles, WiSE-FT and Model Stock (+ their eval)",
+            _py("soups", "-m", exp, f"soup={SOUPS}", f"ingredients={sweep}", f"++soup.init={lp_init}", *launcher),
+            timed[4],
+        ),
+        Step("tables and figures from the records", _py("plots", exp, f"results={base}"), timed[5]),
+        Step(
+            "figures from checkpoints (landscape, angles, soup vs ensemble)",
+            _py("plots", exp, f"results={base}", "figure=checkpoints"),
+            timed[6],
+        ),
+    ]
+    return steps

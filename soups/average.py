@@ -16,8 +16,18 @@ from models.errors import UserError
 StateDict = dict[str, torch.Tensor]
 
 
-def _check_equal(key: str, first: torch.Tensor, other: torch.Tensor, name: str) -> None:
-    if not torch.equal(first, other):
+# Step counters, not weights: BatchNorm's `num_batches_tracked` differs between fine-tuning runs of
+# different lengths and is unused in eval mode (fixed momentum), so the first ingredient's value is kept.
+COUNTER_SUFFIXES = ("num_batches_tracked",)
+
+
+def is_counter(key: str) -> bool:
+    return key.endswith(COUNTER_SUFFIXES)
+
+
+def check_equal(key: str, first: torch.Tensor, other: torch.Tensor, name: str) -> None:
+    """Non-float tensors are not averaged: they must be equal across ingredients (counters excepted)."""
+    if not is_counter(key) and not torch.equal(first, other):
         raise UserError(
             f"{name}: non-float tensor '{key}' differs from the first ingredient's; such tensors are not averaged and must be equal"
         )
@@ -45,7 +55,7 @@ class RunningSum:
         for key, tensor in pairs:
             if not tensor.is_floating_point():
                 if key in self.sums:
-                    _check_equal(key, self.sums[key], tensor, name)
+                    check_equal(key, self.sums[key], tensor, name)
                 else:
                     self.sums[key], self.dtypes[key] = tensor.clone(), tensor.dtype
             elif key in self.sums:
@@ -74,7 +84,7 @@ class RunningSum:
         out = {}
         for key, summed in self.sums.items():
             if not summed.is_floating_point():
-                _check_equal(key, summed, state[key], name)
+                check_equal(key, summed, state[key], name)
                 out[key] = summed.clone()
             else:
                 out[key] = summed.add(state[key].to(self.accumulate), alpha=weight).div_(total).to(self.dtypes[key])
@@ -99,6 +109,6 @@ def interpolate(start: Mapping[str, torch.Tensor], end: Mapping[str, torch.Tenso
         if a.is_floating_point():
             out[key] = torch.lerp(a.float(), b.float(), alpha).to(a.dtype)
         else:
-            _check_equal(key, a, b, "fine-tuned endpoint")
+            check_equal(key, a, b, "fine-tuned endpoint")
             out[key] = a.clone()
     return out

@@ -207,10 +207,8 @@ def _learned(ctx: SoupContext, by_layer: bool) -> SoupOutcome:
     states = [ctx.load(i) for i in range(len(ctx.ingredients))]
     for i, state in enumerate(states[1:], start=1):  # non-float tensors are not mixed: they must agree
         for key, tensor in state.items():
-            if not tensor.is_floating_point() and not torch.equal(tensor, states[0][key]):
-                raise UserError(
-                    f"{ctx.ingredients[i].name}: non-float tensor '{key}' differs from the first ingredient's; it must be equal"
-                )
+            if not tensor.is_floating_point():
+                average.check_equal(key, states[0][key], tensor, ctx.ingredients[i].name)
     scorer = ctx.scorer
     buffers = [name for name, _ in scorer.model.named_buffers()]
     soup = learned.LearnedSoup(states, by_layer=by_layer, device=ctx.device, buffers=buffers)

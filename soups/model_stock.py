@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from models.errors import UserError
+from soups.average import check_equal
 
 
 def model_stock_ratio(cos: float, n: int) -> float:
@@ -51,10 +52,7 @@ def model_stock(init: dict[str, torch.Tensor], layers, names: Sequence[str]) -> 
             raise UserError(f"model_stock: key '{key}' of the ingredients is missing from the init checkpoint")
         if not init[key].is_floating_point():
             for name, tensor in zip(names, tensors):
-                if not torch.equal(tensor, init[key]):
-                    raise UserError(
-                        f"{name}: non-float tensor '{key}' differs from the init's; such tensors are not merged and must be equal"
-                    )
+                check_equal(key, init[key], tensor, name)
             merged[key] = init[key].clone()
             continue
         merged[key], ratios[key] = model_stock_tensor(init[key], tensors)

@@ -58,8 +58,8 @@ def peer_wnid_list(variable: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_arch(tmp_path_factory) -> str:
-    return register_tiny_vit(tmp_path_factory.mktemp("model_configs"))
+def tiny_arch() -> str:
+    return register_tiny_vit()
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -46,6 +46,15 @@ def test_unequal_integer_tensors_are_an_error_naming_the_key():
         running.add({"ids": torch.tensor([1, 3])}, name="b.safetensors")
 
 
+def test_batchnorm_step_counters_are_kept_not_compared():
+    # num_batches_tracked counts training steps: it differs between runs and is unused in eval mode.
+    running = RunningSum()
+    running.add({"bn.num_batches_tracked": torch.tensor(40), "bn.running_mean": torch.tensor([1.0])})
+    running.add({"bn.num_batches_tracked": torch.tensor(120), "bn.running_mean": torch.tensor([3.0])})
+    soup = running.mean()
+    assert soup["bn.num_batches_tracked"].item() == 40 and soup["bn.running_mean"].item() == 2.0
+
+
 def test_interpolation_endpoints_and_midpoint():
     start, end = {"w": torch.tensor([0.0, 10.0])}, {"w": torch.tensor([4.0, 0.0])}
     assert interpolate(start, end, 0.0)["w"].tolist() == [0.0, 10.0]

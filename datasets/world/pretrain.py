@@ -40,7 +40,9 @@ class PretrainLog:
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
-    """Linear warmup, then cosine decay to 0 (as CLIP and open_clip's default schedule)."""
+    """Linear warmup, then cosine decay to 0 (as CLIP and open_clip's default schedule).
+
+    `cfg` needs only `lr`, `warmup_steps` and `steps` (the probe's config has them too)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)

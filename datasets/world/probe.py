@@ -10,7 +10,6 @@ from __future__ import annotations
 import concurrent.futures
 import copy
 import itertools
-import math
 import multiprocessing
 import time
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from datasets.world import normalised_batch
-from datasets.world.pretrain import random_shift
+from datasets.world.pretrain import lr_at, random_shift
 from datasets.world.sets import WorldArrays
 from models.classifier import ImageClassifier
 
@@ -72,11 +71,7 @@ def finetune(classifier: ImageClassifier, train: WorldArrays, cfg: ProbeConfig, 
         freeze_batchnorm(classifier)
         index = torch.randint(0, len(train.labels), (cfg.batch_size,), generator=generator).numpy()
         images = random_shift(normalised_batch(train.images[index], mean, std), cfg.shift_px, generator)
-        lr = (
-            cfg.lr * (step + 1) / cfg.warmup_steps
-            if step < cfg.warmup_steps
-            else 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)))
-        )
+        lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss = F.cross_entropy(classifier(images), torch.from_numpy(train.labels[index]), label_smoothing=cfg.label_smoothing)
