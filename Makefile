@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint format bench clean-demo
+.PHONY: venv demo dryrun test lint format bench clean-demo
 
 venv: $(STAMP)
 
@@ -16,9 +16,13 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# The paper in miniature on the embedded world; finished stages are reused, a killed run resumes.
 demo: venv
-	$(PY) -m plots --help > /dev/null
-	@echo "demo: nothing else to run yet"
+	$(PY) -m pipeline demo
+
+# The cluster sequence of experiment=paper_vitb32 on this machine, with stand-ins (CI runs it too).
+dryrun: venv
+	$(PY) -m pipeline paper_vitb32_dryrun
 
 test: venv
 	$(PY) -m pytest -q
@@ -35,4 +39,4 @@ bench: venv
 	$(PY) -m benchmarks
 
 clean-demo:
-	rm -rf runs/demo
+	rm -rf runs/demo results/demo

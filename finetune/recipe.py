@@ -112,3 +112,14 @@ def check_hparams(ft: Mapping[str, Any]) -> None:
         if not ok:
             raise UserError(f"{message}, got {value!r}")
     parse_randaug(ft["randaug"])
+
+
+def freeze_batchnorm(model: torch.nn.Module) -> None:
+    """Keep BatchNorm layers in eval mode: their running statistics stay the pretrained ones.
+
+    Every fine-tune then shares the foundation's statistics (and `num_batches_tracked`), so weights can be
+    averaged; the affine parameters still train. ViTs have no BatchNorm, so this changes nothing for them.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()

@@ -72,6 +72,7 @@ class Recipe:
     workers: int
     save_every_steps: int
     save_every_minutes: float
+    freeze_bn: bool = True
 
 
 def resolve_recipe(cfg: DictConfig) -> tuple[Recipe, dict[str, Any]]:
@@ -208,6 +209,8 @@ def train_loop(
     )
     last_save, taken = time.monotonic(), 0
     model.train()
+    if hp.freeze_bn:
+        recipe.freeze_batchnorm(model)
     while step < total_steps:
         epoch, start = divmod(step, per_epoch)
         sampler = StepBatchSampler(len(train_data), hp.batch_size, hp.grad_accum, seed, epoch, ranks.rank, ranks.world, start_step=start)

@@ -102,9 +102,25 @@ BASE = dict(
 
 
 @pytest.mark.parametrize(
-    "field,value", [("lr", 0.0), ("lr", -1e-3), ("epochs", 0), ("label_smoothing", 1.0), ("mixup", -0.1), ("init", "random")]
+    "field,value", [("lr", 0.0), ("lr", -1e-3), ("epochs", -1), ("label_smoothing", 1.0), ("mixup", -0.1), ("init", "random")]
 )
 def test_hparams_that_cannot_train_are_refused(field, value):
     with pytest.raises(UserError, match=f"finetune.{field}"):
         recipe.check_hparams({**BASE, field: value})
     recipe.check_hparams(BASE)
+
+
+def test_frozen_batchnorm_keeps_pretrained_statistics_but_trains_its_affine_weights():
+    import torch
+
+    from finetune.recipe import freeze_batchnorm
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    before = {k: v.clone() for k, v in model[1].state_dict().items()}
+    model.train()
+    freeze_batchnorm(model)
+    model(torch.randn(8, 3, 5, 5) * 3 + 1).sum().backward()
+    after = model[1].state_dict()
+    assert torch.equal(after["running_mean"], before["running_mean"])  # zeros: no update from the batch
+    assert int(after["num_batches_tracked"]) == 0
+    assert model[1].weight.grad is not None and model[0].training

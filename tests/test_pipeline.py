@@ -1,0 +1,72 @@
+"""The experiment sequences: the paper's cluster commands, and their dry run on this machine."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from conftest import run_module
+from models.checkpoint import load_checkpoint, read_meta
+from pipeline.steps import experiment_steps
+
+
+def stage_of(argv: tuple[str, ...]) -> str:
+    return argv[2]
+
+
+def test_the_paper_sequence_covers_every_stage_and_goes_through_slurm():
+    steps = experiment_steps("paper_vitb32")
+    assert [stage_of(s.argv) for s in steps] == ["finetune", "finetune", "eval", "soups", "plots", "plots"]
+    for step in steps:
+        if stage_of(step.argv) != "plots":
+            assert "-m" in step.argv and "hydra/launcher=slurm" in step.argv, step.argv
+    assert "sweep=paper_random" in steps[1].argv
+
+
+def test_the_dry_run_runs_the_paper_sequence_with_stand_ins():
+    paper = experiment_steps("paper_vitb32")
+    dry = experiment_steps("paper_vitb32_dryrun")
+    assert stage_of(dry[0].argv) == "datasets.imagenet_miniature"  # data stand-in first
+
+    def normalised(step):
+        drop = {"hydra/launcher=slurm", "-m"}
+        return [a.replace("paper_vitb32_dryrun", "paper_vitb32") for a in step.argv if a not in drop]
+
+    assert [normalised(s) for s in dry[1:]] == [normalised(s) for s in paper]
+
+
+def test_print_lists_the_commands():
+    result = run_module("pipeline", "paper_vitb32", "--print")
+    assert result.returncode == 0
+    assert "python -m finetune -m experiment=paper_vitb32 sweep=paper_random hydra/launcher=slurm" in result.stdout
+
+
+@pytest.mark.slow
+def test_the_dry_run_passes_end_to_end_and_resumes(tmp_path):
+    env = {"MODEL_SOUPS_RUNS": str(tmp_path / "runs"), "MODEL_SOUPS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    first = run_module("pipeline", "paper_vitb32_dryrun", env=env, timeout=1500)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    base = tmp_path / "runs/paper_vitb32_dryrun"
+
+    with open(base / "plots/plots/main_table.csv") as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
+    for method in ("best_individual", "uniform_soup", "greedy_soup", "learned_soup", "learned_soup_by_layer", "ensemble", "model_stock"):
+        assert method in rows, sorted(rows)
+        assert 0 <= float(rows[method]["id"]) <= 100
+
+    # The uniform soup is the mean of the two fine-tunes, computed here by hand from their files.
+    ingredients = [load_checkpoint(base / f"finetune/model_{i}/model.safetensors")[0] for i in (0, 1)]
+    soup, meta = load_checkpoint(base / "soups/uniform_soup/model.safetensors")
+    assert meta.kind == "soup" and len(meta.ingredients) == 2
+    for key, value in soup.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, (ingredients[0][key] + ingredients[1][key]) / 2)
+    assert read_meta(base / "inits/lp/model.safetensors").kind == "lp"
+
+    # A second run reuses every finished stage.
+    stamps = {p: p.stat().st_mtime_ns for p in base.rglob("model.safetensors")}
+    second = run_module("pipeline", "paper_vitb32_dryrun", env=env, timeout=900)
+    assert second.returncode == 0
+    assert {p: p.stat().st_mtime_ns for p in base.rglob("model.safetensors")} == stamps
