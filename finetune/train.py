@@ -387,7 +387,9 @@ def checkpoint_kind(hp: Recipe) -> str:
     return "individual" if hp.epochs > 0 else hp.init
 
 
-def held_out_record(cfg: DictConfig, classifier: nn.Module, preprocess, device: torch.device, checkpoint: Path, kind: str) -> dict[str, Any]:
+def held_out_record(
+    cfg: DictConfig, classifier: nn.Module, preprocess, device: torch.device, checkpoint: Path, kind: str
+) -> dict[str, Any]:
     """Held-out accuracy (the split fine-tuning never sees) as a results record in the run folder."""
     (heldout,) = datasets.eval_sets(cfg.data, preprocess, names=[cfg.data.heldout])
     ((correct, n),) = evaluate.accuracies(

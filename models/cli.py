@@ -37,7 +37,22 @@ if not OmegaConf.has_resolver("project_root"):
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
 
 # Arguments after which we let Hydra itself handle the command line (help, info, sweeps).
-_HYDRA_FLAGS = ("-m", "--multirun", "-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "-sc", "--shell-completion", "-p", "--package", "--resolve")
+_HYDRA_FLAGS = (
+    "-m",
+    "--multirun",
+    "-h",
+    "--help",
+    "--hydra-help",
+    "-i",
+    "--info",
+    "-c",
+    "--cfg",
+    "-sc",
+    "--shell-completion",
+    "-p",
+    "--package",
+    "--resolve",
+)
 
 
 def output_dir() -> Path:

@@ -179,7 +179,15 @@ def read_official_results(path: str | os.PathLike, kind: str = "individual") -> 
         for dataset, role in OFFICIAL_SETS.items():
             if dataset in row:
                 records.append(
-                    {"model_id": row["model_name"], "kind": kind, "dataset": dataset, "role": role, "top1": float(row[dataset]), "n": None, "source": str(path)}
+                    {
+                        "model_id": row["model_name"],
+                        "kind": kind,
+                        "dataset": dataset,
+                        "role": role,
+                        "top1": float(row[dataset]),
+                        "n": None,
+                        "source": str(path),
+                    }
                 )
     if not records:
         raise UserError(f"{path}: no records in the official format")

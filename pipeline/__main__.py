@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -69,7 +70,11 @@ def main() -> int:
             return result.returncode
         timings[step.name] = round(time.monotonic() - step_start, 1)
         write_text_atomic(timings_path, json.dumps(timings, indent=1))
-    print(f"\n=== {args.experiment}: all {len(steps)} steps done in {_clock(time.monotonic() - started)}")
+    # ru_maxrss of waited-for children: the largest single stage process (KiB on Linux).
+    peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    print(
+        f"\n=== {args.experiment}: all {len(steps)} steps done in {_clock(time.monotonic() - started)}; peak RSS of a stage {peak_gib:.2f} GiB"
+    )
     return 0
 
 

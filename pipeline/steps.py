@@ -38,6 +38,10 @@ def experiment_steps(experiment: str, runs: str = "runs", cache: str = ".cache")
     launcher = ("hydra/launcher=slurm",) if experiment == "paper_vitb32" else ()
     multirun = ("-m",) if launcher else ()
     sweep_name = "demo" if experiment == "demo" else "paper_random"
+    # The demo's jobs run one after another (basic launcher), so each may use every core.
+    threads = ("finetune.threads=null",) if experiment == "demo" else ()
+    # Tables and figures of the committed experiments go to results/<experiment>/; the dry run keeps its own.
+    out = () if experiment == "paper_vitb32_dryrun" else (f"out=results/{experiment}",)
     timed = {  # measured seconds on 2 CPU cores (demo, dry run); the paper's run is GPU-hours (docs/experiments.md)
         "demo": (25, 25, 300, 60, 240, 15, 150),
         "paper_vitb32_dryrun": (15, 25, 90, 30, 120, 15, 60),
@@ -63,7 +67,7 @@ def experiment_steps(experiment: str, runs: str = "runs", cache: str = ".cache")
             ),
             timed[1],
         ),
-        Step("fine-tuning sweep", _py("finetune", "-m", exp, f"sweep={sweep_name}", *launcher), timed[2]),
+        Step("fine-tuning sweep", _py("finetune", "-m", exp, f"sweep={sweep_name}", *threads, *launcher), timed[2]),
         Step(
             "eval of the inits and every fine-tuned model",
             _py("eval", *multirun, exp, f"checkpoints=[{inits},{sweep}]", "run_name=individuals", *launcher),
@@ -74,10 +78,10 @@ def experiment_steps(experiment: str, runs: str = "runs", cache: str = ".cache")
             _py("soups", "-m", exp, f"soup={SOUPS}", f"ingredients={sweep}", f"++soup.init={lp_init}", *launcher),
             timed[4],
         ),
-        Step("tables and figures from the records", _py("plots", exp, f"results={base}"), timed[5]),
+        Step("tables and figures from the records", _py("plots", exp, f"results={base}", *out), timed[5]),
         Step(
             "figures from checkpoints (landscape, angles, soup vs ensemble)",
-            _py("plots", exp, f"results={base}", "figure=checkpoints"),
+            _py("plots", exp, f"results={base}", "figure=checkpoints", *out),
             timed[6],
         ),
     ]

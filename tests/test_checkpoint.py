@@ -34,7 +34,9 @@ def small_state() -> dict[str, torch.Tensor]:
 
 
 def meta(**overrides) -> CheckpointMeta:
-    fields = dict(arch="TinyCLIP", pretrained="foundation.safetensors", num_classes=3, classes="world", kind="individual", hparams={"lr": 1e-5})
+    fields = dict(
+        arch="TinyCLIP", pretrained="foundation.safetensors", num_classes=3, classes="world", kind="individual", hparams={"lr": 1e-5}
+    )
     fields.update(overrides)
     return CheckpointMeta(**fields)
 
@@ -117,7 +119,9 @@ def test_official_layout_imports_to_classifier_keys(tmp_path):
 
 
 def test_open_clip_layout_with_module_prefix_imports_without_head():
-    state, has_head = convert_foreign_state_dict({"state_dict": {"module.visual.proj": torch.ones(2, 2), "module.text_projection": torch.ones(2, 2)}}, "x")
+    state, has_head = convert_foreign_state_dict(
+        {"state_dict": {"module.visual.proj": torch.ones(2, 2), "module.text_projection": torch.ones(2, 2)}}, "x"
+    )
     assert not has_head
     assert set(state) == {"visual.proj"}
 

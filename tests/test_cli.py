@@ -7,7 +7,6 @@ import sys
 import textwrap
 
 import pytest
-
 from conftest import REPO, run_module
 
 STAGES = ["finetune", "eval", "soups", "plots"]
@@ -38,7 +37,9 @@ def toy(tmp_path):
     script.write_text(TOY_STAGE)
 
     def run(*args):
-        return subprocess.run([sys.executable, str(script), *args, f"paths.runs={tmp_path}/runs"], cwd=REPO, capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, str(script), *args, f"paths.runs={tmp_path}/runs"], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
 
     return run
 
@@ -51,7 +52,9 @@ def test_help_explains_the_stage(stage):
     assert "Config groups" in result.stdout and "experiment:" in result.stdout
 
 
-@pytest.mark.parametrize("args,expected", [(["no_such_key=1"], "Could not override 'no_such_key'"), (["model=vit_b99"], "Could not find 'model/vit_b99'")])
+@pytest.mark.parametrize(
+    "args,expected", [(["no_such_key=1"], "Could not override 'no_such_key'"), (["model=vit_b99"], "Could not find 'model/vit_b99'")]
+)
 def test_a_bad_option_is_one_line_and_exit_2(args, expected):
     result = run_module("eval", *args)
     assert result.returncode == 2

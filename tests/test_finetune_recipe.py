@@ -124,3 +124,20 @@ def test_frozen_batchnorm_keeps_pretrained_statistics_but_trains_its_affine_weig
     assert torch.equal(after["running_mean"], before["running_mean"])  # zeros: no update from the batch
     assert int(after["num_batches_tracked"]) == 0
     assert model[1].weight.grad is not None and model[0].training
+
+
+@pytest.mark.parametrize("magnitude", [1, 20])
+def test_every_randaugment_op_applies_across_the_papers_magnitudes(magnitude):
+    """The official sweep draws M in 1..20. timm's Posterize keeps int(M/10*4) bits, so 0 bits (a black
+    image) for M < 3; Pillow 13 refuses 0 bits, so requirements pin Pillow 12: this fails if the pin is lost."""
+    import numpy as np
+    from PIL import Image
+
+    transform = recipe.randaug_transform(f"rand-m{magnitude}-n1", 32, (0.5, 0.5, 0.5))
+    image = Image.fromarray(np.full((32, 32, 3), 200, dtype=np.uint8))
+    for op in transform.ops:
+        op.prob = 1.0
+        op(image)  # must not raise
+    (posterize,) = [op for op in transform.ops if op.name == "Posterize"]
+    expected = 0 if magnitude == 1 else 192  # 200 keeping 0 bits, or 4 bits at M clipped to 10 (200 & 0xF0)
+    assert np.asarray(posterize(image)).max() == expected

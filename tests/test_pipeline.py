@@ -6,8 +6,8 @@ import csv
 
 import pytest
 import torch
-
 from conftest import run_module
+
 from models.checkpoint import load_checkpoint, read_meta
 from pipeline.steps import experiment_steps
 

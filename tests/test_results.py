@@ -39,7 +39,16 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path, same_folder):
 
 
 def test_record_fields_and_top1():
-    record = make_record(model_id="m", kind="soup", dataset="ImageNetR", role="shift", correct=3, n=4, checkpoint={"path": "p", "sha256": "ab"}, config=["x=1"])
+    record = make_record(
+        model_id="m",
+        kind="soup",
+        dataset="ImageNetR",
+        role="shift",
+        correct=3,
+        n=4,
+        checkpoint={"path": "p", "sha256": "ab"},
+        config=["x=1"],
+    )
     assert record["top1"] == 0.75
     for field in ("model_id", "kind", "dataset", "role", "top1", "n", "checkpoint", "git", "config", "time"):
         assert field in record
@@ -86,7 +95,16 @@ def test_official_format_round_trips(tmp_path, reference_dir):
 
 
 def test_official_format_round_trips_without_reference(tmp_path):
-    line = {"model_name": "m", "ImageNet2p": 0.5, "ImageNet": 0.25, "ImageNetV2": 0.1, "ImageNetSketch": 0.2, "ImageNetR": 0.3, "ObjectNet": 0.4, "ImageNetA": 0.05}
+    line = {
+        "model_name": "m",
+        "ImageNet2p": 0.5,
+        "ImageNet": 0.25,
+        "ImageNetV2": 0.1,
+        "ImageNetSketch": 0.2,
+        "ImageNetR": 0.3,
+        "ObjectNet": 0.4,
+        "ImageNetA": 0.05,
+    }
     (tmp_path / "in.jsonl").write_text(json.dumps(line) + "\n")
     table = read_official_results(tmp_path / "in.jsonl")
     assert avg_shift_accuracy(table)["m"] == pytest.approx((0.1 + 0.2 + 0.3 + 0.4 + 0.05) / 5)
