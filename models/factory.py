@@ -6,8 +6,10 @@ registered with `open_clip.add_model_config`, so the tiny CLIP is built exactly 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,7 +56,8 @@ def create_clip(arch: str, pretrained: str | None = None, device: str | torch.de
     if pretrained and not Path(str(pretrained)).exists() and _looks_like_path(str(pretrained)):
         raise UserError(f"model.pretrained: file not found: {pretrained}")
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained or None, device=device)
+        with _quiet_open_clip(expect_random_init=not pretrained):
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained or None, device=device)
     except RuntimeError as err:
         message = str(err).splitlines()[0] if str(err) else repr(err)
         if "download" in message.lower():  # open_clip 3.x wraps hub failures: "Failed to download weights for tag ..."
@@ -72,6 +75,34 @@ def create_clip(arch: str, pretrained: str | None = None, device: str | torch.de
         ) from None
     model.eval()
     return model, preprocess, get_tokenizer(arch)
+
+
+class _OpenClipChatter(logging.Filter):
+    """Drops open_clip's per-call INFO lines (it logs on the root logger) and, when the caller loads its own
+    weights next, the 'initialized randomly' warning that would otherwise mislead."""
+
+    def __init__(self, expect_random_init: bool):
+        super().__init__()
+        self.expect_random_init = expect_random_init
+        self.package = str(Path(open_clip.__file__).parent)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.pathname.startswith(self.package):
+            return True
+        if record.levelno <= logging.INFO:
+            return False
+        return not (self.expect_random_init and "No pretrained weights loaded" in record.getMessage())
+
+
+@contextlib.contextmanager
+def _quiet_open_clip(expect_random_init: bool):
+    chatter = _OpenClipChatter(expect_random_init)
+    root = logging.getLogger()
+    root.addFilter(chatter)
+    try:
+        yield
+    finally:
+        root.removeFilter(chatter)
 
 
 def get_tokenizer(arch: str):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from models.cli import output_dir, stage_entry
+from models.cli import stage_entry
 from models.errors import UserError
 from plots.inputs import load_any
 from plots.report import record_figures, write_table
@@ -17,7 +17,8 @@ def run(cfg: DictConfig) -> None:
     figure = str(cfg.figure)
     if figure not in RECORD_FIGURES + CHECKPOINT_FIGURES:
         raise UserError(f"figure={figure}: unknown; choose from {', '.join(RECORD_FIGURES + CHECKPOINT_FIGURES)}")
-    out = output_dir()
+    out = Path(cfg.out)  # tables and figures only; Hydra's own files stay in its run folder
+    out.mkdir(parents=True, exist_ok=True)
     records = load_any(cfg.results)
     models, sets, _ = write_table(records, out, cfg.plots.paper)
     skipped: list[str] = []
