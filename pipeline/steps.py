@@ -43,7 +43,7 @@ def experiment_steps(experiment: str, runs: str = "runs", cache: str = ".cache")
     # Tables and figures of the committed experiments go to results/<experiment>/; the dry run keeps its own.
     out = () if experiment == "paper_vitb32_dryrun" else (f"out=results/{experiment}",)
     timed = {  # measured seconds on 2 CPU cores (demo, dry run); the paper's run is GPU-hours (docs/experiments.md)
-        "demo": (25, 25, 300, 60, 240, 15, 150),
+        "demo": (12, 14, 102, 57, 160, 3, 95),  # a clean `make demo`, 7:23 in all
         "paper_vitb32_dryrun": (15, 25, 90, 30, 120, 15, 60),
         "paper_vitb32": (0, 3600, 72 * 3600, 3600, 7200, 60, 3600),
     }[experiment]
