@@ -188,6 +188,12 @@ def subsample(eval_set: EvalSet, max_examples: int | None) -> EvalSet:
     return dataclasses.replace(eval_set, dataset=Subset(eval_set.dataset, indices))
 
 
+def _portable(path: str) -> str:
+    """`path` relative to the working directory when it lies below it, so committed summaries name no machine."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(Path.cwd())) if resolved.is_relative_to(Path.cwd()) else str(path)
+
+
 def checkpoint_figures(cfg: DictConfig, records: pd.DataFrame, models: pd.DataFrame, sets: SetNames, out: Path, figure: str) -> list[str]:
     init, paths = resolve_checkpoints(cfg, records, models)
     _, preprocess, _ = create_clip(read_meta(init).arch, pretrained=None)
@@ -206,7 +212,7 @@ def checkpoint_figures(cfg: DictConfig, records: pd.DataFrame, models: pd.DataFr
     )
     formats = list(cfg.plots.formats)
     wanted = ("landscape", "angle", "approx", "soup_size") if figure == "checkpoints" else (figure,)
-    summary: dict = {"init": init, "models": paths}
+    summary: dict = {"init": _portable(init), "models": [_portable(p) for p in paths]}
     if "landscape" in wanted:
         data = landscape(evaluator, sets, int(cfg.plots.grid), float(cfg.plots.margin))
         write_text_atomic(out / "fig3_error_landscape.json", json.dumps(data) + "\n")

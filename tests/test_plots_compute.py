@@ -180,3 +180,11 @@ def test_subsample_is_evenly_spaced_and_optional():
     eval_set = EvalSet("I", "id", TensorDataset(torch.arange(10)), ["a"])
     assert [int(x[0]) for x in compute.subsample(eval_set, 4).dataset] == [0, 3, 6, 9]
     assert compute.subsample(eval_set, None) is eval_set and compute.subsample(eval_set, 10) is eval_set
+
+
+def test_summary_paths_are_relative_below_the_working_directory(tmp_path, monkeypatch):
+    _portable = compute._portable
+    monkeypatch.chdir(tmp_path)
+    assert _portable(str(tmp_path / "runs" / "demo" / "model.safetensors")) == "runs/demo/model.safetensors"
+    assert _portable("runs/x.safetensors") == "runs/x.safetensors"
+    assert _portable("/elsewhere/x.safetensors") == "/elsewhere/x.safetensors"
