@@ -204,7 +204,7 @@ def train_loop(
         initial=step,
         unit="img",
         unit_scale=hp.batch_size,
-        disable=not (show_progress and ranks.main),
+        disable=not (show_progress and ranks.main) or total_steps == 0,  # epochs=0 saves an init: no loop
         dynamic_ncols=True,
     )
     last_save, taken = time.monotonic(), 0
