@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from models.atomic import atomic_path
+from models.checkpoint import owned
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def cached_features(cache_dir: Path | None, key: dict, compute) -> tuple[torch.T
     if path.exists():
         log.info("linear probe: reading cached features %s", path)
         tensors = load_file(str(path))
-        return tensors["features"], tensors["labels"]
+        return owned(tensors["features"]), owned(tensors["labels"])
     features, labels = compute()
     with atomic_path(path) as tmp:
         save_file(

@@ -108,6 +108,16 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], C
     return dict(iter_tensors(path)), meta
 
 
+def owned(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy in memory torch allocated (64-byte aligned), of a tensor read from a safetensors file.
+
+    Tensors read from a file sit at the file's data offset, which depends on the header's length (and
+    so on paths in the metadata). MKL's matrix products round differently at different alignments, so
+    without the copy a result could change with where the checkout lives.
+    """
+    return tensor.clone(memory_format=torch.contiguous_format)
+
+
 def iter_tensors(path: str | os.PathLike) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (key, tensor) one at a time, so callers can stream without holding the whole file."""
     path = Path(path)
@@ -115,7 +125,7 @@ def iter_tensors(path: str | os.PathLike) -> Iterator[tuple[str, torch.Tensor]]:
         keys = list(handle.keys())
         for key in keys:
             try:
-                yield key, handle.get_tensor(key)
+                yield key, owned(handle.get_tensor(key))
             except (SafetensorError, OSError, ValueError) as err:
                 raise UserError(f"{path}: cannot read tensor '{key}' ({err}); the file may be truncated") from None
 

@@ -2,7 +2,8 @@
 
 Every stage skips runs that finished (their folder holds DONE), so a second run takes seconds and a
 run after a kill resumes where it stopped. Progress says which step runs, and the time left is
-estimated from this machine's last timings of each step (or the recorded 2-core estimates).
+estimated from this machine's last timings of each step, or from the recorded 2-core estimates scaled
+by this machine's pace on the steps done so far.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 from models.atomic import write_text_atomic
-from pipeline.steps import EXPERIMENTS, experiment_steps
+from pipeline.steps import EXPERIMENTS, experiment_steps, time_left
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,11 +50,12 @@ def main() -> int:
 
     timings_path = runs / args.experiment / "pipeline_timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    earlier, timed_now = dict(timings), {}
     started = time.monotonic()
     for number, step in enumerate(steps, start=1):
         if number < args.start:
             continue
-        left = sum(timings.get(s.name, s.estimate_s) for s in steps[number - 1 :])
+        left = time_left(steps, number - 1, earlier, timed_now)
         print(
             f"\n=== [{number}/{len(steps)}] {step.name}  (elapsed {_clock(time.monotonic() - started)}, about {_clock(left)} left)\n"
             f"    {shlex.join(step.argv)}",
@@ -68,7 +70,7 @@ def main() -> int:
                 file=sys.stderr,
             )
             return result.returncode
-        timings[step.name] = round(time.monotonic() - step_start, 1)
+        timings[step.name] = timed_now[step.name] = round(time.monotonic() - step_start, 1)
         write_text_atomic(timings_path, json.dumps(timings, indent=1))
     # ru_maxrss of waited-for children: the largest single stage process (KiB on Linux).
     peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20

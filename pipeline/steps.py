@@ -86,3 +86,18 @@ def experiment_steps(experiment: str, runs: str = "runs", cache: str = ".cache")
         ),
     ]
     return steps
+
+
+def time_left(steps: list[Step], start: int, timings: dict[str, float], timed_now: dict[str, float]) -> float:
+    """Seconds left for steps[start:].
+
+    A step this machine has timed before (`timings`) counts at that time. The others count at their
+    recorded 2-core estimate, scaled by this machine's pace so far: the measured time of the steps run
+    in this invocation without an earlier timing (`timed_now`), over their estimates. On a host twice as
+    slow as the one the estimates come from, the time left doubles once the first such step is done.
+    """
+    estimates = {s.name: s.estimate_s for s in steps}
+    paced = [name for name in timed_now if name not in timings and estimates.get(name, 0) > 0]
+    planned = sum(estimates[name] for name in paced)
+    pace = sum(timed_now[name] for name in paced) / planned if planned >= 10 else 1.0
+    return sum(timings.get(s.name, s.estimate_s * pace) for s in steps[start:])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import stat
 
 import pytest
 import torch
@@ -141,3 +142,28 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
             raise RuntimeError("killed")
     assert not target.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_atomic_write_gets_the_mode_a_plain_open_gets(tmp_path, umask):
+    """mkstemp's private 0600 must not leak into results shared on a cluster filesystem."""
+    old = os.umask(umask)
+    try:
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        with atomic_path(tmp_path / "atomic.txt") as tmp:
+            tmp.write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "atomic.txt").stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+
+
+def test_tensors_read_back_are_aligned_wherever_the_header_ends(tmp_path):
+    """The data offset moves with the metadata's length (a checkout path in it, say); the tensors
+    handed out must not, or MKL's products, which round by alignment, change with the checkout path."""
+    state = small_state()
+    for pad in range(8):
+        path = save_checkpoint(tmp_path / f"m{pad}.safetensors", state, meta(pretrained="x" * pad + "foundation.safetensors"))
+        for key, tensor in iter_tensors(path):
+            assert tensor.data_ptr() % 64 == 0, (pad, key)
+            assert torch.equal(tensor, state[key])

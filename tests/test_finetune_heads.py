@@ -93,3 +93,18 @@ def test_feature_cache_computes_once_per_key(tmp_path):
     again = linear_probe.cached_features(tmp_path, {"arch": "a"}, compute)
     linear_probe.cached_features(tmp_path, {"arch": "b"}, compute)
     assert len(calls) == 2 and torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+
+
+def test_feature_cache_hands_back_aligned_features_whatever_the_key(tmp_path):
+    """The key's length moves the data offset in the cache file. Read-back features must sit where a
+    fresh computation's would (64-byte aligned), so the LP head fitted from the cache is the same
+    bit for bit as the one fitted from fresh features: MKL's products round by alignment."""
+    features, labels = overlapping_blobs()
+    fresh = linear_probe.fit_linear_head(features, labels, torch.zeros(3, 8), torch.zeros(3), steps=20, lr=0.1, weight_decay=0.0)
+    for pad in range(8):
+        key = {"path": "x" * pad}
+        linear_probe.cached_features(tmp_path, key, lambda: (features, labels))
+        cached, cached_labels = linear_probe.cached_features(tmp_path, key, lambda: pytest.fail("recomputed"))
+        assert cached.data_ptr() % 64 == 0 and torch.equal(cached, features), pad
+        head = linear_probe.fit_linear_head(cached, cached_labels, torch.zeros(3, 8), torch.zeros(3), steps=20, lr=0.1, weight_decay=0.0)
+        assert torch.equal(head[0], fresh[0]) and torch.equal(head[1], fresh[1]), pad

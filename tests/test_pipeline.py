@@ -9,7 +9,7 @@ import torch
 from conftest import run_module
 
 from models.checkpoint import load_checkpoint, read_meta
-from pipeline.steps import experiment_steps
+from pipeline.steps import Step, experiment_steps, time_left
 
 
 def stage_of(argv: tuple[str, ...]) -> str:
@@ -35,6 +35,17 @@ def test_the_dry_run_runs_the_paper_sequence_with_stand_ins():
         return [a.replace("paper_vitb32_dryrun", "paper_vitb32") for a in step.argv if a not in drop and not a.startswith("out=")]
 
     assert [normalised(s) for s in dry[1:]] == [normalised(s) for s in paper]
+
+
+def test_time_left_scales_untimed_estimates_by_this_machines_pace():
+    steps = [Step("a", (), 20.0), Step("b", (), 100.0), Step("c", (), 30.0)]
+    assert time_left(steps, 0, {}, {}) == 150.0  # nothing measured yet: the recorded estimates
+    # "a" took 50 s against its 20 s estimate: this host runs at 2.5x, so 2.5 * (100 + 30) is left.
+    assert time_left(steps, 1, {}, {"a": 50.0}) == 325.0
+    # A step timed on this machine before counts at that time, unscaled; the pace comes from "a" only.
+    assert time_left(steps, 1, {"b": 40.0}, {"a": 50.0}) == 40.0 + 2.5 * 30.0
+    # A rerun that skips finished work sets no pace: "a" was timed before, so it stays at 1.
+    assert time_left(steps, 1, {"a": 20.0, "b": 3.0}, {"a": 1.0}) == 3.0 + 30.0
 
 
 def test_print_lists_the_commands():
