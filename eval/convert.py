@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import save_file
 
 from models.atomic import atomic_path
-from models.checkpoint import CheckpointMeta, import_checkpoint, save_checkpoint, to_open_clip_state_dict
-from models.classifier import ImageClassifier, embed_dim_of, load_classifier
+from models.checkpoint import OFFICIAL_SOURCE, CheckpointMeta, import_checkpoint, save_checkpoint, to_open_clip_state_dict
+from models.classifier import ImageClassifier, embed_dim_of, first_mismatch, load_classifier
 from models.cli import one_line
 from models.errors import UserError
 from models.factory import create_clip
@@ -57,13 +57,20 @@ def load_hparams(path: str | None) -> dict:
         raise UserError(f"--hparams: cannot read {path} ({err})") from None
 
 
+OFFICIAL_ARCH = "ViT-B-32-quickgelu"
+
+
 def import_official(
     sources: Sequence[str], out: Path, arch: str, pretrained: str | None, classes: str | None, hparams_file: str | None
 ) -> list[Path]:
-    """Import each file, check it loads strictly into `arch`, and save it as `<out>/<stem>.safetensors`."""
+    """Import each file, check it loads strictly into `arch`, and save it as `<out>/<stem>.safetensors`.
+
+    The official checkpoints are fine-tunes of OpenAI's CLIP, so the tower is built with QuickGELU
+    whatever `arch` says (`ViT-B-32` and `ViT-B-32-quickgelu` give the same model here).
+    """
     files = official_files(sources)
     hparams = load_hparams(hparams_file)
-    clip_model, _, _ = create_clip(arch, pretrained=None)
+    clip_model, _, _ = create_clip(arch, pretrained=None, activation="quick_gelu")
     templates: dict[int, ImageClassifier] = {}  # one architecture instance per head size, to check keys and shapes
     written = []
     for path in files:
@@ -79,10 +86,18 @@ def import_official(
         try:
             templates[rows].load_state_dict(state, strict=True)
         except RuntimeError as err:
-            raise UserError(f"{path}: weights do not fit architecture {arch} ({one_line(err)[:300]}); pass the right --arch") from None
+            raise UserError(f"{path}: weights do not fit architecture {arch} ({first_mismatch(err)}); pass the right --arch") from None
         model_hparams = hparams.get(path.stem, {})
         kind = "lp" if "LP" in str(model_hparams.get("info", "")) else "individual"
-        meta = CheckpointMeta(arch, pretrained, rows, class_list, kind, hparams={**model_hparams, "imported_from": str(path)})
+        meta = CheckpointMeta(
+            arch,
+            pretrained,
+            rows,
+            class_list,
+            kind,
+            hparams={**model_hparams, "imported_from": str(path), "source": OFFICIAL_SOURCE},
+            activation="quick_gelu",
+        )
         written.append(save_checkpoint(out / f"{path.stem}.safetensors", state, meta))
         print(f"{path} -> {written[-1]} ({kind}, {rows} classes)")
     return written
@@ -94,7 +109,7 @@ def export_open_clip(checkpoint: str, out: Path, text_tower: str | None) -> Path
     source = text_tower or meta.pretrained
     if not source:
         raise UserError(f"{checkpoint}: the checkpoint names no pretrained CLIP; pass --text-tower TAG_OR_FILE for the text tower")
-    clip_model, _, _ = create_clip(meta.arch, pretrained=source)
+    clip_model, _, _ = create_clip(meta.arch, pretrained=source, activation=meta.activation)
     full = to_open_clip_state_dict(classifier.state_dict(), clip_model.state_dict())
     with atomic_path(out) as tmp:
         if out.suffix == ".safetensors":
@@ -111,7 +126,9 @@ def parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import-official", help="official model_{i}.pt files -> project checkpoints")
     imp.add_argument("sources", nargs="+", help="model_{i}.pt files or folders holding them")
     imp.add_argument("--out", required=True, type=Path, help="folder for <stem>.safetensors")
-    imp.add_argument("--arch", default="ViT-B-32", help="open_clip architecture (default ViT-B-32, the paper's)")
+    imp.add_argument(
+        "--arch", default=OFFICIAL_ARCH, help=f"open_clip architecture (default {OFFICIAL_ARCH}, the paper's); always built with QuickGELU"
+    )
     imp.add_argument("--pretrained", default="openai", help="the pretrained tag the models started from (recorded in metadata)")
     imp.add_argument("--classes", default=None, help="class-list id (default imagenet1k for 1000-row heads)")
     imp.add_argument("--hparams", default=None, help="official hparam_info.json, to record each model's hyperparameters")

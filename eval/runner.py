@@ -22,7 +22,7 @@ from models.atomic import atomic_path
 from models.checkpoint import CheckpointMeta, read_meta, sha256_prefix
 from models.classifier import ImageClassifier, load_classifier
 from models.errors import UserError
-from models.evaluate import SetScores, score_models
+from models.evaluate import SetScores, precision_name, score_models
 from models.results import append_records, make_record
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def chunks(paths: list[Path], metas: list[CheckpointMeta], size: int) -> list[li
 
 
 def set_record(
-    model_id: str, meta: CheckpointMeta, checkpoint: dict, eval_set: datasets.EvalSet, scores: SetScores, config: list[str]
+    model_id: str, meta: CheckpointMeta, checkpoint: dict, eval_set: datasets.EvalSet, scores: SetScores, config: list[str], precision: str
 ) -> dict:
     return make_record(
         model_id=model_id,
@@ -83,6 +83,8 @@ def set_record(
         per_class_n=scores.per_class_n.tolist(),
         skipped=len(scores.skipped),
         skipped_examples=scores.skipped[:10],
+        precision=precision,
+        **eval_set.provenance,
     )
 
 
@@ -104,15 +106,27 @@ def evaluate_checkpoints(
     out: Path,
     device: torch.device,
     config: Sequence[str] = (),
+    expected_arch: str | None = None,
 ) -> list[dict]:
-    """Evaluate every checkpoint on the selected sets; the main process appends records to `out/results.jsonl`."""
+    """Evaluate every checkpoint on the selected sets; the main process appends records to `out/results.jsonl`.
+
+    Each checkpoint is rebuilt from its own metadata; `expected_arch` (a `model=` the user chose) must match it.
+    """
     paths = resolve_checkpoints(checkpoints)
     ids = model_ids(paths)
     metas = [read_meta(p) for p in paths]
     info = datasets.class_info(data_cfg)
     for path, meta in zip(paths, metas):
         check_classes(meta, info, path)
+        if expected_arch is not None and meta.arch != expected_arch:
+            raise UserError(
+                f"{path}: checkpoint is {meta.arch} but model= asks for {expected_arch}; eval rebuilds each checkpoint's "
+                "own architecture, so drop model= or pick the matching one"
+            )
     names = selected_sets(eval_cfg.sets, data_cfg)
+    if data_cfg.heldout in names:
+        datasets.check_heldout_split(data_cfg, [(str(p), m) for p, m in zip(paths, metas)])
+    precision = precision_name(eval_cfg.get("amp", "auto"), device)
     per_pass = int(eval_cfg.get("max_models_per_pass", 8)) if eval_cfg.share_decoding else 1
     dtype_name = str(eval_cfg.get("logits_dtype", "float16"))
     if dtype_name not in LOGITS_DTYPES:
@@ -133,7 +147,10 @@ def evaluate_checkpoints(
                 keep_logits=bool(eval_cfg.save_logits),
                 logits_dtype=LOGITS_DTYPES[dtype_name],
             )
-            new = [set_record(ids[i], metas[i], prov, eval_set, s, list(config)) for i, prov, s in zip(chunk, provenance, all_scores)]
+            new = [
+                set_record(ids[i], metas[i], prov, eval_set, s, list(config), precision)
+                for i, prov, s in zip(chunk, provenance, all_scores)
+            ]
             for record in new if is_main_process() else []:
                 log.info(
                     "%s on %s: top1 %.4f (n=%d, skipped %d)",
@@ -159,4 +176,7 @@ def run(cfg: Any) -> list[dict]:
     from models.evaluate import resolve_device
 
     device = init_distributed(resolve_device(cfg.device))
-    return evaluate_checkpoints(cfg.checkpoints, cfg.data, cfg.eval, output_dir(), device, overrides())
+    chose_model = any(o.lstrip("+~").split("=")[0] in ("model", "model.arch") for o in overrides())
+    return evaluate_checkpoints(
+        cfg.checkpoints, cfg.data, cfg.eval, output_dir(), device, overrides(), expected_arch=cfg.model.arch if chose_model else None
+    )
