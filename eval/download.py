@@ -48,6 +48,14 @@ class Transient(Exception):
     """A failure worth retrying: a dropped connection, a busy server, a truncated response."""
 
 
+class HTTPStatusError(UserError):
+    """The server answered with an error status that retrying will not change (404, 403, 416, ...)."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
 # --- names ---------------------------------------------------------------------------------------
 
 
@@ -185,7 +193,7 @@ def open_url(url: str, method: str = "GET", offset: int = 0) -> http.client.HTTP
         if err.code in (408, 429) or err.code >= 500:
             raise Transient(f"HTTP {err.code} {err.reason}") from None
         hint = "; check --base-url and --models" if err.code == 404 else ""
-        raise UserError(f"{url}: HTTP {err.code} {err.reason}{hint}") from None
+        raise HTTPStatusError(f"{url}: HTTP {err.code} {err.reason}{hint}", err.code) from None
     except urllib.error.URLError as err:
         raise Transient(f"cannot connect ({err.reason}); check the network (compute nodes often have none: use a login node)") from None
     except (OSError, http.client.HTTPException) as err:
@@ -207,8 +215,14 @@ def with_retries(action: Callable[[], T], url: str, retries: int, stop: threadin
 
 
 def remote_size(url: str) -> int | None:
-    """The file's size from a HEAD request (None if the server does not say)."""
-    with open_url(url, method="HEAD") as response:
+    """The file's size from a HEAD request (None if the server does not say or refuses HEAD)."""
+    try:
+        response = open_url(url, method="HEAD")
+    except HTTPStatusError as err:
+        if err.code in (404, 410):
+            raise
+        return None  # e.g. a storage URL signed for GET only; the GET will tell
+    with response:
         length = response.headers.get("Content-Length")
     return int(length) if length and length.isdigit() else None
 
@@ -221,8 +235,8 @@ def fetch_once(url: str, part: Path, progress: Callable[[int], None], stop: thre
     offset = part.stat().st_size if part.exists() else 0
     try:
         response = open_url(url, offset=offset)
-    except UserError:
-        if offset:  # e.g. 416: what we hold is not a prefix of this file; start from scratch
+    except HTTPStatusError as err:
+        if offset and err.code == 416:  # what we hold is not a prefix of this file: start from scratch
             part.unlink()
             progress(-offset)
             raise Transient("the server cannot resume this file; starting it again") from None

@@ -35,7 +35,7 @@ class Release:
     """What the local server serves, how it misbehaves, and the requests it saw."""
 
     files: dict[str, bytes]
-    modes: dict[str, str] = field(default_factory=dict)  # name -> "404" | "drop_once" | "truncate" | "stop_at"
+    modes: dict[str, str] = field(default_factory=dict)  # name -> "404" | "drop_once" | "truncate" | "stop_at" | "no_head"
     stop_at: int = 0  # for "stop_at": the server never sends bytes past this offset
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, name, Range header)
     base_url: str = ""
@@ -51,6 +51,9 @@ class ReleaseHandler(BaseHTTPRequestHandler):
         pass
 
     def do_HEAD(self) -> None:
+        if self.server.release.modes.get(self.path.rsplit("/", 1)[-1]) == "no_head":  # type: ignore[attr-defined]
+            self.send_error(405)  # like a storage URL signed for GET only
+            return
         self.respond(send_body=False)
 
     def do_GET(self) -> None:
@@ -241,3 +244,29 @@ def test_a_full_disk_is_one_line(release, tmp_path, capsys):
     assert fetch(release, out, "--models", "0") == 2
     assert "no space left on the device" in one_error_line(capsys)
     assert not (out / "model_0.pt").exists()
+
+
+def test_files_placed_by_hand_are_checked_and_adopted(release, tmp_path, capsys):
+    out = tmp_path / "official"
+    out.mkdir()
+    (out / "model_0.pt").write_bytes(release.files["model_0.pt"])  # e.g. fetched with wget earlier
+    (out / "model_1.pt").write_bytes(release.files["model_1.pt"][:-100])  # an interrupted wget
+    assert fetch(release, out, "--models", "0-1") == 0
+    assert release.gets() == [("model_1.pt", None)] and "model_1.pt: unreadable .pt file" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())["files"]
+    for name in ("model_0.pt", "model_1.pt"):
+        assert (out / name).read_bytes() == release.files[name]
+        assert manifest[name]["sha256"] == hashlib.sha256(release.files[name]).hexdigest()
+
+
+@pytest.mark.parametrize("head", [True, False])
+def test_a_complete_part_left_by_a_stopped_run_is_finished(release, tmp_path, head):
+    out, data = tmp_path / "official", release.files["model_0.pt"]
+    out.mkdir()
+    (out / "model_0.pt.part").write_bytes(data)  # complete, but the run stopped before the rename
+    if not head:
+        release.modes["model_0.pt"] = "no_head"
+    assert fetch(release, out, "--models", "0") == 0
+    # the size from HEAD shows it is complete; without it, the Range request gets 416 and the file starts over
+    assert release.gets() == ([] if head else [("model_0.pt", f"bytes={len(data)}-"), ("model_0.pt", None)])
+    assert (out / "model_0.pt").read_bytes() == data and not (out / "model_0.pt.part").exists()
