@@ -245,13 +245,17 @@ def fetch_once(url: str, part: Path, progress: Callable[[int], None], stop: thre
         if offset and response.status != 206:  # the server ignored the Range header: it sends the whole file
             progress(-offset)
             offset = 0
+        elif offset and not str(response.headers.get("Content-Range", "")).startswith(f"bytes {offset}-"):
+            part.unlink()
+            progress(-offset)
+            raise Transient(f"the server resumed at the wrong offset ({response.headers.get('Content-Range')}); starting it again")
         length = response.headers.get("Content-Length")
         expected = offset + int(length) if length and length.isdigit() else None
         received = offset
         try:
             handle = open(part, "ab" if offset else "wb")
         except OSError as err:
-            raise UserError(f"{part}: cannot write ({err.strerror})") from None
+            raise write_error(part, err) from None
         with handle:
             while not stop.is_set():
                 try:

@@ -35,7 +35,9 @@ class Release:
     """What the local server serves, how it misbehaves, and the requests it saw."""
 
     files: dict[str, bytes]
-    modes: dict[str, str] = field(default_factory=dict)  # name -> "404" | "drop_once" | "truncate" | "stop_at" | "no_head"
+    modes: dict[str, str] = field(
+        default_factory=dict
+    )  # name -> "404" | "drop_once" | "truncate" | "stop_at" | "no_head" | "ignore_range" | "wrong_range"
     stop_at: int = 0  # for "stop_at": the server never sends bytes past this offset
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, name, Range header)
     base_url: str = ""
@@ -67,7 +69,9 @@ class ReleaseHandler(BaseHTTPRequestHandler):
         if data is None or mode == "404":
             self.send_error(404)
             return
-        start = int(re.fullmatch(r"bytes=(\d+)-", byte_range)[1]) if byte_range else 0
+        if mode == "ignore_range":
+            byte_range = None
+        start = int(re.fullmatch(r"bytes=(\d+)-", byte_range)[1]) if byte_range and mode != "wrong_range" else 0
         if start >= len(data):
             self.send_error(416)
             return
@@ -270,3 +274,15 @@ def test_a_complete_part_left_by_a_stopped_run_is_finished(release, tmp_path, he
     # the size from HEAD shows it is complete; without it, the Range request gets 416 and the file starts over
     assert release.gets() == ([] if head else [("model_0.pt", f"bytes={len(data)}-"), ("model_0.pt", None)])
     assert (out / "model_0.pt").read_bytes() == data and not (out / "model_0.pt.part").exists()
+
+
+@pytest.mark.parametrize("mode", ["ignore_range", "wrong_range"])
+def test_a_server_that_does_not_resume_properly_gets_the_whole_file(release, tmp_path, mode):
+    out, data = tmp_path / "official", release.files["model_0.pt"]
+    out.mkdir()
+    (out / "model_0.pt.part").write_bytes(data[: len(data) // 2])
+    release.modes["model_0.pt"] = mode  # 200 with the whole file, or 206 starting at byte 0 instead of the asked offset
+    assert fetch(release, out, "--models", "0") == 0
+    again = [("model_0.pt", None)] if mode == "wrong_range" else []
+    assert release.gets() == [("model_0.pt", f"bytes={len(data) // 2}-"), *again]
+    assert (out / "model_0.pt").read_bytes() == data
