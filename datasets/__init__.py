@@ -1,4 +1,5 @@
-"""Dataset loaders: the embedded world, ImageNet and its held-out split, and the five shifts.
+"""Dataset loaders: the embedded world, ImageNet and its held-out split, and the five shifts;
+any image-folder dataset (`datasets.folder`).
 
 Every stage reaches data through the three functions below, given the `data` config group
 (conf/data/*.yaml) and an image transform (the model's own open_clip val or train transform):
@@ -24,7 +25,7 @@ from torch.utils.data import Dataset
 from models.checkpoint import CheckpointMeta, is_official_release
 from models.errors import UserError
 
-SUITES = {"world": "datasets.world", "imagenet": "datasets.imagenet"}
+SUITES = {"world": "datasets.world", "imagenet": "datasets.imagenet", "folder": "datasets.folder"}
 
 
 @dataclasses.dataclass
@@ -88,6 +89,9 @@ def class_info(data_cfg: Any) -> ClassInfo:
 
 def set_names(data_cfg: Any) -> list[tuple[str, str]]:
     """(name, role) of every evaluation set of the suite, in the order heldout, id, shifts."""
+    suite = _suite(data_cfg)
+    if hasattr(suite, "set_names"):  # a suite whose sets depend on what is on disk (datasets.folder)
+        return suite.set_names(data_cfg)
     return [(data_cfg.heldout, "heldout"), (data_cfg.id, "id")] + [(s, "shift") for s in data_cfg.shifts]
 
 
