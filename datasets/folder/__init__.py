@@ -59,9 +59,7 @@ class Layout:
 
 
 def _image_files(folder: Path) -> list[str]:
-    return sorted(
-        str(folder / name) for name in os.listdir(folder) if name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
-    )
+    return sorted(str(folder / name) for name in os.listdir(folder) if name.lower().endswith(IMG_EXTENSIONS) and not name.startswith("."))
 
 
 def _subfolders(path: Path) -> list[str]:
@@ -90,7 +88,9 @@ def scan(root: str | os.PathLike, heldout_split: str = "auto") -> Layout:
     for split in splits:
         present = _subfolders(root / split)
         for missing in sorted(set(folders) - set(present)):
-            raise UserError(f"data.root: class folder {split}/{missing} is missing (train/ has it); every split needs the same class folders")
+            raise UserError(
+                f"data.root: class folder {split}/{missing} is missing (train/ has it); every split needs the same class folders"
+            )
         for extra in sorted(set(present) - set(folders)):
             raise UserError(f"data.root: class folder {split}/{extra} is not in train/; every split needs the same class folders")
         samples = []
@@ -206,13 +206,17 @@ def class_info(data_cfg: Any) -> ClassInfo:
     if names_file.exists():
         classnames = _read_lines(names_file)
         if len(classnames) != len(layout.folders):
-            raise UserError(f"{names_file}: {len(classnames)} names for {len(layout.folders)} class folders; one line per folder, sorted order")
+            raise UserError(
+                f"{names_file}: {len(classnames)} names for {len(layout.folders)} class folders; one line per folder, sorted order"
+            )
     templates = list(DEFAULT_TEMPLATES)
     if templates_file.exists():
         templates = _read_lines(templates_file)
         bad = [t for t in templates if "{}" not in t]
         if not templates or bad:
-            raise UserError(f"{templates_file}: every line must hold {{}} where the class name goes (e.g. 'a photo of a {{}}.'); got {bad[:1]}")
+            raise UserError(
+                f"{templates_file}: every line must hold {{}} where the class name goes (e.g. 'a photo of a {{}}.'); got {bad[:1]}"
+            )
     digest = hashlib.sha256("\n".join(layout.folders).encode()).hexdigest()[:8]
     return ClassInfo(classnames, templates, f"folder:{digest}")
 

@@ -21,11 +21,16 @@ def summary(cfg) -> str:
     check_prompt_words(get_tokenizer(cfg.model.arch), info.classnames, info.templates)
     held = int(mask.sum()) if mask is not None else 0
     sizes = {TRAIN: len(layout.files[TRAIN]) - held, cfg.data.heldout: held or len(layout.files.get("val", ()))}
-    lines = [f"{layout.root}: {len(info.classnames)} classes ({', '.join(info.classnames[:8])}{', ...' if len(info.classnames) > 8 else ''})"]
+    lines = [
+        f"{layout.root}: {len(info.classnames)} classes ({', '.join(info.classnames[:8])}{', ...' if len(info.classnames) > 8 else ''})"
+    ]
     lines.append(f"  {TRAIN}: {sizes[TRAIN]} images for fine-tuning")
     for name, role in set_names(cfg.data):
         n = sizes[name] if role == "heldout" else len(layout.files[name])
-        lines.append(f"  {name} ({role}): {n} images" + (f", split {split['split']} saved in {cfg.data.split_file}" if mask is not None and role == "heldout" else ""))
+        lines.append(
+            f"  {name} ({role}): {n} images"
+            + (f", split {split['split']} saved in {cfg.data.split_file}" if mask is not None and role == "heldout" else "")
+        )
     return "\n".join(lines)
 
 
