@@ -11,7 +11,7 @@ Layout under ROOT (every split holds the same class folders; hidden folders are 
 | `classnames.txt` (optional) | one class name per line, in sorted class-folder order; else folder names, `_` → space |
 | `templates.txt` (optional) | one prompt template per line, each with `{}`; else `DEFAULT_TEMPLATES` |
 
-The carved held-out split is saved in `data.split_file` (beside the runs) with a hash of the file
+The held-out split (or the choice of val/) is saved in `data.split_file` (beside the runs) with a hash of the file
 listing, so every later stage, job and rerun uses the same split, and a changed folder is refused
 instead of silently moving images between train and held-out. The three functions at the bottom are
 the suite interface that `datasets.train_set` etc. dispatch to.
@@ -152,9 +152,7 @@ def draw_split(layout: Layout, settings: dict[str, Any]) -> np.ndarray:
 @functools.lru_cache(maxsize=4)
 def _prepared(root: str, heldout_split: str, settings_json: str, split_file: str) -> tuple[Layout, np.ndarray | None, dict[str, str]]:
     layout = scan(root, heldout_split)
-    if layout.heldout_from == VAL:
-        return layout, None, {"split": "folder:val"}
-    settings = json.loads(settings_json)
+    settings = json.loads(settings_json) if layout.heldout_from == TRAIN else {"heldout": VAL}
     listing = listing_sha256(layout)
     path = Path(split_file)
     if path.exists():
@@ -164,21 +162,23 @@ def _prepared(root: str, heldout_split: str, settings_json: str, split_file: str
                 f"data.split_file: {path} was drawn for another file listing or split settings of {root}; models trained "
                 "since may have seen today's held-out images, so use a new name=... (or delete the file to start over)"
             )
-        mask = np.zeros(len(layout.files[TRAIN]), dtype=bool)
-        mask[saved["heldout_indices"]] = True
+        mask = None if saved["heldout_indices"] is None else np.isin(np.arange(len(layout.files[TRAIN])), saved["heldout_indices"])
     else:
         check_images([s for split in sorted(layout.files) for s in layout.files[split]])  # once, before the split is saved
-        mask = draw_split(layout, settings)
-        record = {
+        mask = draw_split(layout, settings) if layout.heldout_from == TRAIN else None
+        held = [] if mask is None else [p for (p, _), h in zip(layout.files[TRAIN], mask) if h]
+        saved = {
             "root": str(Path(root).resolve()),
             "settings": settings,
             "listing_sha256": listing,
-            "split_sha256": mask_sha256(mask),
-            "heldout_files": [os.path.relpath(p, root) for (p, _), held in zip(layout.files[TRAIN], mask) if held],
-            "heldout_indices": np.flatnonzero(mask).tolist(),
+            "split": "folder:val" if mask is None else f"seeded:{settings['seed']}",
+            "split_sha256": None if mask is None else mask_sha256(mask),
+            "heldout_files": [os.path.relpath(p, root) for p in held],
+            "heldout_indices": None if mask is None else np.flatnonzero(mask).tolist(),
         }
-        write_text_atomic(path, json.dumps(record, indent=1))
-    return layout, mask, {"split": f"seeded:{settings['seed']}", "split_sha256": mask_sha256(mask)}
+        write_text_atomic(path, json.dumps(saved, indent=1))
+    provenance = {"split": saved["split"]} | ({"split_sha256": saved["split_sha256"]} if mask is not None else {})
+    return layout, mask, provenance
 
 
 def prepare(data_cfg: Any) -> tuple[Layout, np.ndarray | None, dict[str, str]]:
