@@ -83,21 +83,22 @@ def difference_resolution(accuracy: float, n: int) -> float:
 
 
 def basins(count: int, pairs: Sequence[Pair], tolerance: float) -> list[list[int]]:
-    """Connected groups of ingredients whose midpoints are within `tolerance` of their endpoints, largest first."""
-    parent = list(range(count))
+    """Groups of ingredients whose midpoints show no barrier, largest first: average-linkage clustering that
+    joins two groups while the mean gap of the midpoints across them is within `tolerance` (one noisy pair
+    cannot bridge two basins)."""
+    gap = {(p.i, p.j): p.gap for p in pairs} | {(p.j, p.i): p.gap for p in pairs}
+    groups = [[k] for k in range(count)]
 
-    def root(k: int) -> int:
-        while parent[k] != k:
-            k = parent[k]
-        return k
+    def mean_gap(a: list[int], b: list[int]) -> float:
+        gaps = [gap[i, j] for i in a for j in b if (i, j) in gap]
+        return float(np.mean(gaps)) if gaps else -math.inf
 
-    for pair in pairs:
-        if pair.gap >= -tolerance:
-            parent[root(pair.i)] = root(pair.j)
-    groups: dict[int, list[int]] = {}
-    for k in range(count):
-        groups.setdefault(root(k), []).append(k)
-    return sorted(groups.values(), key=lambda g: (-len(g), g))
+    while len(groups) > 1:
+        score, x, y = max((mean_gap(a, b), x, y) for x, a in enumerate(groups) for y, b in enumerate(groups) if x < y)
+        if score < -tolerance:
+            break
+        groups[x] = sorted(groups[x] + groups.pop(y))
+    return sorted(groups, key=lambda g: (-len(g), g))
 
 
 def greedy_would_add(accuracy: Sequence[float], pairs: Sequence[Pair]) -> list[int]:
@@ -165,11 +166,15 @@ def verdict(report: BasinReport) -> list[str]:
             )
     spread = sorted(acc, reverse=True)
     top_gap = spread[0] - spread[1] if len(spread) > 1 else math.inf
-    if top_gap < report.resolution or report.resolution > COARSE:
+    if report.resolution > COARSE:
         lines.append(
-            f"The held-out set ({report.n} images) resolves differences of about {_pp(report.resolution)} only (2 standard errors)"
-            + (f", more than the gap between the two best ingredients ({_pp(top_gap)})" if top_gap < report.resolution else "")
-            + ": greedy's choices and this check are partly noise; hold out more images (data.heldout_fraction / heldout_per_class)."
+            f"The held-out set ({report.n} images) resolves only differences above {_pp(report.resolution)} (2 standard errors): "
+            "greedy's choices and this check are mostly noise; hold out more images (data.heldout_fraction / heldout_per_class)."
+        )
+    elif top_gap < report.resolution:
+        lines.append(
+            f"The two best ingredients differ by {_pp(top_gap)} on the held-out set, less than it resolves "
+            f"({_pp(report.resolution)}, 2 standard errors of {report.n} images): which one greedy starts from is chance."
         )
     return lines
 

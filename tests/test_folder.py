@@ -24,7 +24,14 @@ from models.world_tokenizer import WorldTokenizer
 def data_cfg(root: Path, tmp_path: Path, **extra) -> OmegaConf:
     folder._prepared.cache_clear()  # each test draws its own split
     return OmegaConf.create(
-        {"name": "folder", "root": str(root), "heldout": "heldout", "split_file": str(tmp_path / "split.json"), "heldout_fraction": 0.25, **extra}
+        {
+            "name": "folder",
+            "root": str(root),
+            "heldout": "heldout",
+            "split_file": str(tmp_path / "split.json"),
+            "heldout_fraction": 0.25,
+            **extra,
+        }
     )
 
 
@@ -115,7 +122,9 @@ def test_class_names_outside_the_tiny_clips_vocabulary_are_named():
 def test_the_pipeline_refuses_a_bad_layout_in_one_line_and_writes_nothing(small, tmp_path):
     (small / "train/zero/003.png").write_bytes(b"\x89PNG broken")
     runs = tmp_path / "runs"
-    result = run_module("pipeline", "folder", f"data.root={small}", env={"MODEL_SOUPS_RUNS": str(runs), "MODEL_SOUPS_CACHE": str(tmp_path / "c")})
+    result = run_module(
+        "pipeline", "folder", f"data.root={small}", env={"MODEL_SOUPS_RUNS": str(runs), "MODEL_SOUPS_CACHE": str(tmp_path / "c")}
+    )
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"error: data.root: unreadable image {small}/train/zero/003.png (UnidentifiedImageError"), line
@@ -140,17 +149,27 @@ def permuted(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tenso
 
 @pytest.mark.slow
 def test_the_whole_pipeline_on_a_folder_dataset_and_the_basin_check(tmp_path):
-    root = render(tmp_path / "digits", {"train": 8, "test": 4, "inverted": 4})
+    root = render(tmp_path / "digits", {"train": 12, "test": 4, "inverted": 4})
     runs = tmp_path / "runs"
     env = {"MODEL_SOUPS_RUNS": str(runs), "MODEL_SOUPS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    common = [f"data.root={root}", "data.heldout_fraction=0.25", "finetune.batch_size=16"]
+    common = [f"data.root={root}", "data.heldout_per_class=4", "finetune.batch_size=16"]
     result = run_module("pipeline", "folder", *common, "sweep.n=2", env=env, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     base = runs / "folder"
 
     with open(base / "plots/plots/main_table.csv") as handle:
         rows = {row["method"]: row for row in csv.DictReader(handle)}
-    for method in ("zeroshot", "lp_init", "best_individual", "uniform_soup", "greedy_soup", "learned_soup", "ensemble", "wise_ft", "model_stock"):
+    for method in (
+        "zeroshot",
+        "lp_init",
+        "best_individual",
+        "uniform_soup",
+        "greedy_soup",
+        "learned_soup",
+        "ensemble",
+        "wise_ft",
+        "model_stock",
+    ):
         assert method in rows, sorted(rows)
     assert set(rows["uniform_soup"]) >= {"heldout", "id", "inverted", "avg_shifts"}
     assert float(rows["zeroshot"]["id"]) > 100 / len(CLASSES) + 20  # the tiny CLIP reads these digits zero-shot
@@ -176,7 +195,9 @@ def test_the_whole_pipeline_on_a_folder_dataset_and_the_basin_check(tmp_path):
         copy = other / path.parent.name / "model.safetensors"
         save_checkpoint(copy, permuted(state, 0), meta)
         copies.append(copy)
-    bad = run_module("soups", "diagnose", "experiment=folder", *common, f"ingredients=[{lp},{fine},{copies[0]},{copies[1]}]", "run_name=bad", env=env)
+    bad = run_module(
+        "soups", "diagnose", "experiment=folder", *common, f"ingredients=[{lp},{fine},{copies[0]},{copies[1]}]", "run_name=bad", env=env
+    )
     assert bad.returncode == 0, bad.stderr[-2000:]
     report = json.loads((base / "soups/bad/basin.json").read_text())
     held = [i["heldout"] for i in report["ingredients"]]

@@ -18,7 +18,11 @@ def test_resolution_is_two_standard_errors_of_a_difference():
 def test_basins_join_ingredients_whose_midpoints_show_no_barrier():
     pairs = [Pair(0, 1, 0.80, 0.80, None), Pair(0, 2, 0.40, 0.80, None), Pair(1, 2, 0.41, 0.80, None), Pair(2, 3, 0.79, 0.80, None)]
     assert basins(4, pairs, tolerance=0.02) == [[0, 1], [2, 3]]
-    assert basins(4, pairs, tolerance=0.5) == [[0, 1, 2, 3]]
+    assert basins(4, pairs, tolerance=0.5) == [[0, 1, 2, 3]]  # a barrier of 0.395 on average is within 0.5
+    # one pair near the tolerance does not bridge two basins: the mean across them counts
+    bridged = pairs + [Pair(1, 3, 0.70, 0.80, None)]  # gaps across: -0.40, -0.39, -0.10 → mean -0.30
+    assert basins(4, bridged, tolerance=0.2) == [[0, 1], [2, 3]]
+    assert basins(4, bridged, tolerance=0.3) == [[0, 1, 2, 3]]
 
 
 def test_greedy_keeps_one_model_exactly_when_no_midpoint_with_the_best_beats_it():
