@@ -18,6 +18,7 @@ import itertools
 import json
 import logging
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -153,23 +154,25 @@ def verdict(report: BasinReport) -> list[str]:
             )
     added = greedy_would_add(acc, pairs)
     best = int(np.argmax(acc))
+    tied = [k for k, a in enumerate(acc) if a == acc[best]]
+    best_name = names[best] if len(tied) == 1 else f"one of {_names(names, tied)} (tied)"
     if len(names) > 1:
         if added:
             lines.append(
-                f"A greedy soup keeps more than {names[best]} ({100 * acc[best]:.1f}%): its midpoints with {len(added)} of the "
-                f"{len(names) - 1} others are better on the held-out set."
+                f"A greedy soup keeps more than {best_name} ({100 * acc[best]:.1f}%): the midpoints of {names[best]} with "
+                f"{len(added)} of the {len(names) - 1} others are better on the held-out set."
             )
         else:
             lines.append(
-                f"A greedy soup keeps only {names[best]} ({100 * acc[best]:.1f}%): its midpoint with every other ingredient is no better "
-                "on the held-out set."
+                f"A greedy soup keeps only {best_name} ({100 * acc[best]:.1f}%): the midpoint of {names[best]} with every other "
+                "ingredient is no better on the held-out set."
             )
     spread = sorted(acc, reverse=True)
     top_gap = spread[0] - spread[1] if len(spread) > 1 else math.inf
     if report.resolution > COARSE:
         lines.append(
             f"The held-out set ({report.n} images) resolves only differences above {_pp(report.resolution)} (2 standard errors): "
-            "greedy's choices and this check are mostly noise; hold out more images (data.heldout_fraction / heldout_per_class)."
+            "greedy's choices and this check are partly noise; hold out more images (data.heldout_fraction / heldout_per_class)."
         )
     elif top_gap < report.resolution:
         lines.append(
@@ -332,8 +335,10 @@ def run_diagnose(cfg: Any, out: Path) -> BasinReport:
 
     states = [load_state(ing.path) for ing in ingredients]
     lrs = [ing.meta.hparams.get("lr") if ing.meta.kind == "individual" else None for ing in ingredients]
-    names = [ing.path.parent.name for ing in ingredients]  # run folders (model_3, lp), unless two share a name
-    names = names if len(set(names)) == len(names) else [ing.name for ing in ingredients]
+    # run folders relative to their common parent: model_3, or finetune/model_3 and inits/lp
+    folders = [ing.path.resolve().parent for ing in ingredients]
+    common = Path(os.path.commonpath(folders)) if len(set(folders)) == len(folders) else None
+    names = [str(f.relative_to(common)) if common is not None else ing.name for f, ing in zip(folders, ingredients)]
     report = basin_check(states, heldout_accuracies, names, init, init_ids, lrs, cfg.diagnose.get("max_ingredients"))
     for line in report.verdict:
         log.info("%s", line)
