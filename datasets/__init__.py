@@ -90,8 +90,8 @@ def class_info(data_cfg: Any) -> ClassInfo:
 def set_names(data_cfg: Any) -> list[tuple[str, str]]:
     """(name, role) of every evaluation set of the suite, in the order heldout, id, shifts."""
     suite = _suite(data_cfg)
-    if hasattr(suite, "set_names"):  # a suite whose sets depend on what is on disk (datasets.folder)
-        return suite.set_names(data_cfg)
+    if hasattr(suite, "sets_on_disk"):  # a suite whose sets are found on disk (datasets.folder)
+        return suite.sets_on_disk(data_cfg)
     return [(data_cfg.heldout, "heldout"), (data_cfg.id, "id")] + [(s, "shift") for s in data_cfg.shifts]
 
 

@@ -190,7 +190,8 @@ def prepare(data_cfg: Any) -> tuple[Layout, np.ndarray | None, dict[str, str]]:
     )
 
 
-def set_names(data_cfg: Any) -> list[tuple[str, str]]:
+def sets_on_disk(data_cfg: Any) -> list[tuple[str, str]]:
+    """(name, role) of the held-out, test and shift sets found under data.root (`datasets.set_names` asks here)."""
     layout = prepare(data_cfg)[0]
     return [(data_cfg.heldout, "heldout"), (layout.id, "id")] + [(s, "shift") for s in layout.shifts]
 
@@ -232,12 +233,12 @@ def eval_sets(data_cfg: Any, transform: Callable, names: Sequence[str] | None = 
     """The held-out, test and shift sets in that order (or only `names`)."""
     layout, mask, split = prepare(data_cfg)
     classnames = class_info(data_cfg).classnames
-    known = [name for name, _ in set_names(data_cfg)]
+    known = [name for name, _ in sets_on_disk(data_cfg)]
     unknown = [n for n in names or () if n not in known]
     if unknown:
         raise UserError(f"data: unknown set(s) {unknown}; {layout.root} has {known}")
     sets = []
-    for name, role in set_names(data_cfg):
+    for name, role in sets_on_disk(data_cfg):
         if names is not None and name not in names:
             continue
         if role == "heldout":

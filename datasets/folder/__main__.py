@@ -8,7 +8,7 @@ import sys
 
 from hydra import compose, initialize_config_dir
 
-from datasets.folder import TRAIN, class_info, prepare, set_names
+from datasets.folder import TRAIN, class_info, prepare, sets_on_disk
 from models.classifier import check_prompt_words
 from models.cli import CONF_DIR, one_line, precheck_overrides
 from models.errors import UserError
@@ -25,7 +25,7 @@ def summary(cfg) -> str:
         f"{layout.root}: {len(info.classnames)} classes ({', '.join(info.classnames[:8])}{', ...' if len(info.classnames) > 8 else ''})"
     ]
     lines.append(f"  {TRAIN}: {sizes[TRAIN]} images for fine-tuning")
-    for name, role in set_names(cfg.data):
+    for name, role in sets_on_disk(cfg.data):
         n = sizes[name] if role == "heldout" else len(layout.files[name])
         lines.append(
             f"  {name} ({role}): {n} images"
