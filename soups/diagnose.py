@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from plots.geometry import angle_degrees, combine, flat_update
+from plots.geometry import combine, gram_angle_degrees, update_gram
 
 log = logging.getLogger(__name__)
 
@@ -190,10 +190,11 @@ def basin_check(
     init_ids: Sequence[str] | None = None,
     lrs: Sequence[float | None] | None = None,
     max_ingredients: int | None = None,
+    chunk: int = 8,
 ) -> BasinReport:
     """Score the ingredients and every pair's midpoint with `heldout_accuracies` (states → (correct, n) each),
     measure update angles relative to `init` when given, and explain the result. Only the `max_ingredients`
-    best on the held-out set are paired (pairs grow with the square)."""
+    best on the held-out set are paired (pairs grow with the square); `chunk` midpoints exist at a time."""
     scores = heldout_accuracies(states)
     if max_ingredients is not None and len(states) > max_ingredients:
         keep = sorted(np.argsort([-c / m for c, m in scores], kind="stable")[:max_ingredients].tolist())
@@ -204,17 +205,15 @@ def basin_check(
     n = scores[0][1]
     accuracy = [c / m for c, m in scores]
     index_pairs = list(itertools.combinations(range(len(states)), 2))
-    midpoints = (
-        [c / m for c, m in heldout_accuracies([combine([states[i], states[j]], [0.5, 0.5]) for i, j in index_pairs])] if index_pairs else []
-    )
-    updates = [flat_update(s, init) for s in states] if init is not None else None
-
-    def angle(i: int, j: int) -> float | None:  # none for the init itself (a zero update)
-        if updates is None or not (updates[i].norm() > 0 and updates[j].norm() > 0):
-            return None
-        return angle_degrees(updates[i], updates[j])
-
-    pairs = [Pair(i, j, mid, (accuracy[i] + accuracy[j]) / 2, angle(i, j)) for (i, j), mid in zip(index_pairs, midpoints)]
+    midpoints = []
+    for start in range(0, len(index_pairs), chunk):
+        group = [combine([states[i], states[j]], [0.5, 0.5]) for i, j in index_pairs[start : start + chunk]]
+        midpoints += [c / m for c, m in heldout_accuracies(group)]
+    gram_matrix = update_gram(states, init) if init is not None else None
+    pairs = [
+        Pair(i, j, mid, (accuracy[i] + accuracy[j]) / 2, gram_angle_degrees(gram_matrix, i, j) if gram_matrix is not None else None)
+        for (i, j), mid in zip(index_pairs, midpoints)
+    ]
     resolution = difference_resolution(float(np.mean(accuracy)), n)
     tolerance = max(MIN_BARRIER, resolution)
     report = BasinReport(
@@ -339,7 +338,7 @@ def run_diagnose(cfg: Any, out: Path) -> BasinReport:
     folders = [ing.path.resolve().parent for ing in ingredients]
     common = Path(os.path.commonpath(folders)) if len(set(folders)) == len(folders) else None
     names = [str(f.relative_to(common)) if common is not None else ing.name for f, ing in zip(folders, ingredients)]
-    report = basin_check(states, heldout_accuracies, names, init, init_ids, lrs, cfg.diagnose.get("max_ingredients"))
+    report = basin_check(states, heldout_accuracies, names, init, init_ids, lrs, cfg.diagnose.get("max_ingredients"), chunk)
     for line in report.verdict:
         log.info("%s", line)
     render_figure(report, out / "basin.png")

@@ -89,3 +89,17 @@ def test_the_basin_check_separates_one_init_from_two_and_says_why():
     assert max(across) < -0.1  # ... but midpoints across the two inits fall off a barrier
     assert sorted(bad.basins) == [[0, 1], [2, 3]]
     assert "leave the shared basin" in bad.verdict[0] and "2 different initialisations" in bad.verdict[1], bad.verdict
+
+
+def test_update_angles_from_the_streamed_gram_matrix():
+    from plots.geometry import gram_angle_degrees, update_gram
+
+    init = {"w": torch.zeros(2), "b": torch.zeros(1), "steps": torch.tensor(3)}
+    states = [
+        {"w": torch.tensor([1.0, 0.0]), "b": torch.tensor([0.0]), "steps": torch.tensor(3)},
+        {"w": torch.tensor([1.0, 1.0]), "b": torch.tensor([0.0]), "steps": torch.tensor(3)},
+        dict(init),
+    ]
+    g = update_gram(states, init)
+    assert g.tolist() == [[1.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 0.0]]
+    assert math.isclose(gram_angle_degrees(g, 0, 1), 45.0) and gram_angle_degrees(g, 0, 2) is None  # the init has no update
