@@ -68,7 +68,7 @@ def experiment_steps(experiment: str, runs: str = "runs", cache: str = ".cache",
         "demo": (12, 14, 102, 57, 160, 3, 95),  # a clean `make demo`, 7:23 in all
         "paper_vitb32_dryrun": (15, 25, 90, 30, 120, 15, 60),
         "paper_vitb32": (0, 3600, 72 * 3600, 3600, 7200, 60, 3600),
-        "folder": (5, 15, 60, 20, 90, 10, 0),  # a few hundred images with the tiny CLIP
+        "folder": (5, 15, 60, 20, 90, 10, 10),  # a few hundred images with the tiny CLIP
     }[experiment]
     # Every stage gets the user's overrides (data.root=..., model=..., name=...) after the step's own.
     user = (*([f"name={name}"] if name else []), *rest)
@@ -108,7 +108,15 @@ def experiment_steps(experiment: str, runs: str = "runs", cache: str = ".cache",
         ),
         Step("tables and figures from the records", _py("plots", exp, f"results={base}", *out, *user), timed[5]),
     ]
-    if experiment != "folder":  # your dataset gets the table and Fig. 1; `plots figure=checkpoints` adds the rest
+    if experiment == "folder":  # can the sweep be souped at all, and if not why (docs/your_dataset.md)
+        steps.append(
+            Step(
+                "basin check of the LP init and the sweep",
+                _py("soups", "diagnose", exp, f"ingredients=[{inits}/lp,{sweep}]", *user),
+                timed[6],
+            )
+        )
+    else:  # your dataset gets the table and Fig. 1; `plots figure=checkpoints` adds the rest
         steps.append(
             Step(
                 "figures from checkpoints (landscape, angles, soup vs ensemble)",

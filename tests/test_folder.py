@@ -181,10 +181,8 @@ def test_the_whole_pipeline_on_a_folder_dataset_and_the_basin_check(tmp_path):
     # The basin check: the LP init and the fine-tunes from it share a basin; add copies of two of them whose
     # hidden channels are permuted (as if trained from another init) and it finds two basins and says why.
     lp, fine = base / "inits/lp/model.safetensors", base / "finetune/model_0/model.safetensors"
-    good = run_module("soups", "diagnose", "experiment=folder", *common, f"ingredients=[{lp},{base / 'finetune'}]", env=env)
-    assert good.returncode == 0, good.stderr[-2000:]
-    assert "share one basin" in good.stdout
-    report = json.loads((base / "soups/diagnose/basin.json").read_text())
+    report = json.loads((base / "soups/diagnose/basin.json").read_text())  # the pipeline's last step
+    assert "share one basin" in report["verdict"][0], report["verdict"]
     assert len(report["basins"]) == 1
     assert [p["angle"] is None for p in report["pairs"]] == [True, True, False]  # the LP init is θ0: it has no update
     other = tmp_path / "other_init"
@@ -213,6 +211,6 @@ def test_the_folder_experiment_needs_a_root_and_passes_overrides_to_every_stage(
     assert result.returncode == 2 and result.stderr.strip() == "error: the folder experiment needs data.root=ROOT (your dataset's folder)"
     listed = run_module("pipeline", "folder", "--print", "data.root=/data/mine", "name=mine", "model=vit_b32", "sweep=paper_random")
     commands = [line for line in listed.stdout.splitlines() if line.startswith("python")]
-    assert len(commands) == 6 and all("data.root=/data/mine" in c and "model=vit_b32" in c and "name=mine" in c for c in commands)
+    assert len(commands) == 7 and all("data.root=/data/mine" in c and "model=vit_b32" in c and "name=mine" in c for c in commands)
     assert [c for c in commands if "sweep=" in c] == [commands[2]] and "sweep=paper_random" in commands[2]
     assert "runs/mine/finetune" in commands[3]
