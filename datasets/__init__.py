@@ -95,7 +95,7 @@ def check_heldout_split(data_cfg: Any, checkpoints: Sequence[tuple[str, Checkpoi
     """Refuse to score official model-soups checkpoints on a held-out split other than the official one:
     they were fine-tuned on ImageNet train minus that split, so any other split holds their training images."""
     official = [source for source, meta in checkpoints if is_official_release(meta)]
-    if not official:
+    if not official or data_cfg.name != "imagenet":  # the overlap is with ImageNet train; other suites hold no such images
         return
     (heldout,) = (eval_sets_fn or eval_sets)(data_cfg, None, [data_cfg.heldout])
     split = heldout.provenance.get("split")
