@@ -19,45 +19,13 @@ import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 from torch.utils.data import Dataset
 
 from models.checkpoint import CheckpointMeta, is_official_release
 from models.errors import UserError
+from models.sets import EvalSet, UnreadableImage  # noqa: F401 - defined with the runtime that scores them; re-exported
 
 SUITES = {"world": "datasets.world", "imagenet": "datasets.imagenet", "folder": "datasets.folder"}
-
-
-@dataclasses.dataclass
-class EvalSet:
-    """One evaluation set: its name in results records, its role, and how to score it.
-
-    `dataset` yields `(image_tensor, label)`, labels indexing `classnames`. `project_logits`, when set,
-    maps logits over the suite's full class list (e.g. ImageNet's 1000) to this set's classes
-    (ImageNet-R/A's 200, ObjectNet's 113); None means the classes are the same.
-    """
-
-    name: str
-    role: str  # heldout | id | shift
-    dataset: Dataset
-    classnames: list[str]
-    project_logits: Callable[[torch.Tensor], torch.Tensor] | None = None
-    # fields every record of this set carries; held-out sets name their split here
-    # ({"split": "official" | "seeded:<seed>" | ..., "split_sha256": ...})
-    provenance: dict[str, str] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class UnreadableImage:
-    """Returned by a dataset in place of an image tensor when a file cannot be decoded.
-
-    Datasets return it instead of raising so that the error reaches the main process as data (a worker's
-    exception would arrive wrapped in a traceback): `models.evaluate` then names the path in one line, or
-    skips and counts it when `eval.skip_bad_images=true`.
-    """
-
-    path: str
-    reason: str
 
 
 @dataclasses.dataclass
@@ -99,7 +67,7 @@ def check_heldout_split(data_cfg: Any, checkpoints: Sequence[tuple[str, Checkpoi
     """Refuse to score official model-soups checkpoints on a held-out split other than the official one:
     they were fine-tuned on ImageNet train minus that split, so any other split holds their training images."""
     official = [source for source, meta in checkpoints if is_official_release(meta)]
-    if not official:
+    if not official or data_cfg.name != "imagenet":  # the overlap is with ImageNet train; other suites hold no such images
         return
     (heldout,) = (eval_sets_fn or eval_sets)(data_cfg, None, [data_cfg.heldout])
     split = heldout.provenance.get("split")

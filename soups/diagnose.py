@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from plots.geometry import combine, gram_angle_degrees, update_gram
+from plots.geometry import gram_angle_degrees, update_gram
+from soups.average import combine
 
 log = logging.getLogger(__name__)
 
