@@ -22,25 +22,6 @@ def angle_degrees(u: torch.Tensor, v: torch.Tensor) -> float:
     return math.degrees(math.acos(max(-1.0, min(1.0, cosine))))
 
 
-def update_gram(states: Sequence[State], init: State) -> np.ndarray:
-    """⟨θ_i − θ₀, θ_j − θ₀⟩ over every floating-point tensor, accumulated one tensor at a time (float64), so
-    that no flattened update of a large model is ever held."""
-    total = np.zeros((len(states), len(states)))
-    for key in sorted(init):
-        if init[key].is_floating_point():
-            deltas = torch.stack([(s[key].double() - init[key].double()).flatten() for s in states])
-            total += (deltas @ deltas.T).numpy()
-    return total
-
-
-def gram_angle_degrees(gram_matrix: np.ndarray, i: int, j: int) -> float | None:
-    """The angle between updates i and j from their Gram matrix; None when either update is zero."""
-    norms = gram_matrix[i, i] * gram_matrix[j, j]
-    if norms <= 0:
-        return None
-    return math.degrees(math.acos(max(-1.0, min(1.0, gram_matrix[i, j] / math.sqrt(norms)))))
-
-
 def gram(updates: Sequence[torch.Tensor]) -> np.ndarray:
     """Inner products ⟨u_i, u_j⟩ of flattened updates."""
     return np.array([[float(torch.dot(a, b)) for b in updates] for a in updates])

@@ -2,7 +2,7 @@
 
 A soup helps when its ingredients lie in one low-error basin (paper §3, Fig. 2-3): then the midpoint of two
 of them is at least as accurate as its endpoints. The check measures, on the held-out set, each
-ingredient and the midpoint of every pair, the angle between their updates θ_i − θ₀ (plots.geometry),
+ingredient and the midpoint of every pair, the angle between their updates θ_i − θ₀ (from their Gram matrix),
 and says in words what separates them: ingredients from different initialisations, learning rates large
 enough to leave the basin, or a held-out set too small to tell the models apart. While a greedy soup holds
 only the best ingredient, each candidate it tries is that ingredient's midpoint with another, so
@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from plots.geometry import gram_angle_degrees, update_gram
 from soups.average import combine
 
 log = logging.getLogger(__name__)
@@ -231,6 +230,25 @@ def basin_check(
     )
     report.verdict = verdict(report)
     return report
+
+
+def update_gram(states: Sequence[State], init: State) -> np.ndarray:
+    """⟨θ_i − θ₀, θ_j − θ₀⟩ over every floating-point tensor, accumulated one tensor at a time (float64), so
+    that no flattened update of a large model is ever held."""
+    total = np.zeros((len(states), len(states)))
+    for key in sorted(init):
+        if init[key].is_floating_point():
+            deltas = torch.stack([(s[key].double() - init[key].double()).flatten() for s in states])
+            total += (deltas @ deltas.T).numpy()
+    return total
+
+
+def gram_angle_degrees(gram_matrix: np.ndarray, i: int, j: int) -> float | None:
+    """The angle between updates i and j from their Gram matrix; None when either update is zero."""
+    norms = gram_matrix[i, i] * gram_matrix[j, j]
+    if norms <= 0:
+        return None
+    return math.degrees(math.acos(max(-1.0, min(1.0, gram_matrix[i, j] / math.sqrt(norms)))))
 
 
 # --- the stage ---------------------------------------------------------------------------------------

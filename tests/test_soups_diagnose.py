@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from soups.diagnose import Pair, basins, difference_resolution, greedy_would_add
+from soups.diagnose import Pair, basins, difference_resolution, gram_angle_degrees, greedy_would_add, update_gram
 
 
 def test_resolution_is_two_standard_errors_of_a_difference():
@@ -94,8 +94,6 @@ def test_the_basin_check_separates_one_init_from_two_and_says_why():
 
 
 def test_update_angles_from_the_streamed_gram_matrix():
-    from plots.geometry import gram_angle_degrees, update_gram
-
     init = {"w": torch.zeros(2), "b": torch.zeros(1), "steps": torch.tensor(3)}
     states = [
         {"w": torch.tensor([1.0, 0.0]), "b": torch.tensor([0.0]), "steps": torch.tensor(3)},
