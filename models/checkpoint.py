@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,10 +144,20 @@ def load_pt_weights_only(path: str | os.PathLike) -> dict[str, Any]:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsafe pickle"
-        raise UserError(f"{path}: refused to unpickle (it holds more than tensors: {first})") from None
+        raise UserError(refused_pickle_message(path, str(err))) from None
     except (RuntimeError, EOFError, OSError) as err:
         raise UserError(f"{path}: unreadable .pt file ({str(err).splitlines()[0]})") from None
+
+
+def refused_pickle_message(path: Path, torch_message: str) -> str:
+    """One line for a pickle that `weights_only` loading refused: the file, the global it would have
+    called, and the safe way out. (torch's own message advises turning the safety check off.)"""
+    found = re.search(r"GLOBAL\s+([\w.]+)", torch_message)  # "... unsupported GLOBAL posix.system ..."
+    culprit = f"it needs the global {found.group(1)}" if found else "it holds objects other than tensors"
+    return (
+        f"{path}: refused to unpickle: {culprit}, which could run code when loaded; "
+        "re-save its tensors as safetensors (safetensors.torch.save_file) where you trust the file, and pass that file"
+    )
 
 
 def convert_foreign_state_dict(state: dict[str, Any], source: str) -> tuple[dict[str, torch.Tensor], bool]:
