@@ -7,7 +7,7 @@ import pkgutil
 
 import pytest
 import torch
-from conftest import run_module
+from conftest import mark_done, run_module
 from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import load_file
@@ -147,6 +147,7 @@ def test_sixteen_eval_processes_lose_no_records(tree, tmp_path):
     """16 concurrent eval jobs, each into its own run folder; aggregation reads every record."""
     root, mini, _ = tree
     run_in_processes(_eval_job, [(str(root / "sweep"), str(mini.root), str(tmp_path / "eval" / f"job{i}")) for i in range(16)])
+    mark_done(*(tmp_path / "eval").iterdir())
     table = load_results(tmp_path / "eval")
     assert len(table) == 16 * 2 and table.groupby("source").size().tolist() == [2] * 16
     assert table.groupby("model_id")["top1"].nunique().tolist() == [1, 1]  # the same numbers in every job

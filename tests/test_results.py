@@ -7,6 +7,7 @@ import multiprocessing
 
 import pandas as pd
 import pytest
+from conftest import mark_done
 
 from models.errors import UserError
 from models.results import (
@@ -33,6 +34,7 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path, same_folder):
     dirs = [tmp_path / "run", tmp_path / "run"] if same_folder else [tmp_path / "a", tmp_path / "b"]
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         pool.map(_writer, [(dirs[0], 0, count), (dirs[1], 1, count)])
+    mark_done(*dirs)
     table = load_results(tmp_path)
     assert len(table) == 2 * count
     assert set(table["model_id"]) == {f"w{w}_{i}" for w in (0, 1) for i in range(count)}
