@@ -94,13 +94,25 @@ def _open(path: Path):
 
 
 def read_meta(path: str | os.PathLike) -> CheckpointMeta:
-    """Read only the metadata (no tensors)."""
+    """Read only the metadata (no tensors), checked against the head's shape."""
     path = Path(path)
     with _open(path) as handle:
         metadata = handle.metadata() or {}
+        head_shape = handle.get_slice("head.weight").get_shape() if "head.weight" in handle.keys() else None
     if METADATA_KEY not in metadata:
         raise UserError(f"{path}: safetensors file has no '{METADATA_KEY}' metadata; is it a model-soups checkpoint?")
-    return CheckpointMeta.from_json(metadata[METADATA_KEY], str(path))
+    meta = CheckpointMeta.from_json(metadata[METADATA_KEY], str(path))
+    check_head_rows(meta, head_shape, path)
+    return meta
+
+
+def check_head_rows(meta: CheckpointMeta, head_shape: Any, source: str | os.PathLike) -> None:
+    """The metadata's class count is the head's row count (`head_shape`: head.weight's shape, or None)."""
+    if head_shape is not None and int(head_shape[0]) != int(meta.num_classes):
+        raise UserError(
+            f"{source}: metadata says {meta.num_classes} classes but head.weight has {int(head_shape[0])} rows; "
+            "the checkpoint is inconsistent, re-create it"
+        )
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
