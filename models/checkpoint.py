@@ -15,8 +15,10 @@ import hashlib
 import json
 import os
 import pickle
+import pickletools
 import re
 import warnings
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -161,11 +163,39 @@ def load_pt_weights_only(path: str | os.PathLike) -> dict[str, Any]:
         raise UserError(f"{path}: unreadable .pt file ({str(err).splitlines()[0]})") from None
 
 
+def pickle_globals(path: Path) -> list[str]:
+    """The globals (`module.name`) a pickle file would import, read from its opcodes without running it.
+
+    A torch zip archive keeps its pickle in `<archive>/data.pkl`; a plain pickle is the file itself."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            member = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+            data = archive.read(member) if member else b""
+    else:
+        data = path.read_bytes()
+    found, strings = [], []
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except ValueError:  # a corrupt or truncated stream: report what was read before it
+        pass
+    return found
+
+
 def refused_pickle_message(path: Path, torch_message: str) -> str:
     """One line for a pickle that `weights_only` loading refused: the file, the global it would have
-    called, and the safe way out. (torch's own message advises turning the safety check off.)"""
-    found = re.search(r"GLOBAL\s+([\w.]+)", torch_message)  # "... unsupported GLOBAL posix.system ..."
-    culprit = f"it needs the global {found.group(1)}" if found else "it holds objects other than tensors"
+    imported, and the safe way out. (torch's own message advises turning the safety check off.)"""
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    named = re.search(r"GLOBAL\s+([\w.]+)", torch_message)  # "... unsupported GLOBAL posix.system ..."
+    allowed = set(_get_allowed_globals())
+    culprits = [named.group(1)] if named else [g for g in pickle_globals(path) if g not in allowed]
+    culprit = f"it needs the global {culprits[0]}" if culprits else "it holds objects other than tensors"
     return (
         f"{path}: refused to unpickle: {culprit}, which could run code when loaded; "
         "re-save its tensors as safetensors (safetensors.torch.save_file) where you trust the file, and pass that file"
