@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
+import stat
 from pathlib import Path
 
 import open_clip
@@ -392,3 +394,20 @@ def test_bad_input_on_the_command_line_is_one_line_and_exit_2(tmp_path, case):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert "pwned" not in result.stdout
     assert no_outputs(out)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+@pytest.mark.parametrize("method,written", [("uniform", "model.safetensors"), ("ensemble", "predictions.safetensors")])
+def test_soup_outputs_get_the_mode_a_plain_open_gets(tmp_path, base_state, umask, method, written):
+    """safetensors' save_file replaces the temp file, so a chmod before it was lost (every soup was 0600)."""
+    write_sweep(tmp_path / "sweep", base_state, 2)
+    old = os.umask(umask)
+    try:
+        run_soup(soup_cfg(method, tmp_path / "sweep"), tmp_path / "out", [], fake_sets)
+        (tmp_path / "plain").write_text("x")
+    finally:
+        os.umask(old)
+    expected = stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    assert expected == 0o666 & ~umask
+    for name in (written, "results.jsonl"):
+        assert stat.S_IMODE((tmp_path / "out" / name).stat().st_mode) == expected, name
