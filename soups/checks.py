@@ -33,8 +33,7 @@ def check_fits_architecture(spec: IngredientSpec, expected: dict[str, TensorSpec
         key, what = (missing[0], "lacks") if missing else (extra[0], "has an unexpected")
         count = len(missing) + len(extra)
         raise UserError(
-            f"{spec.name}: {what} key '{key}' ({count} key(s) differ) for architecture {spec.arch!r}; "
-            "check model.arch or the checkpoint"
+            f"{spec.name}: {what} key '{key}' ({count} key(s) differ) for architecture {spec.arch!r}; check model.arch or the checkpoint"
         )
     for key, (shape, _) in expected.items():
         if tuple(spec.tensors[key][0]) != tuple(shape):

@@ -54,9 +54,7 @@ def model_stock_tensor(init: torch.Tensor, tensors: Sequence[torch.Tensor]) -> t
     return merged.to(init.dtype), t, clipped
 
 
-def model_stock(
-    init: dict[str, torch.Tensor], layers, names: Sequence[str]
-) -> tuple[dict[str, torch.Tensor], dict[str, float], list[str]]:
+def model_stock(init: dict[str, torch.Tensor], layers, names: Sequence[str]) -> tuple[dict[str, torch.Tensor], dict[str, float], list[str]]:
     """Merge layer by layer. `layers` yields (key, [tensor of each ingredient]); returns weights, t per key
     and the keys whose t was clipped to [0, 1]."""
     merged, ratios, clipped = {}, {}, []

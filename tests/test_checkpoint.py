@@ -188,7 +188,9 @@ def _write_official_results(folder):
 def _write_records(folder):
     from models.results import append_records, make_record
 
-    os.replace(append_records(folder, [make_record(model_id="m", kind="individual", dataset="d", role="id", correct=1, n=2)]), folder / "out")
+    os.replace(
+        append_records(folder, [make_record(model_id="m", kind="individual", dataset="d", role="id", correct=1, n=2)]), folder / "out"
+    )
 
 
 def _export_open_clip(folder):
