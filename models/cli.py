@@ -255,6 +255,7 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig, resumable: bool
             _fail(out, err, write_failed=is_multirun())
             return None
         if action == "skip":
+            (out / FAILED_FILE).unlink(missing_ok=True)  # a refused launch's note; the finished run stands
             log.info("skipping %s: already finished with this config (DONE exists; pass force=true to rerun)", out)
             return None
         if action == "clean":

@@ -112,3 +112,12 @@ def test_official_format_round_trips_without_reference(tmp_path):
     assert avg_shift_accuracy(table)["m"] == pytest.approx((0.1 + 0.2 + 0.3 + 0.4 + 0.05) / 5)
     write_official_results(table, tmp_path / "out.jsonl")
     assert json.loads((tmp_path / "out.jsonl").read_text()) == line
+
+
+def test_records_of_unfinished_runs_are_never_read(tmp_path):
+    for name in ("finished", "killed"):
+        append_records(tmp_path / name, [make_record(model_id=name, kind="individual", dataset="photo", role="id", correct=1, n=2)])
+    mark_done(tmp_path / "finished")
+    assert load_results(tmp_path)["model_id"].tolist() == ["finished"]
+    with pytest.raises(UserError, match="no results.jsonl records of finished runs"):
+        load_results(tmp_path / "killed")
