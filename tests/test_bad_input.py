@@ -54,13 +54,13 @@ def crafted(tmp_path_factory) -> Path:
         save_checkpoint(root / name, state, meta or world_meta())
 
     float_key = "visual.conv1.weight"
-    int_key = next(k for k, v in base.items() if not v.is_floating_point())  # a BatchNorm's num_batches_tracked
     variant("other_arch.safetensors", lambda s: None, world_meta(arch="ViT-B-32"))
     variant("missing_key.safetensors", lambda s: s.pop(float_key))
     variant("half.safetensors", lambda s: s.__setitem__(float_key, s[float_key].half()))
     variant("nan.safetensors", lambda s: s[float_key].view(-1).__setitem__(0, float("nan")))
     variant("inf.safetensors", lambda s: s[float_key].view(-1).__setitem__(0, float("inf")))
-    variant("int_buffer.safetensors", lambda s: s[int_key].add_(7))
+    # An integer tensor where the model has a float one (BatchNorm counters may differ; they are not averaged).
+    variant("int_buffer.safetensors", lambda s: s.__setitem__("head.bias", torch.arange(10)))
     variant(
         "eleven.safetensors",
         lambda s: s.update({"head.weight": torch.zeros(11, s["head.weight"].shape[1]), "head.bias": torch.zeros(11)}),
@@ -125,7 +125,7 @@ CASES = {
     "empty_set": ("soups", lambda c: ["ingredients=[]", *UNIFORM], "ingredient set is empty"),
     "nan": ("soups", lambda c: [pair(c, "nan.safetensors"), *UNIFORM], "nan.safetensors"),
     "inf": ("soups", lambda c: [pair(c, "inf.safetensors"), *UNIFORM], "inf.safetensors"),
-    "int_buffer": ("soups", lambda c: [pair(c, "int_buffer.safetensors"), *UNIFORM], "int_buffer.safetensors"),
+    "int_buffer": ("soups", lambda c: [pair(c, "int_buffer.safetensors"), *UNIFORM], "key 'head.bias' has dtype torch.int64"),
     "class_count": ("soups", lambda c: [pair(c, "eleven.safetensors"), *UNIFORM], "mismatched class counts"),
     "class_count_vs_head": (
         "soups",
@@ -205,7 +205,7 @@ def test_a_rerun_with_another_config_is_refused_and_changes_nothing(crafted, tmp
     env = {"MODEL_SOUPS_RUNS": str(tmp_path / "runs"), "MODEL_SOUPS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     args = [pair(crafted, "good1.safetensors"), *UNIFORM, "device=cpu"]
     assert run_module("soups", *args, env=env).returncode == 0
-    run_dir = tmp_path / "runs/default/soups/uniform"
+    run_dir = tmp_path / "runs/default/soups/uniform_soup"
     before = tree_digest(run_dir)
     assert {"DONE", "model.safetensors", "run_config.json", ".hydra/config.yaml"} <= before.keys()
     result = run_module("soups", *args, "soup.accumulate=float64", env=env)

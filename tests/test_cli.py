@@ -43,7 +43,12 @@ def toy(tmp_path):
     def run(*args):
         env = {**os.environ, "PYTHONPATH": str(REPO)}  # this checkout's code, whichever one the environment installed
         return subprocess.run(
-            [sys.executable, str(script), *args, f"paths.runs={tmp_path}/runs"], cwd=REPO, capture_output=True, text=True, timeout=120, env=env
+            [sys.executable, str(script), *args, f"paths.runs={tmp_path}/runs"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
         )
 
     return run
