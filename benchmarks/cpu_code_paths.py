@@ -2,7 +2,7 @@
 
     python -m benchmarks.cpu_code_paths [--epochs 2]
 
-Runs the same `python -m finetune` (small embedded world, random-init TinyCLIP, 1 thread, mixup and
+Runs the same `python -m finetune` (small embedded world, the pretrained tiny CLIP, 1 thread, mixup and
 label smoothing on) in a fresh process per setting, with the environment variables that choose the
 kernels: `MKL_CBWR` (MKL's conditional numerical reproducibility: the code path of its matrix products),
 `ATEN_CPU_CAPABILITY` (PyTorch's own vectorised kernels) and `ONEDNN_MAX_CPU_ISA` (oneDNN's convolutions).
@@ -43,7 +43,7 @@ PINNING = ("MKL_CBWR", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 def finetune(runs: Path, cache: Path, name: str, settings: dict[str, str], epochs: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in PINNING}
     env.update({"MODEL_SOUPS_RUNS": str(runs), "MODEL_SOUPS_CACHE": str(cache), "OMP_NUM_THREADS": "1", **settings})
-    args = ["data.scale=small", "model.pretrained=null", "finetune.batch_size=100", f"finetune.epochs={epochs}", "finetune.warmup_steps=3"]
+    args = ["data.scale=small", "finetune.batch_size=100", f"finetune.epochs={epochs}", "finetune.warmup_steps=3"]
     args += ["finetune.lr=1e-3", "finetune.mixup=0.4", "finetune.label_smoothing=0.1", "finetune.threads=1", "finetune.progress=false"]
     result = subprocess.run([sys.executable, "-m", "finetune", f"name={name}", *args], cwd=ROOT, env=env, capture_output=True, text=True)
     if result.returncode != 0:

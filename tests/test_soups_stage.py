@@ -296,12 +296,19 @@ def test_model_stock_checkpoint_matches_the_two_model_closed_form(tmp_path, base
     out = tmp_path / "out"
     run_soup(soup_cfg("model_stock", tmp_path / "sweep", f"soup.init={tmp_path / 'zeroshot.safetensors'}"), out, [], fake_sets)
     one, two, soup = load_file(str(paths[0])), load_file(str(paths[1])), load_file(str(out / "model.safetensors"))
+    negative = []
     for key in soup:
         d1, d2 = (one[key] - base_state[key]).flatten().double(), (two[key] - base_state[key]).flatten().double()
+        if not soup[key].is_floating_point() or d1.norm() == 0:
+            continue
         cos = float(F.cosine_similarity(d1, d2, dim=0))
-        t = 2 * cos / (1 + cos)
+        t = max(0.0, 2 * cos / (1 + cos))  # clipped at 0: independent random task vectors often point apart
+        negative += [key] if cos < 0 else []
         torch.testing.assert_close(soup[key], (base_state[key].double() + t * (d1 + d2).reshape(soup[key].shape) / 2).float())
         assert not math.isnan(t)
+    clipped = json.loads((out / "model_stock_clipped.json").read_text())
+    assert negative and sorted(clipped["keys"]) == sorted(negative) and clipped["clipped"] == len(negative)
+    assert read_meta(out / "model.safetensors").hparams["clipped_tensors"] == len(negative)
 
 
 @pytest.mark.parametrize("method", ["learned", "learned_by_layer"])
