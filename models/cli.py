@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import traceback
@@ -50,11 +51,15 @@ IDENTITY_IGNORES = ("force", "paths", "out")
 # Set by SweepNaming in the launching process: the keys the multirun sweeps over (comma-separated).
 SWEPT_KEYS_ENV = "MODEL_SOUPS_SWEPT_KEYS"
 MAX_NAME = 96
+UNSAFE_IN_NAMES = re.compile(r"[/,=\s]")  # path separators, and what Hydra would split an override on
 
 
 def job_name(named: str, *, _root_: DictConfig) -> str:
     """The run folder's name: `named` (a sweep's or soup method's name, else the stage), plus, in a
-    multirun, the job's swept overrides that `named` does not already tell apart, e.g. `finetune.lr=1e-3`."""
+    multirun, the job's swept overrides that `named` does not already tell apart, e.g. `finetune.lr-0.001`.
+
+    Keys and values are joined with `-` and items with `+` (not Hydra's `=` and `,`), so a path into the
+    folder can be passed back as an override (`ingredients=[runs/x/finetune.lr-0.001/model.safetensors]`)."""
     try:
         hydra_cfg = HydraConfig.get()
     except ValueError:  # composed outside a Hydra run (compose API, tests)
@@ -72,11 +77,11 @@ def job_name(named: str, *, _root_: DictConfig) -> str:
         key = key.lstrip("+~")
         if key in told_apart or (swept_keys is not None and key not in swept_keys):
             continue
-        parts.append(f"{key}={value}".replace("/", "_"))
+        parts.append(f"{key}-{UNSAFE_IN_NAMES.sub('_', value.strip('[]'))}")
     if not parts:
         return named
-    suffix = ",".join(sorted(parts))
-    name = suffix if named == _root_.get("stage") else f"{named},{suffix}"
+    suffix = "+".join(sorted(parts))
+    name = suffix if named == _root_.get("stage") else f"{named}+{suffix}"
     if len(name) > MAX_NAME:
         name = f"{named}_{hashlib.sha256(suffix.encode()).hexdigest()[:10]}"
     return name

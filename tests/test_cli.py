@@ -128,5 +128,5 @@ def test_multirun_jobs_without_a_sweep_name_get_their_own_folders(toy, tmp_path)
     result = toy("-m", "--own-names", "seed=3,4", "plots.max_examples=5")
     assert result.returncode == 0, result.stderr[-2000:]
     sweep = tmp_path / "runs/default/plots"
-    assert (sweep / "seed=3/work.txt").read_text() == "3" and (sweep / "seed=4/work.txt").read_text() == "4"
-    assert (sweep / "seed=3/DONE").exists() and (sweep / "seed=4/DONE").exists()
+    assert (sweep / "seed-3/work.txt").read_text() == "3" and (sweep / "seed-4/work.txt").read_text() == "4"
+    assert (sweep / "seed-3/DONE").exists() and (sweep / "seed-4/DONE").exists()
