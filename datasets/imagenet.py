@@ -9,7 +9,7 @@ Same interface as the embedded world (see datasets/__init__.py). Layouts are the
 | ImageNet2p | the held-out part of train | as train |
 | ImageNetV2 | `0..999/*.jpeg` | the folder number |
 | ImageNetSketch | `<wnid>/*.JPEG`, 1000 folders | sorted wnid index |
-| ImageNetR, ImageNetA | `<wnid>/*.jpg`, 200 folders | index among the folders present; 1000-way logits projected onto them |
+| ImageNetR, ImageNetA | `<wnid>/*.jpg`, the official 200 folders each | index among the 200 (sorted); 1000-way logits projected onto them |
 | ObjectNet | `images/<folder>/*.png` + `mappings/` | 113 mapped classes; max over mapped logits; 2-px border cropped |
 """
 
@@ -51,6 +51,17 @@ def imagenet_wnids() -> tuple[str, ...]:
 
     wnids = tuple(ImageNetInfo("imagenet-1k").label_names())
     assert len(wnids) == NUM_CLASSES and list(wnids) == sorted(wnids)
+    return wnids
+
+
+@functools.cache
+def official_subset_wnids(set_name: str) -> frozenset[str]:
+    """The official 200 wnids of ImageNet-R or ImageNet-A (Hendrycks et al.), from the lists timm ships."""
+    import pkgutil
+
+    name = {"ImageNetR": "imagenet_r_synsets.txt", "ImageNetA": "imagenet_a_synsets.txt"}[set_name]
+    wnids = frozenset(pkgutil.get_data("timm.data", f"_info/{name}").decode().split())
+    assert len(wnids) == 200 and wnids <= set(imagenet_wnids())
     return wnids
 
 
@@ -152,15 +163,19 @@ def imagenet_v2(data_cfg: Any, transform: Callable) -> tuple[Dataset, list[str],
 
 
 def _subset_200(data_cfg: Any, transform: Callable, set_name: str, what: str) -> tuple[Dataset, list[str], Callable | None]:
-    """ImageNet-R and -A: the class subset is the wnid folders present; logits keep those columns."""
+    """ImageNet-R and -A: exactly the official 200 wnid folders; logits keep those columns."""
     root = set_dir(data_cfg, set_name)
-    expected = f"{what}: 200 wnid folders <wnid>/*.jpg under {root}"
+    expected = f"{what}: 200 wnid folders (the official list) <wnid>/*.jpg under {root}"
     require_dir(root, set_name, expected)
     wnids = imagenet_wnids()
     present = subfolders(root)
     if not present:
         raise layout_error(set_name, expected, f"no wnid folders in {root}")
-    check_known_folders(root, present, set(wnids), set_name, expected)
+    official = official_subset_wnids(set_name)
+    check_known_folders(root, present, set(official), set_name, expected)
+    missing = sorted(official - set(present))
+    if missing:  # scoring a subset would silently change the task (a 199-way projection)
+        raise layout_error(set_name, expected, f"{len(missing)} of the 200 official wnid folders are missing, e.g. {root / missing[0]}")
     columns = [wnids.index(w) for w in present]  # sorted wnids, so columns ascend like the folders
     samples = folder_samples(root, {w: i for i, w in enumerate(present)}, set_name, expected)
     classnames = [class_info(data_cfg).classnames[c] for c in columns]

@@ -64,8 +64,13 @@ def layout_error(set_name: str, expected: str, problem: str) -> UserError:
 
 
 def require_dir(path: Path, set_name: str, expected: str) -> None:
-    if not path.is_dir():
+    """The folder exists and can be listed; the problem named is the real one (missing, not a folder, permission)."""
+    if not path.exists():
         raise layout_error(set_name, expected, f"missing folder {path}")
+    if not path.is_dir():
+        raise layout_error(set_name, expected, f"{path} is a file, not a folder")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise layout_error(set_name, expected, f"cannot read folder {path} (permission denied)")
 
 
 def subfolders(path: Path) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from datasets.imagenet import DEFAULT_DIRS, NUM_CLASSES, imagenet_wnids
+from datasets.imagenet import DEFAULT_DIRS, NUM_CLASSES, imagenet_wnids, official_subset_wnids
 
 
 @dataclasses.dataclass
@@ -57,8 +57,7 @@ def make_miniature(
 ) -> Miniature:
     """Write the requested sets under `root` in the layout of docs/data.md (the `DEFAULT_DIRS` names).
 
-    R and A default to every 5th and every 7th wnid (the real sets have 200 each; pass their lists to
-    match clip_benchmark's hard-coded class lists). ObjectNet gets `objectnet_classes` mapped folders plus
+    R and A get their official 200 wnids each (or the lists passed). ObjectNet gets `objectnet_classes` mapped folders plus
     unmapped ones (the real set has 313 folders, 113 mapped), and mapping files in its `mappings/` format.
     """
     root = Path(root)
@@ -81,7 +80,7 @@ def make_miniature(
                 base, [str(i) for i in range(NUM_CLASSES)], range(NUM_CLASSES), per_class, "{k:040x}.jpeg", rng, size
             )
         elif set_name in ("ImageNetR", "ImageNetA"):
-            chosen = list((r_wnids if set_name == "ImageNetR" else a_wnids) or wnids[:: 5 if set_name == "ImageNetR" else 7])
+            chosen = list((r_wnids if set_name == "ImageNetR" else a_wnids) or official_subset_wnids(set_name))
             chosen = sorted(chosen)
             # labels index the folders present, in sorted order
             out.labels[set_name] = _class_tree(base, chosen, range(len(chosen)), per_class, "art_{k}.jpg", rng, size)

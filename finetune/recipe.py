@@ -100,14 +100,20 @@ def randaug_transform(spec: str | None, image_size: int, mean: tuple[float, ...]
         raise UserError(f"finetune.randaug: timm rejects {spec!r} ({err})") from None
 
 
-def check_hparams(ft: Mapping[str, Any]) -> None:
-    """Refuse settings that cannot train, before any work is done."""
+def check_hparams(ft: Mapping[str, Any], world_size: int = 1) -> None:
+    """Refuse settings that cannot train, before any work is done (any model is built)."""
+    micro_batches = int(ft["grad_accum"]) * world_size
     checks = [
         (float(ft["lr"]) > 0, "finetune.lr must be > 0", ft["lr"]),
         (float(ft["weight_decay"]) >= 0, "finetune.weight_decay must be >= 0", ft["weight_decay"]),
         (int(ft["epochs"]) >= 0, "finetune.epochs must be >= 0 (0 saves the init itself)", ft["epochs"]),
         (int(ft["batch_size"]) >= 1, "finetune.batch_size must be >= 1", ft["batch_size"]),
         (int(ft["grad_accum"]) >= 1, "finetune.grad_accum must be >= 1", ft["grad_accum"]),
+        (
+            int(ft["batch_size"]) % max(micro_batches, 1) == 0,
+            f"finetune.batch_size must be divisible by grad_accum x world size = {ft['grad_accum']} x {world_size}",
+            ft["batch_size"],
+        ),
         (int(ft["warmup_steps"]) >= 0, "finetune.warmup_steps must be >= 0", ft["warmup_steps"]),
         (0 <= float(ft["label_smoothing"]) < 1, "finetune.label_smoothing must be in [0, 1)", ft["label_smoothing"]),
         (float(ft["mixup"]) >= 0, "finetune.mixup (alpha) must be >= 0", ft["mixup"]),

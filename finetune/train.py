@@ -8,6 +8,7 @@ clip, step, schedule, log. The recipe's math lives in `finetune/recipe.py`, the 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -29,6 +30,7 @@ from finetune.data import SeededExamples, StepBatchSampler, counter_seed, steps_
 from finetune.logbook import Logbook
 from finetune.preemption import PreemptionGuard
 from models import evaluate
+from models.atomic import write_text_atomic
 from models.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint, sha256_prefix
 from models.classifier import ImageClassifier, classifier_from_clip, first_mismatch, zeroshot_head_weight
 from models.cli import output_dir, overrides
@@ -40,6 +42,7 @@ from models.results import append_records, make_record
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "model.safetensors"
+LP_FILE = "lp_init.json"  # the LP head's training accuracy, for the checkpoint metadata of a resumed run
 
 
 @dataclasses.dataclass
@@ -80,7 +83,7 @@ def resolve_recipe(cfg: DictConfig) -> tuple[Recipe, dict[str, Any]]:
     """The job's recipe (finetune.* with the sweep job's values on top) and the raw merged dict."""
     merged = OmegaConf.to_container(cfg.finetune, resolve=True)
     merged.update(sweeps.job_hparams(OmegaConf.to_container(cfg.sweep, resolve=True)))
-    recipe.check_hparams(merged)
+    recipe.check_hparams(merged, world_size=int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))))
     fields = {f.name for f in dataclasses.fields(Recipe)}
     return Recipe(**{k: v for k, v in merged.items() if k in fields}), merged
 
@@ -365,9 +368,13 @@ def finetune(cfg: DictConfig) -> Path:
     if hp.init == "lp" and lp_from:  # the sweep's one LP init, bit for bit, on every rank (also on resume: for its metadata)
         lp_accuracy = load_lp_init(lp_from, classifier, cfg.model.arch, activation, info.classes_id)
         log.info("LP init read from %s (training accuracy %s)", lp_from, lp_accuracy)
-    elif hp.init == "lp" and state.load_state(run_dir) is None and ranks.main:
-        lp_accuracy = lp_init(cfg, classifier, preprocess, device)  # DDP below broadcasts rank 0's weights
-        log.info("linear probe: training accuracy %.4f", lp_accuracy)
+    elif hp.init == "lp" and ranks.main:
+        if state.load_state(run_dir) is None:
+            lp_accuracy = lp_init(cfg, classifier, preprocess, device)  # DDP below broadcasts rank 0's weights
+            log.info("linear probe: training accuracy %.4f", lp_accuracy)
+            write_text_atomic(run_dir / LP_FILE, json.dumps({"lp_train_accuracy": lp_accuracy}) + "\n")
+        else:  # resumed: the saved state holds the LP-initialised weights; the metadata needs its accuracy too
+            lp_accuracy = json.loads((run_dir / LP_FILE).read_text())["lp_train_accuracy"]
 
     model: nn.Module = classifier
     if ranks.world > 1:

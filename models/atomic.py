@@ -22,12 +22,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    # mkstemp makes the file private (0600); give it the mode a plain open() would, so results
-    # and checkpoints on a shared cluster filesystem stay readable by the rest of the group.
-    os.chmod(tmp, _new_file_mode())
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp makes the file private (0600), and writers such as safetensors' save_file replace it
+        # with a new file; give the final file the mode a plain open() would, after the writer is done,
+        # so results and checkpoints on a shared cluster filesystem stay readable by the group.
+        os.chmod(tmp_path, _new_file_mode())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -15,7 +15,10 @@ import hashlib
 import json
 import os
 import pickle
+import pickletools
+import re
 import warnings
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -97,13 +100,25 @@ def _open(path: Path):
 
 
 def read_meta(path: str | os.PathLike) -> CheckpointMeta:
-    """Read only the metadata (no tensors)."""
+    """Read only the metadata (no tensors), checked against the head's shape."""
     path = Path(path)
     with _open(path) as handle:
         metadata = handle.metadata() or {}
+        head_shape = handle.get_slice("head.weight").get_shape() if "head.weight" in handle.keys() else None
     if METADATA_KEY not in metadata:
         raise UserError(f"{path}: safetensors file has no '{METADATA_KEY}' metadata; is it a model-soups checkpoint?")
-    return CheckpointMeta.from_json(metadata[METADATA_KEY], str(path))
+    meta = CheckpointMeta.from_json(metadata[METADATA_KEY], str(path))
+    check_head_rows(meta, head_shape, path)
+    return meta
+
+
+def check_head_rows(meta: CheckpointMeta, head_shape: Any, source: str | os.PathLike) -> None:
+    """The metadata's class count is the head's row count (`head_shape`: head.weight's shape, or None)."""
+    if head_shape is not None and int(head_shape[0]) != int(meta.num_classes):
+        raise UserError(
+            f"{source}: metadata says {meta.num_classes} classes but head.weight has {int(head_shape[0])} rows; "
+            "the checkpoint is inconsistent, re-create it"
+        )
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
@@ -152,10 +167,48 @@ def load_pt_weights_only(path: str | os.PathLike) -> dict[str, Any]:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsafe pickle"
-        raise UserError(f"{path}: refused to unpickle (it holds more than tensors: {first})") from None
+        raise UserError(refused_pickle_message(path, str(err))) from None
     except (RuntimeError, EOFError, OSError) as err:
         raise UserError(f"{path}: unreadable .pt file ({str(err).splitlines()[0]})") from None
+
+
+def pickle_globals(path: Path) -> list[str]:
+    """The globals (`module.name`) a pickle file would import, read from its opcodes without running it.
+
+    A torch zip archive keeps its pickle in `<archive>/data.pkl`; a plain pickle is the file itself."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            member = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+            data = archive.read(member) if member else b""
+    else:
+        data = path.read_bytes()
+    found, strings = [], []
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except ValueError:  # a corrupt or truncated stream: report what was read before it
+        pass
+    return found
+
+
+def refused_pickle_message(path: Path, torch_message: str) -> str:
+    """One line for a pickle that `weights_only` loading refused: the file, the global it would have
+    imported, and the safe way out. (torch's own message advises turning the safety check off.)"""
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    named = re.search(r"GLOBAL\s+([\w.]+)", torch_message)  # "... unsupported GLOBAL posix.system ..."
+    allowed = set(_get_allowed_globals())
+    culprits = [named.group(1)] if named else [g for g in pickle_globals(path) if g not in allowed]
+    culprit = f"it needs the global {culprits[0]}" if culprits else "it holds objects other than tensors"
+    return (
+        f"{path}: refused to unpickle: {culprit}, which could run code when loaded; "
+        "re-save its tensors as safetensors (safetensors.torch.save_file) where you trust the file, and pass that file"
+    )
 
 
 def convert_foreign_state_dict(state: dict[str, Any], source: str) -> tuple[dict[str, torch.Tensor], bool]:

@@ -4,12 +4,25 @@
 - A user's mistake (`UserError`, an unknown config option) becomes one line on stderr and exit code 2.
 - In a multirun, a failed job records its error in `<run dir>/FAILED` and returns, so the sweep goes on;
   `FailureSummary` reports failed jobs when the sweep ends and makes the sweep exit non-zero.
-- A finished run writes `DONE` last; rerunning into a folder with `DONE` skips it (`force=true` reruns).
+- A run folder is a function of the resolved config (docs/design.md, "Runs on disk"). At the start the
+  wrapper records the resolved config in `run_config.json`; a finished run writes `DONE` last, holding
+  that config's sha256. Rerunning with the same config skips the run (or resumes an unfinished one); with
+  a different config it is refused, naming the differing keys, before anything in the folder changes
+  (`.hydra/` included: the wrapper, not Hydra, writes it). `force=true` empties the folder and reruns.
+- Records of a run without `DONE` are never valid: an unfinished attempt's `results.jsonl` is removed
+  before the next attempt starts.
+- In a multirun, jobs that a sweep does not name get a folder named after their swept overrides
+  (`job_name`), so no two jobs share a folder.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import re
+import shutil
 import sys
 import traceback
 from collections.abc import Callable
@@ -32,11 +45,54 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = PROJECT_ROOT / "conf"
 DONE_FILE = "DONE"
 FAILED_FILE = "FAILED"
+RUN_CONFIG_FILE = "run_config.json"  # the resolved config a run folder belongs to
+# Not part of a run's identity: where things live (a moved checkout still matches) and the rerun switch.
+IDENTITY_IGNORES = ("force", "paths", "out")
+# Set by SweepNaming in the launching process: the keys the multirun sweeps over (comma-separated).
+SWEPT_KEYS_ENV = "MODEL_SOUPS_SWEPT_KEYS"
+MAX_NAME = 96
+UNSAFE_IN_NAMES = re.compile(r"[/,=\s]")  # path separators, and what Hydra would split an override on
+
+
+def job_name(named: str, *, _root_: DictConfig) -> str:
+    """The run folder's name: `named` (a sweep's or soup method's name, else the stage), plus, in a
+    multirun, the job's swept overrides that `named` does not already tell apart, e.g. `finetune.lr-0.001`.
+
+    Keys and values are joined with `-` and items with `+` (not Hydra's `=` and `,`), so a path into the
+    folder can be passed back as an override (`ingredients=[runs/x/finetune.lr-0.001/model.safetensors]`)."""
+    try:
+        hydra_cfg = HydraConfig.get()
+    except ValueError:  # composed outside a Hydra run (compose API, tests)
+        return named
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return named
+    told_apart = {"soup"} if _root_.get("stage") == "soups" else set()
+    if OmegaConf.select(_root_, "sweep.run_name") is not None:
+        told_apart.add("sweep.index")
+    swept = os.environ.get(SWEPT_KEYS_ENV)
+    swept_keys = set(swept.split(",")) if swept is not None else None  # None: no callback ran; every override counts
+    parts = []
+    for override in hydra_cfg.overrides.task:
+        key, _, value = override.partition("=")
+        key = key.lstrip("+~")
+        if key in told_apart or (swept_keys is not None and key not in swept_keys):
+            continue
+        parts.append(f"{key}-{UNSAFE_IN_NAMES.sub('_', value.strip('[]'))}")
+    if not parts:
+        return named
+    suffix = "+".join(sorted(parts))
+    name = suffix if named == _root_.get("stage") else f"{named}+{suffix}"
+    if len(name) > MAX_NAME:
+        name = f"{named}_{hashlib.sha256(suffix.encode()).hexdigest()[:10]}"
+    return name
+
 
 if not OmegaConf.has_resolver("project_root"):
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
 if not OmegaConf.has_resolver("plus"):  # ${plus:${sweep.n},1}: sweeps whose indices start at 1
     OmegaConf.register_new_resolver("plus", lambda a, b: int(a) + int(b))
+if not OmegaConf.has_resolver("job_name"):
+    OmegaConf.register_new_resolver("job_name", job_name)
 
 # Arguments after which we let Hydra itself handle the command line (help, info, sweeps).
 _HYDRA_FLAGS = (
@@ -90,22 +146,139 @@ def precheck_overrides(config_name: str, argv: list[str]) -> None:
         sys.exit(2)
 
 
+def identity_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config that names a run, without the keys in IDENTITY_IGNORES; values under a
+    `paths.*` folder are written relative to it (`${paths.root}/models/...`), so a moved checkout matches."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    roots = sorted(((str(v), k) for k, v in (resolved.get("paths") or {}).items() if v), key=lambda item: -len(item[0]))
+
+    def relative(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: relative(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [relative(v) for v in value]
+        if isinstance(value, str):
+            for root, name in roots:
+                if value == root or value.startswith(root.rstrip("/") + "/"):
+                    return "${paths." + name + "}" + value[len(root) :]
+        return value
+
+    return relative({k: v for k, v in resolved.items() if k not in IDENTITY_IGNORES})
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def differing_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved configs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(old.keys() | new.keys())
+        return [d for k in keys for d in differing_keys(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def _describe_difference(old: dict[str, Any], new: dict[str, Any], limit: int = 5) -> str:
+    keys = differing_keys(old, new)
+
+    def value(config: dict[str, Any], key: str) -> Any:
+        for part in key.split("."):
+            config = config.get(part) if isinstance(config, dict) else None
+        return config
+
+    shown = ", ".join(f"{k}: {value(old, k)!r} -> {value(new, k)!r}" for k in keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def check_identity(out: Path, config: dict[str, Any], force: bool) -> str:
+    """What to do with the run folder: 'run' (fresh or resume), 'skip' (finished with this config) or
+    'clean' (force=true). A folder holding another config is refused with a UserError."""
+    recorded_path, done = out / RUN_CONFIG_FILE, out / DONE_FILE
+    if force:
+        return "clean" if recorded_path.exists() or done.exists() else "run"
+    if not recorded_path.exists():
+        if done.exists():  # finished before run identities were recorded: keep the old behaviour
+            return "skip"
+        return "run"
+    try:
+        recorded = json.loads(recorded_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise UserError(f"{recorded_path}: unreadable; pass force=true to rerun this folder from scratch") from None
+    if config_hash(recorded) == config_hash(config):
+        return "skip" if done.exists() else "run"
+    state = "a finished run" if done.exists() else "an unfinished run"
+    raise UserError(
+        f"{out}: holds {state} with a different config ({_describe_difference(recorded, config)}); "
+        "pass force=true to replace it, or choose another run_name"
+    )
+
+
+def _clear_folder(out: Path) -> None:
+    """force=true: remove the earlier run's outputs (the job log Hydra has just opened stays)."""
+    keep = {f"{HydraConfig.get().job.name}.log"}
+    for entry in out.iterdir():
+        if entry.name in keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _save_hydra_files(out: Path, cfg: DictConfig) -> None:
+    """What Hydra writes to `.hydra/` (we turn Hydra's own writing off, so a refused rerun leaves it alone)."""
+    hydra_cfg = HydraConfig.get()
+    folder = out / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "config.yaml": OmegaConf.to_yaml(cfg),
+        "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})),
+        "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(hydra_cfg.overrides.task))),
+    }
+    for name, text in files.items():
+        write_text_atomic(folder / name, text)
+
+
+def _fail(out: Path, err: UserError, write_failed: bool = True) -> None:
+    if write_failed:
+        write_text_atomic(out / FAILED_FILE, f"error: {one_line(err)}\n")
+    if is_multirun():
+        log.error("job failed: %s", one_line(err))
+        return
+    print(f"error: {one_line(err)}", file=sys.stderr)
+    sys.exit(2)
+
+
 def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig, resumable: bool) -> Any:
     out = output_dir()
     done = out / DONE_FILE
-    if resumable and done.exists() and not cfg.get("force", False):
-        log.info("skipping %s: already finished (DONE exists; pass force=true to rerun)", out)
-        return None
+    config = identity_config(cfg)
+    if resumable:
+        try:
+            action = check_identity(out, config, bool(cfg.get("force", False)))
+        except UserError as err:
+            # The folder belongs to another config: change nothing in it, except a FAILED note in a
+            # multirun, so the sweep's summary names the job (its DONE, records and .hydra/ stay).
+            _fail(out, err, write_failed=is_multirun())
+            return None
+        if action == "skip":
+            (out / FAILED_FILE).unlink(missing_ok=True)  # a refused launch's note; the finished run stands
+            log.info("skipping %s: already finished with this config (DONE exists; pass force=true to rerun)", out)
+            return None
+        if action == "clean":
+            log.info("force=true: removing the earlier outputs in %s", out)
+            _clear_folder(out)
+        from models.results import RESULTS_FILE  # imported here: pandas is not needed for --help
+
+        (out / RESULTS_FILE).unlink(missing_ok=True)  # an unfinished attempt's records are never valid
+        write_text_atomic(out / RUN_CONFIG_FILE, json.dumps(config, indent=1, sort_keys=True, default=str) + "\n")
+    _save_hydra_files(out, cfg)
     (out / FAILED_FILE).unlink(missing_ok=True)
     try:
         result = task(cfg)
     except UserError as err:
-        write_text_atomic(out / FAILED_FILE, f"error: {one_line(err)}\n")
-        if is_multirun():
-            log.error("job failed: %s", one_line(err))
-            return None
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        sys.exit(2)
+        _fail(out, err)
+        return None
     except Exception:
         write_text_atomic(out / FAILED_FILE, traceback.format_exc())
         if is_multirun():
@@ -113,7 +286,7 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig, resumable: bool
             return None
         raise
     if resumable:
-        write_text_atomic(done, "")
+        write_text_atomic(done, config_hash(config) + "\n")
     return result
 
 
@@ -129,6 +302,20 @@ def stage_entry(config_name: str, task: Callable[[DictConfig], Any], resumable: 
         hydra_main()
 
     return main
+
+
+class SweepNaming(Callback):
+    """Before a multirun's jobs start, tell them which keys the sweep varies (see `job_name`).
+
+    The jobs read it from the environment, which the basic launcher shares and submitit passes on."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        swept = {o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()}
+        swept |= {str(k) for k in (config.hydra.sweeper.get("params") or {})}
+        os.environ[SWEPT_KEYS_ENV] = ",".join(sorted(swept))
 
 
 class FailureSummary(Callback):

@@ -122,14 +122,23 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def load_results(root: str | os.PathLike) -> pd.DataFrame:
-    """Every record in every results.jsonl under `root` (or `root` itself if it is a file), as one table."""
+    """Every record of every finished run under `root` (or of `root` itself, a results.jsonl), as one table.
+
+    A run's records count only once the run has finished: a results.jsonl whose folder lacks `DONE`
+    (a killed, failed or running job) is skipped with a warning.
+    """
+    from models.cli import DONE_FILE
+
     root = Path(root)
     if not root.exists():
         raise UserError(f"{root}: results folder not found")
-    files = [root] if root.is_file() else sorted(root.rglob(RESULTS_FILE))
+    found = [root] if root.is_file() else sorted(root.rglob(RESULTS_FILE))
+    files = [f for f in found if (f.parent / DONE_FILE).exists()]
+    for unfinished in sorted(set(found) - set(files)):
+        log.warning("skipping %s: its run has no %s marker (unfinished or failed)", unfinished, DONE_FILE)
     records = [dict(r, source=str(f)) for f in files for r in read_records(f)]
     if not records:
-        raise UserError(f"{root}: no {RESULTS_FILE} records found under it")
+        raise UserError(f"{root}: no {RESULTS_FILE} records of finished runs (folders with {DONE_FILE}) found under it")
     return pd.DataFrame.from_records(records)
 
 

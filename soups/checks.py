@@ -23,6 +23,27 @@ class IngredientSpec:
     activation: str | None = None
 
 
+def check_fits_architecture(spec: IngredientSpec, expected: dict[str, TensorSpec]) -> None:
+    """The ingredient's keys and shapes are those of the classifier its architecture builds (`expected`).
+
+    Ingredients can agree with each other and still not fit the model (all lack the same key, or
+    official files of another ViT size under `model.arch`); the soup would then be unloadable."""
+    missing = sorted(expected.keys() - spec.tensors.keys())
+    extra = sorted(spec.tensors.keys() - expected.keys())
+    if missing or extra:
+        key, what = (missing[0], "lacks") if missing else (extra[0], "has an unexpected")
+        count = len(missing) + len(extra)
+        raise UserError(
+            f"{spec.name}: {what} key '{key}' ({count} key(s) differ) for architecture {spec.arch!r}; check model.arch or the checkpoint"
+        )
+    for key, (shape, _) in expected.items():
+        if tuple(spec.tensors[key][0]) != tuple(shape):
+            raise UserError(
+                f"{spec.name}: key '{key}' has shape {list(spec.tensors[key][0])}, architecture {spec.arch!r} "
+                f"with {spec.num_classes} classes has {list(shape)}; check model.arch or the checkpoint"
+            )
+
+
 def check_compatible(specs: Sequence[IngredientSpec]) -> None:
     """Raise a UserError naming the first ingredient and key that differ from the first ingredient."""
     if not specs:

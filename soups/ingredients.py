@@ -107,6 +107,19 @@ def describe(path: Path, model_cfg: Any) -> Ingredient:
     return Ingredient(path, read_meta(path), tensor_specs(path))
 
 
+def architecture_specs(arch: str, num_classes: int) -> dict[str, TensorSpec]:
+    """Key -> (shape, dtype) of the classifier `arch` builds, on the meta device (no memory, no download)."""
+    import torch
+
+    from models.classifier import ImageClassifier, embed_dim_of
+    from models.factory import create_clip
+
+    with torch.device("meta"):
+        clip_model, _, _ = create_clip(arch, None, device="meta")
+        classifier = ImageClassifier(clip_model.visual, embed_dim_of(clip_model), num_classes)
+    return {k: (tuple(v.shape), str(v.dtype)) for k, v in classifier.state_dict().items()}
+
+
 def resolve_ingredients(spec: Any, model_cfg: Any) -> list[Ingredient]:
     return [describe(path, model_cfg) for path in resolve_paths(spec)]
 

@@ -126,7 +126,7 @@ def model_stock(init: Ingredient, checkpoints: Sequence[Ingredient]) -> StateDic
     the task vectors θ_i − θ_0 (soups/stock.py). Needs N ≥ 2 fine-tuned ingredients."""
     states = [_state(c) for c in checkpoints]
     layers = ((key, [s[key] for s in states]) for key in states[0])
-    merged, _ = stock.model_stock(_state(init), layers, [f"ingredient {i}" for i in range(len(states))])
+    merged, _, _ = stock.model_stock(_state(init), layers, [f"ingredient {i}" for i in range(len(states))])
     return merged
 
 

@@ -274,14 +274,13 @@ def greedy_ensemble_method(ctx: SoupContext) -> SoupOutcome:
 
 
 def wise_ft_method(ctx: SoupContext) -> SoupOutcome:
+    check_options(ctx.options)
     init = ctx.load_init()
     indices = list(range(len(ctx.ingredients)))
     if len(indices) > 1:
         log.info("wise_ft: %d ingredients given; the fine-tuned endpoint is their uniform soup", len(indices))
     endpoint = _uniform_state(ctx, indices)
     alphas = [float(a) for a in ctx.options.alphas]
-    if any(not 0.0 <= a <= 1.0 for a in alphas):
-        raise UserError(f"soup.alphas: every α must lie in [0, 1], got {alphas}")
     candidates = [Candidate(f"{ctx.run_name}_alpha{a:.2f}", library.wise_ft(init, endpoint, a), extra={"alpha": a}) for a in alphas]
     alpha = float(ctx.options.alpha)
     checkpoint = library.wise_ft(init, endpoint, alpha)
@@ -296,17 +295,20 @@ def model_stock_method(ctx: SoupContext) -> SoupOutcome:
         raise UserError("model_stock: needs at least 2 fine-tuned ingredients")
     init = ctx.load_init()
     names = [ing.name for ing in ctx.ingredients]
-    state, ratios = stock.model_stock(init, iter_layers([ing.path for ing in ctx.ingredients]), names)
+    state, ratios, clipped = stock.model_stock(init, iter_layers([ing.path for ing in ctx.ingredients]), names)
     mean_t = sum(ratios.values()) / max(len(ratios), 1)
     n = len(ctx.ingredients)
-    log.info("model stock: mean ratio t = %.4f over %d tensors", mean_t, len(ratios))
-    files = {"model_stock_ratios.json": json.dumps(ratios, indent=1) + "\n"}
+    log.info("model stock: mean ratio t = %.4f over %d tensors, %d clipped to [0, 1]", mean_t, len(ratios), len(clipped))
+    files = {
+        "model_stock_ratios.json": json.dumps(ratios, indent=1) + "\n",
+        "model_stock_clipped.json": json.dumps({"clipped": len(clipped), "tensors": len(ratios), "keys": clipped}, indent=1) + "\n",
+    }
     return SoupOutcome(
         "model_stock",
         [Candidate(ctx.run_name, state)],
         state,
         [mean_t / n] * n,
-        hparams={"mean_t": mean_t},
+        hparams={"mean_t": mean_t, "clipped_tensors": len(clipped)},
         init_weight=1.0 - mean_t,
         files=files,
     )
@@ -322,6 +324,15 @@ METHODS: dict[str, Callable[[SoupContext], SoupOutcome]] = {
     "wise_ft": wise_ft_method,
     "model_stock": model_stock_method,
 }
+
+
+def check_options(options: Any) -> None:
+    """Refuse option values no method can use, before any file is read."""
+    alphas = [float(a) for a in options.get("alphas") or []]
+    if any(not 0.0 <= a <= 1.0 for a in alphas):
+        raise UserError(f"soup.alphas: every α must lie in [0, 1] (interpolation, not extrapolation), got {alphas}")
+    if options.get("alpha") is not None and not 0.0 <= float(options.alpha) <= 1.0:
+        raise UserError(f"soup.alpha must lie in [0, 1] (interpolation, not extrapolation), got {options.alpha}")
 
 
 def get_method(name: str) -> Callable[[SoupContext], SoupOutcome]:

@@ -24,9 +24,9 @@ from models.checkpoint import CheckpointMeta, save_checkpoint, sha256_prefix
 from models.errors import UserError
 from models.evaluate import count_correct, resolve_device
 from models.results import append_records, make_record
-from soups.checks import check_compatible
-from soups.ingredients import describe, resolve_ingredients
-from soups.methods import Candidate, SoupContext, SoupOutcome, get_method
+from soups.checks import check_compatible, check_fits_architecture
+from soups.ingredients import architecture_specs, describe, resolve_ingredients
+from soups.methods import Candidate, SoupContext, SoupOutcome, check_options, get_method
 from soups.scoring import EvalSetsFn, Scorer, selected_set_names
 from soups.streaming import BackgroundHashes
 
@@ -47,9 +47,12 @@ def loader_kwargs(eval_cfg: Any) -> dict[str, Any]:
 
 def build_context(cfg: Any, eval_sets_fn: EvalSetsFn | None = None) -> SoupContext:
     """Resolve and check the ingredients (and the init, if any) before anything is computed."""
-    get_method(cfg.soup.name)  # an unknown method fails before any file is read
+    get_method(cfg.soup.name)  # an unknown method or a bad option fails before any file is read
+    check_options(cfg.soup)
     ingredients = resolve_ingredients(cfg.ingredients, cfg.model)
     check_compatible([ing.spec() for ing in ingredients])
+    first = ingredients[0]
+    check_fits_architecture(first.spec(), architecture_specs(first.meta.arch, first.meta.num_classes))
     init = None
     if cfg.soup.get("init"):
         init_path = Path(str(cfg.soup.init))

@@ -6,6 +6,11 @@ For each weight tensor, with task vectors δ_i = θ_i − θ_0 of N fine-tuned m
     θ     = t·mean_i θ_i + (1 − t)·θ_0
 A tensor where some δ_i is zero has no defined angle; as the authors' code (cos = 0 up to ε), it keeps
 t = 0, i.e. the init. Non-float tensors must equal the init's.
+
+t is clipped to [0, 1] per tensor: for cos < 0 (task vectors pointing apart, e.g. near-orthogonal
+updates with noise) Eq. 7 gives t < 0, an extrapolation away from the fine-tuned models, and at
+cos = −1/(N−1) (N = 2: opposite vectors) its denominator is 0. Those tensors keep the init (t = 0);
+the stage records how many tensors were clipped.
 """
 
 from __future__ import annotations
@@ -18,8 +23,13 @@ from models.errors import UserError
 from soups.average import check_equal
 
 
-def model_stock_ratio(cos: float, n: int) -> float:
-    return n * cos / (1.0 + (n - 1) * cos)
+def model_stock_ratio(cos: float, n: int) -> tuple[float, bool]:
+    """t of Eq. 7 clipped to [0, 1], and whether it was clipped. cos ≤ 0 gives t ≤ 0, hence 0, before the
+    division (whose denominator vanishes at cos = −1/(N−1)); t > 1 only from rounding (cos > 1)."""
+    if cos <= 0.0:
+        return 0.0, cos < 0.0
+    t = n * cos / (1.0 + (n - 1) * cos)
+    return (1.0, True) if t > 1.0 else (t, False)
 
 
 def average_cosine(deltas: Sequence[torch.Tensor]) -> float:
@@ -34,19 +44,20 @@ def average_cosine(deltas: Sequence[torch.Tensor]) -> float:
     return float((gram.sum() - gram.diagonal().sum()) / (n * (n - 1)))
 
 
-def model_stock_tensor(init: torch.Tensor, tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, float]:
-    """The merged tensor and its ratio t, from the init and N ≥ 2 fine-tuned tensors."""
+def model_stock_tensor(init: torch.Tensor, tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, float, bool]:
+    """The merged tensor, its ratio t and whether t was clipped, from the init and N ≥ 2 fine-tuned tensors."""
     if len(tensors) < 2:
         raise UserError("model_stock: needs at least 2 fine-tuned ingredients")
-    t = model_stock_ratio(average_cosine([x.double() - init.double() for x in tensors]), len(tensors))
+    t, clipped = model_stock_ratio(average_cosine([x.double() - init.double() for x in tensors]), len(tensors))
     average = torch.stack([x.double() for x in tensors]).mean(dim=0)
     merged = t * average + (1.0 - t) * init.double()
-    return merged.to(init.dtype), t
+    return merged.to(init.dtype), t, clipped
 
 
-def model_stock(init: dict[str, torch.Tensor], layers, names: Sequence[str]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Merge layer by layer. `layers` yields (key, [tensor of each ingredient]); returns weights and t per key."""
-    merged, ratios = {}, {}
+def model_stock(init: dict[str, torch.Tensor], layers, names: Sequence[str]) -> tuple[dict[str, torch.Tensor], dict[str, float], list[str]]:
+    """Merge layer by layer. `layers` yields (key, [tensor of each ingredient]); returns weights, t per key
+    and the keys whose t was clipped to [0, 1]."""
+    merged, ratios, clipped = {}, {}, []
     for key, tensors in layers:
         if key not in init:
             raise UserError(f"model_stock: key '{key}' of the ingredients is missing from the init checkpoint")
@@ -55,5 +66,7 @@ def model_stock(init: dict[str, torch.Tensor], layers, names: Sequence[str]) -> 
                 check_equal(key, init[key], tensor, name)
             merged[key] = init[key].clone()
             continue
-        merged[key], ratios[key] = model_stock_tensor(init[key], tensors)
-    return merged, ratios
+        merged[key], ratios[key], was_clipped = model_stock_tensor(init[key], tensors)
+        if was_clipped:
+            clipped.append(key)
+    return merged, ratios, clipped

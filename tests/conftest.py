@@ -24,6 +24,12 @@ def reference_dir() -> Path:
     return REFERENCE
 
 
+def mark_done(*run_dirs: Path) -> None:
+    """Mark run folders finished, as the stage wrapper does last (readers skip records of unfinished runs)."""
+    for run_dir in run_dirs:
+        (Path(run_dir) / "DONE").write_text("")
+
+
 def run_module(module: str, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python -m module args...` from the repo root, capturing output."""
     full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}

@@ -6,6 +6,7 @@ import os
 import pickle
 import stat
 
+import pandas as pd
 import pytest
 import torch
 
@@ -156,6 +157,70 @@ def test_atomic_write_gets_the_mode_a_plain_open_gets(tmp_path, umask):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "atomic.txt").stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+
+
+def _write_checkpoint(folder):
+    save_checkpoint(folder / "out", small_state(), meta())
+
+
+def _write_logits(folder):
+    from eval.runner import save_logits
+    from models.evaluate import SetScores
+
+    scores = SetScores(torch.ones(2), torch.ones(2), [], logits=torch.zeros(2, 2), labels=torch.zeros(2, dtype=torch.long))
+    os.replace(save_logits(folder, "m", "photo", scores), folder / "out")
+
+
+def _write_train_state(folder):
+    from finetune import state
+
+    model = torch.nn.Linear(2, 2)
+    os.replace(state.save_state(folder, model, torch.optim.SGD(model.parameters(), lr=0.1), 1, {"loss": 0.0}), folder / "out")
+
+
+def _write_official_results(folder):
+    from models.results import make_record, write_official_results
+
+    record = make_record(model_id="m", kind="individual", dataset="ImageNet", role="id", correct=1, n=2)
+    write_official_results(pd.DataFrame([record]), folder / "out")
+
+
+def _write_records(folder):
+    from models.results import append_records, make_record
+
+    os.replace(
+        append_records(folder, [make_record(model_id="m", kind="individual", dataset="d", role="id", correct=1, n=2)]), folder / "out"
+    )
+
+
+def _export_open_clip(folder):
+    from safetensors.torch import save_file
+
+    from eval.convert import export_open_clip
+    from models.classifier import classifier_from_clip
+    from models.factory import create_clip
+
+    clip_model, _, _ = create_clip("TinyCLIP", None)
+    save_file(clip_model.state_dict(), str(folder / "clip.safetensors"))
+    classifier = classifier_from_clip(clip_model, num_classes=3)
+    save_checkpoint(folder / "c.safetensors", classifier.state_dict(), meta(arch="TinyCLIP", pretrained=str(folder / "clip.safetensors")))
+    os.replace(export_open_clip(str(folder / "c.safetensors"), folder / "export.safetensors", None), folder / "out")
+
+
+WRITERS = [_write_checkpoint, _write_logits, _write_train_state, _write_official_results, _write_records, _export_open_clip]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+@pytest.mark.parametrize("writer", WRITERS, ids=lambda w: w.__name__.lstrip("_"))
+def test_every_writer_gives_the_mode_a_plain_open_gives(tmp_path, umask, writer):
+    old = os.umask(umask)
+    try:
+        writer(tmp_path)
+        (tmp_path / "plain").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o666 & ~umask
 
 
 def test_tensors_read_back_are_aligned_wherever_the_header_ends(tmp_path):

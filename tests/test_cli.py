@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -25,7 +26,10 @@ TOY_STAGE = textwrap.dedent(
         (output_dir() / "work.txt").write_text(str(cfg.seed))
 
     if __name__ == "__main__":
-        sys.argv.append("run_name=s${seed}")
+        if "--own-names" not in sys.argv:
+            sys.argv.append("run_name=s${seed}")
+        else:
+            sys.argv.remove("--own-names")
         stage_entry("plots", run)()
     """
 )
@@ -37,8 +41,14 @@ def toy(tmp_path):
     script.write_text(TOY_STAGE)
 
     def run(*args):
+        env = {**os.environ, "PYTHONPATH": str(REPO)}  # this checkout's code, whichever one the environment installed
         return subprocess.run(
-            [sys.executable, str(script), *args, f"paths.runs={tmp_path}/runs"], cwd=REPO, capture_output=True, text=True, timeout=120
+            [sys.executable, str(script), *args, f"paths.runs={tmp_path}/runs"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
         )
 
     return run
@@ -91,3 +101,32 @@ def test_failed_multirun_jobs_do_not_kill_the_sweep(toy, tmp_path):
     assert "RuntimeError: a bug" in (sweep / "s2/FAILED").read_text()
     assert result.returncode != 0
     assert "2 job(s) failed" in result.stderr
+
+
+def test_a_rerun_with_another_config_is_refused_naming_the_keys_and_force_replaces(toy, tmp_path):
+    run_dir = tmp_path / "runs/default/plots/s0"
+    assert toy("seed=0").returncode == 0
+    config = (run_dir / ".hydra/config.yaml").read_text()
+    done = (run_dir / "DONE").read_text()
+    (run_dir / "stale.txt").write_text("from the first run")
+    refused = toy("seed=0", "plots.max_examples=7")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        f"error: {run_dir}: holds a finished run with a different config (plots.max_examples: None -> 7); "
+        "pass force=true to replace it, or choose another run_name"
+    ]
+    assert (run_dir / ".hydra/config.yaml").read_text() == config and (run_dir / "DONE").read_text() == done
+    assert not (run_dir / "FAILED").exists() and (run_dir / "stale.txt").exists()
+    assert toy("seed=0", "plots.max_examples=7", "force=true").returncode == 0
+    assert not (run_dir / "stale.txt").exists()  # the earlier run's outputs are gone, not kept beside the new ones
+    assert "max_examples: 7" in (run_dir / ".hydra/config.yaml").read_text()
+    assert (run_dir / "DONE").read_text() != done
+    assert toy("seed=0", "plots.max_examples=7").returncode == 0  # the same config again: skipped
+
+
+def test_multirun_jobs_without_a_sweep_name_get_their_own_folders(toy, tmp_path):
+    result = toy("-m", "--own-names", "seed=3,4", "plots.max_examples=5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    sweep = tmp_path / "runs/default/plots"
+    assert (sweep / "seed-3/work.txt").read_text() == "3" and (sweep / "seed-4/work.txt").read_text() == "4"
+    assert (sweep / "seed-3/DONE").exists() and (sweep / "seed-4/DONE").exists()

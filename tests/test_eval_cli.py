@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import pkgutil
 
 import pytest
 import torch
-from conftest import run_module
+from conftest import mark_done, run_module
 from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import load_file
@@ -59,7 +60,7 @@ def test_records_match_an_independent_computation(tree, tmp_path):
     assert [(r["model_id"], r["dataset"], r["role"]) for r in records] == [("run0", "ImageNetR", "shift"), ("run1", "ImageNetR", "shift")]
     paths = list(mini.labels["ImageNetR"])
     labels = torch.tensor([mini.labels["ImageNetR"][p] for p in paths])
-    columns = list(range(0, 1000, 5))
+    columns = [int(i) for i in pkgutil.get_data("timm.data", "_info/imagenet_r_indices.txt").split()]  # the official 200
     for record, checkpoint in zip(records, checkpoints):
         predicted = expected_predictions(checkpoint, sorted(paths), lambda x: x[:, columns])
         truth = labels[[paths.index(p) for p in sorted(paths)]]
@@ -146,6 +147,7 @@ def test_sixteen_eval_processes_lose_no_records(tree, tmp_path):
     """16 concurrent eval jobs, each into its own run folder; aggregation reads every record."""
     root, mini, _ = tree
     run_in_processes(_eval_job, [(str(root / "sweep"), str(mini.root), str(tmp_path / "eval" / f"job{i}")) for i in range(16)])
+    mark_done(*(tmp_path / "eval").iterdir())
     table = load_results(tmp_path / "eval")
     assert len(table) == 16 * 2 and table.groupby("source").size().tolist() == [2] * 16
     assert table.groupby("model_id")["top1"].nunique().tolist() == [1, 1]  # the same numbers in every job

@@ -9,6 +9,7 @@ import socket
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import mark_done
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -151,6 +152,7 @@ def _writer(run_dir: str, index: int) -> None:
 
 def test_sixteen_concurrent_writers_lose_no_records(tmp_path):
     run_in_processes(_writer, [(str(tmp_path / "runs" / f"job{i}"), i) for i in range(16)], timeout=60)
+    mark_done(*(tmp_path / "runs").iterdir(), tmp_path / "shared")
     table = load_results(tmp_path / "runs")
     assert len(table) == 16 * 3 and sorted(set(table["model_id"])) == sorted(f"model_{i}" for i in range(16))
     assert {(m, d) for m, d in zip(table["model_id"], table["dataset"])} == {(f"model_{i}", d) for i in range(16) for d in "abc"}

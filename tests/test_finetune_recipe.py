@@ -120,6 +120,14 @@ def test_hparams_that_cannot_train_are_refused(field, value):
     recipe.check_hparams(BASE)
 
 
+def test_batch_must_split_into_micro_batches_across_ranks():
+    recipe.check_hparams({**BASE, "grad_accum": 4}, world_size=2)  # 8 = 4 x 2: one example per micro-batch
+    with pytest.raises(UserError, match="finetune.batch_size must be divisible by grad_accum x world size = 3 x 1"):
+        recipe.check_hparams({**BASE, "grad_accum": 3})
+    with pytest.raises(UserError, match="= 1 x 3, got 8"):
+        recipe.check_hparams(BASE, world_size=3)
+
+
 def test_frozen_batchnorm_keeps_pretrained_statistics_but_trains_its_affine_weights():
     import torch
 

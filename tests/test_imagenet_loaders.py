@@ -46,11 +46,13 @@ def test_every_set_has_the_written_labels(mini):
     # ObjectNet: only the mapped folders, in sorted order; the unmapped ones are left out
     written = {p: label for p, label in mini.labels["ObjectNet"].items() if label >= 0}
     assert samples_of(sets["ObjectNet"]) == written and len(written) == 6
-    # the class lists: 1000 names; R/A the names of the folders present
+    # the class lists: 1000 names; R/A the names of their official 200 classes (ImageNet-R starts at
+    # class 1, goldfish, then 2 and 4; ImageNet-A at 6, 11 and 13: Hendrycks et al.'s index lists)
     names = datasets.class_info(cfg).classnames
     wnids = imagenet_wnids()
-    assert sets["ImageNetR"].classnames == [names[i] for i in range(0, 1000, 5)]
-    assert sets["ImageNetA"].classnames == [names[i] for i in range(0, 1000, 7)]
+    assert len(sets["ImageNetR"].classnames) == len(sets["ImageNetA"].classnames) == 200
+    assert sets["ImageNetR"].classnames[:3] == [names[1], names[2], names[4]] and names[1] == "goldfish"
+    assert sets["ImageNetA"].classnames[:3] == [names[6], names[11], names[13]]
     assert sets["ImageNet"].classnames == names and wnids[0] == "n01440764" and wnids[-1] == "n15075141"
 
 

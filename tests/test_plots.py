@@ -5,7 +5,7 @@ import math
 
 import pandas as pd
 import pytest
-from conftest import run_module
+from conftest import mark_done, run_module
 
 from models.results import append_records, make_record
 from plots.inputs import load_official
@@ -82,6 +82,7 @@ def test_cli_writes_tables_and_figures(tmp_path):
     runs = tmp_path / "runs"
     append_records(runs / "a", make_records()[:16])
     append_records(runs / "b", make_records()[16:])
+    mark_done(runs / "a", runs / "b")
     trajectory = [
         {"step": 0, "ingredient": "m2", "ingredient_heldout_top1": 0.9, "accepted": True, "heldout_top1": 0.9, "soup_heldout_top1": 0.9},
         {"step": 1, "ingredient": "m3", "ingredient_heldout_top1": 0.85, "accepted": True, "heldout_top1": 0.95, "soup_heldout_top1": 0.95},
@@ -109,6 +110,7 @@ def test_cli_bad_input_is_one_line(tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "results.jsonl").write_text('{"model_id": "x"}\n{"also": "bad"}\n')
+    mark_done(bad)
     result = run_module("plots", f"results={bad}", f"out={tmp_path / 'out2'}")
     assert result.returncode == 2 and "results.jsonl:1" in result.stderr
 

@@ -7,6 +7,7 @@ import multiprocessing
 
 import pandas as pd
 import pytest
+from conftest import mark_done
 
 from models.errors import UserError
 from models.results import (
@@ -33,6 +34,7 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path, same_folder):
     dirs = [tmp_path / "run", tmp_path / "run"] if same_folder else [tmp_path / "a", tmp_path / "b"]
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         pool.map(_writer, [(dirs[0], 0, count), (dirs[1], 1, count)])
+    mark_done(*dirs)
     table = load_results(tmp_path)
     assert len(table) == 2 * count
     assert set(table["model_id"]) == {f"w{w}_{i}" for w in (0, 1) for i in range(count)}
@@ -110,3 +112,12 @@ def test_official_format_round_trips_without_reference(tmp_path):
     assert avg_shift_accuracy(table)["m"] == pytest.approx((0.1 + 0.2 + 0.3 + 0.4 + 0.05) / 5)
     write_official_results(table, tmp_path / "out.jsonl")
     assert json.loads((tmp_path / "out.jsonl").read_text()) == line
+
+
+def test_records_of_unfinished_runs_are_never_read(tmp_path):
+    for name in ("finished", "killed"):
+        append_records(tmp_path / name, [make_record(model_id=name, kind="individual", dataset="photo", role="id", correct=1, n=2)])
+    mark_done(tmp_path / "finished")
+    assert load_results(tmp_path)["model_id"].tolist() == ["finished"]
+    with pytest.raises(UserError, match="no results.jsonl records of finished runs"):
+        load_results(tmp_path / "killed")

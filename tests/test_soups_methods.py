@@ -232,12 +232,25 @@ def test_model_stock_matches_its_closed_form_on_two_models():
     init = torch.tensor([1.0, 1.0, 0.0])
     # Task vectors at 60° (cos = 1/2): t = 2·(1/2) / (1 + 1/2) = 2/3.
     d1, d2 = torch.tensor([2.0, 0.0, 0.0]), torch.tensor([1.0, math.sqrt(3.0), 0.0])
-    merged, t = model_stock_tensor(init, [init + d1, init + d2])
-    assert t == pytest.approx(2 / 3)
+    merged, t, clipped = model_stock_tensor(init, [init + d1, init + d2])
+    assert t == pytest.approx(2 / 3) and not clipped
     # θ = t·(θ1+θ2)/2 + (1−t)·θ0 = θ0 + (2/3)·(d1+d2)/2 = [1 + 1, 1 + √3/3, 0]
     torch.testing.assert_close(merged, torch.tensor([2.0, 1.0 + math.sqrt(3.0) / 3, 0.0]))
-    assert model_stock_ratio(1.0, 5) == pytest.approx(1.0)  # parallel task vectors: the plain average
-    assert model_stock_ratio(0.0, 5) == 0.0  # orthogonal: back to the init
+    assert model_stock_ratio(1.0, 5) == (pytest.approx(1.0), False)  # parallel task vectors: the plain average
+    assert model_stock_ratio(0.0, 5) == (0.0, False)  # orthogonal: back to the init
+
+
+def test_model_stock_clips_t_and_never_divides_by_zero():
+    # Opposite task vectors (N = 2, cos = −1): Eq. 7's denominator 1 + (N−1)·cos is 0; t is clipped to 0.
+    init = torch.zeros(2)
+    merged, t, clipped = model_stock_tensor(init, [torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 0.0])])
+    assert (t, clipped) == (0.0, True) and merged.tolist() == [0.0, 0.0]
+    # cos = −1/4 with N = 3: Eq. 7 gives 3·(−1/4) / (1 − 1/2) = −1.5 (an extrapolation); clipped to 0.
+    assert model_stock_ratio(-0.25, 3) == (0.0, True)
+    assert model_stock_ratio(1.0 + 1e-12, 2) == (1.0, True)  # rounding above 1
+    layers = [("a", [torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 0.0])]), ("b", [torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.0])])]
+    _, ratios, clipped_keys = model_stock({"a": torch.zeros(2), "b": torch.zeros(2)}, layers, ["m0", "m1"])
+    assert ratios == {"a": 0.0, "b": pytest.approx(1.0)} and clipped_keys == ["a"]
 
 
 def test_model_stock_per_layer_with_three_models_and_integer_buffers():
@@ -248,7 +261,8 @@ def test_model_stock_per_layer_with_three_models_and_integer_buffers():
         {"w": torch.tensor([1.0, 1.0]), "ids": torch.tensor([3])},
     ]
     layers = [(k, [m[k] for m in models]) for k in init]
-    merged, ratios = model_stock(init, layers, ["m0", "m1", "m2"])
+    merged, ratios, clipped = model_stock(init, layers, ["m0", "m1", "m2"])
+    assert clipped == []
     cos = (0.0 + 1 / math.sqrt(2) + 1 / math.sqrt(2)) / 3  # pairs (0,1), (0,2), (1,2)
     t = 3 * cos / (1 + 2 * cos)
     assert ratios["w"] == pytest.approx(t)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
+import stat
 from pathlib import Path
 
 import open_clip
@@ -294,12 +296,19 @@ def test_model_stock_checkpoint_matches_the_two_model_closed_form(tmp_path, base
     out = tmp_path / "out"
     run_soup(soup_cfg("model_stock", tmp_path / "sweep", f"soup.init={tmp_path / 'zeroshot.safetensors'}"), out, [], fake_sets)
     one, two, soup = load_file(str(paths[0])), load_file(str(paths[1])), load_file(str(out / "model.safetensors"))
+    negative = []
     for key in soup:
         d1, d2 = (one[key] - base_state[key]).flatten().double(), (two[key] - base_state[key]).flatten().double()
+        if not soup[key].is_floating_point() or d1.norm() == 0:
+            continue
         cos = float(F.cosine_similarity(d1, d2, dim=0))
-        t = 2 * cos / (1 + cos)
+        t = max(0.0, 2 * cos / (1 + cos))  # clipped at 0: independent random task vectors often point apart
+        negative += [key] if cos < 0 else []
         torch.testing.assert_close(soup[key], (base_state[key].double() + t * (d1 + d2).reshape(soup[key].shape) / 2).float())
         assert not math.isnan(t)
+    clipped = json.loads((out / "model_stock_clipped.json").read_text())
+    assert negative and sorted(clipped["keys"]) == sorted(negative) and clipped["clipped"] == len(negative)
+    assert read_meta(out / "model.safetensors").hparams["clipped_tensors"] == len(negative)
 
 
 @pytest.mark.parametrize("method", ["learned", "learned_by_layer"])
@@ -392,3 +401,20 @@ def test_bad_input_on_the_command_line_is_one_line_and_exit_2(tmp_path, case):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert "pwned" not in result.stdout
     assert no_outputs(out)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+@pytest.mark.parametrize("method,written", [("uniform", "model.safetensors"), ("ensemble", "predictions.safetensors")])
+def test_soup_outputs_get_the_mode_a_plain_open_gets(tmp_path, base_state, umask, method, written):
+    """safetensors' save_file replaces the temp file, so a chmod before it was lost (every soup was 0600)."""
+    write_sweep(tmp_path / "sweep", base_state, 2)
+    old = os.umask(umask)
+    try:
+        run_soup(soup_cfg(method, tmp_path / "sweep"), tmp_path / "out", [], fake_sets)
+        (tmp_path / "plain").write_text("x")
+    finally:
+        os.umask(old)
+    expected = stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    assert expected == 0o666 & ~umask
+    for name in (written, "results.jsonl"):
+        assert stat.S_IMODE((tmp_path / "out" / name).stat().st_mode) == expected, name
