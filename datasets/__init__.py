@@ -6,6 +6,8 @@ Every stage reaches data through the three functions below, given the `data` con
 - `train_set(data_cfg, transform)`: the fine-tuning split (train minus the held-out split).
 - `eval_sets(data_cfg, transform, names=None)`: the held-out, id and shift sets as `EvalSet`s.
 - `class_info(data_cfg)`: class names and prompt templates, for zero-shot heads.
+- `relabellings(data_cfg, eval_cfg, eval_set)`: other labellings of the id set, scored from the same
+  forward pass (ImageNet: ReaL, multilabel); the embedded world has none and says so.
 
 Each suite lives in its own module (`datasets.world`, `datasets.imagenet`) that provides the same
 three functions; this module only dispatches on `data_cfg.name`.
@@ -16,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.utils.data import Dataset
@@ -24,6 +26,28 @@ from torch.utils.data import Dataset
 from models.errors import UserError
 
 SUITES = {"world": "datasets.world", "imagenet": "datasets.imagenet"}
+
+
+@dataclasses.dataclass(frozen=True)
+class RelabelScore:
+    """One model's score under another labelling of a set: `top1` is the metric (for most, correct / n)."""
+
+    correct: int
+    n: int
+    top1: float
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # fields for the record (e.g. excluded images)
+
+
+class Relabelling(Protocol):
+    """Another labelling of an evaluation set (ImageNet-ReaL, multilabel), scored from the predictions of
+    the pass that scores the set itself. It knows the set's files in order; `score` gets the argmax
+    prediction and original label of every scored image in that order, and the paths of unreadable images
+    that were skipped (so not scored). None: no image of the set has a label under it."""
+
+    name: str  # the dataset name of its records, e.g. ImageNetReaL
+    role: str  # id_relabel
+
+    def score(self, predictions: torch.Tensor, labels: torch.Tensor, skipped: Sequence[str]) -> RelabelScore | None: ...
 
 
 @dataclasses.dataclass
@@ -40,6 +64,7 @@ class EvalSet:
     dataset: Dataset
     classnames: list[str]
     project_logits: Callable[[torch.Tensor], torch.Tensor] | None = None
+    relabellings: list[Relabelling] = dataclasses.field(default_factory=list)  # scored from the same pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +105,13 @@ def eval_sets(data_cfg: Any, transform: Callable, names: Sequence[str] | None = 
 
 def class_info(data_cfg: Any) -> ClassInfo:
     return _suite(data_cfg).class_info(data_cfg)
+
+
+def relabellings(data_cfg: Any, eval_cfg: Any, eval_set: EvalSet) -> list[Relabelling]:
+    """The other labellings of `eval_set` that `eval_cfg` asks for (only the id set has any)."""
+    if eval_set.role != "id":
+        return []
+    return _suite(data_cfg).relabellings(data_cfg, eval_cfg, eval_set)
 
 
 def set_names(data_cfg: Any) -> list[tuple[str, str]]:

@@ -180,6 +180,13 @@ BUILDERS: dict[str, Callable[[Any, Callable], tuple[Dataset, list[str], Callable
 }
 
 
+def relabellings(data_cfg: Any, eval_cfg: Any, eval_set: EvalSet) -> list:
+    """ImageNet val's ReaL and multilabel scores (datasets/imagenet_relabel.py)."""
+    from datasets.imagenet_relabel import id_relabellings  # it reads imagenet_wnids from this module
+
+    return id_relabellings(eval_cfg, eval_set)
+
+
 def eval_sets(data_cfg: Any, transform: Callable, names: Sequence[str] | None = None) -> list[EvalSet]:
     """The held-out, id and shift sets in that order (or only `names`); layouts are checked per set."""
     roles = dict(set_names(data_cfg))

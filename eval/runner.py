@@ -2,6 +2,8 @@
 
 Each checkpoint is loaded once and scored on every requested set. With `eval.share_decoding=true`, up
 to `eval.max_models_per_pass` checkpoints of one architecture run on each decoded batch together.
+The id set's other labellings (ImageNet-ReaL, multilabel: `eval.real`, `eval.multilabel`) are scored from
+the same pass and written as records of their own (role `id_relabel`).
 """
 
 from __future__ import annotations
@@ -86,6 +88,41 @@ def set_record(
     )
 
 
+def relabel_records(
+    model_id: str, meta: CheckpointMeta, checkpoint: dict, eval_set: datasets.EvalSet, scores: SetScores, config: list[str]
+) -> list[dict]:
+    """One record per relabelling of the set (ImageNetReaL, ImageNetMultilabel), from the same pass's predictions."""
+    return [
+        _relabel_record(model_id, meta, checkpoint, eval_set, name, score, len(scores.skipped), config)
+        for name, score in scores.relabelled.items()
+    ]
+
+
+def _relabel_record(model_id, meta, checkpoint, eval_set, name, score, skipped, config) -> dict:
+    record = make_record(
+        model_id=model_id,
+        kind=meta.kind,
+        dataset=name,
+        role="id_relabel",
+        correct=score.correct,
+        n=score.n,
+        checkpoint=checkpoint,
+        config=config,
+        arch=meta.arch,
+        classes=meta.classes,
+        of_dataset=eval_set.name,
+        skipped=skipped,
+        **score.extra,
+    )
+    record["top1"] = score.top1  # a class-balanced metric (multilabel) differs from correct / n
+    return record
+
+
+def checked_relabellings(data_cfg: Any, eval_cfg: Any, names: Sequence[str]) -> dict[str, list]:
+    """Set name -> its relabellings, built (and their inputs checked) before any set is scored."""
+    return {s.name: datasets.relabellings(data_cfg, eval_cfg, s) for s in datasets.eval_sets(data_cfg, None, names) if s.role == "id"}
+
+
 def save_logits(out: Path, model_id: str, dataset: str, scores: SetScores) -> Path:
     path = out / "logits" / model_id / f"{dataset}.safetensors"
     with atomic_path(path) as tmp:
@@ -117,11 +154,13 @@ def evaluate_checkpoints(
     dtype_name = str(eval_cfg.get("logits_dtype", "float16"))
     if dtype_name not in LOGITS_DTYPES:
         raise UserError(f"eval.logits_dtype: unknown dtype {dtype_name!r}; expected one of {sorted(LOGITS_DTYPES)}")
+    relabellings = checked_relabellings(data_cfg, eval_cfg, names)
     records = []
     for chunk in chunks(paths, metas, per_pass):
         models = [load_classifier(paths[i], device)[0] for i in chunk]
         provenance = [{"path": str(paths[i]), "sha256": sha256_prefix(paths[i])} for i in chunk]
         for eval_set in datasets.eval_sets(data_cfg, val_transform(models[0]), names):
+            eval_set.relabellings = relabellings.get(eval_set.name, [])
             all_scores = score_models(
                 models,
                 eval_set,
@@ -133,7 +172,10 @@ def evaluate_checkpoints(
                 keep_logits=bool(eval_cfg.save_logits),
                 logits_dtype=LOGITS_DTYPES[dtype_name],
             )
-            new = [set_record(ids[i], metas[i], prov, eval_set, s, list(config)) for i, prov, s in zip(chunk, provenance, all_scores)]
+            new = []
+            for i, prov, s in zip(chunk, provenance, all_scores):
+                new.append(set_record(ids[i], metas[i], prov, eval_set, s, list(config)))
+                new += relabel_records(ids[i], metas[i], prov, eval_set, s, list(config))
             for record in new if is_main_process() else []:
                 log.info(
                     "%s on %s: top1 %.4f (n=%d, skipped %d)",

@@ -26,7 +26,7 @@ from models.errors import UserError
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
-ROLES = ("heldout", "id", "shift")
+ROLES = ("heldout", "id", "shift", "id_relabel")  # id_relabel: the id set under other labels (ImageNet-ReaL, multilabel)
 REQUIRED_FIELDS = ("model_id", "kind", "dataset", "role", "top1", "n")
 
 # The official wide format: column name -> role. Order is the official files' order.
