@@ -21,8 +21,8 @@ from models.errors import UserError
 from models.factory import create_clip
 from tests.test_eval_helpers import TINY_ARCH
 
-# 1000 official val indices, every 7th: image k sits in wnid folder k (one per class), so its label is k
-VAL_INDICES = list(range(1, 7001, 7))
+# 1200 official val indices, every 7th: image k sits in wnid folder k % 1000, so its label is k % 1000
+VAL_INDICES = list(range(1, 8401, 7))
 # Fixed predictions: 508 and 998 are the commonest ReaL labels among the first val images
 FIXED_CLASSES = (508, 998)
 COMMON = ["data=imagenet", "data.workers=0", "data.batch_size=250", "eval.sets=[ImageNet]", "hydra.output_subdir=null"]
@@ -56,14 +56,14 @@ def val_name(k: int) -> str:
 
 
 def annotations(fixed: int) -> dict:
-    """A file in the authors' format. Images 0, 1 (class 0), 2 (class 1) annotated; 3 problematic; one V2 image."""
+    """A file in the authors' format. Images 0, 1000 (both class 0) and 2 (class 2) annotated; 3 problematic; one V2 image."""
     from datasets.imagenet import imagenet_wnids
 
     wnids = imagenet_wnids()
     return {
         "initial_annots": {
             val_name(0): {"correct": [wnids[0]], "unclear": [wnids[fixed]]},  # accepted (lenient with unclear)
-            val_name(1): {"correct": [wnids[1]], "wrong": [wnids[fixed]]},  # wrong
+            val_name(1000): {"correct": [wnids[1]], "wrong": [wnids[fixed]]},  # wrong
             val_name(2): {"correct": [wnids[fixed], wnids[2]]},  # accepted
             val_name(3): {"correct": [wnids[fixed]]},  # problematic: left out
             "some_imagenetv2_image.jpeg": {"correct": [wnids[fixed]]},  # another set: ignored
@@ -95,16 +95,16 @@ def test_real_and_multilabel_from_the_imagenet_pass_match_hand_computation(offic
     real = timm_real_labels()
     sets = [real[i - 1] for i in VAL_INDICES]
     empty = sum(1 for s in sets if not s)
-    assert empty == 60  # of these 1000 images, 60 have no ReaL label
+    assert len(sets) == 1200 and empty == 71  # of these images, 71 have no ReaL label
     for cls in FIXED_CLASSES:
         top1 = by_key[(f"always{cls}", "ImageNet")]
-        assert top1["top1"] == 1 / 1000  # one image per class folder
+        assert top1["top1"] == 1 / 1200  # classes 508 and 998 have one image each
         record = by_key[(f"always{cls}", "ImageNetReaL")]
         hits = sum(1 for s in sets if cls in s)
         assert record["role"] == "id_relabel" and record["of_dataset"] == "ImageNet"
-        assert record["n"] == 1000 - empty and record["excluded_empty"] == empty
-        assert record["top1"] == hits / (1000 - empty) and hits > 0
-    # multilabel, predicting FIXED_CLASSES[0]: class 0 has images 0 (accepted) and 1 (wrong) -> 1/2; class 2 -> 1/1
+        assert record["n"] == 1200 - empty and record["excluded_empty"] == empty
+        assert record["top1"] == hits / (1200 - empty) and hits > 0
+    # multilabel, predicting FIXED_CLASSES[0]: class 0 has images 0 (accepted) and 1000 (wrong) -> 1/2; class 2 -> 1/1
     multilabel = by_key[(f"always{FIXED_CLASSES[0]}", "ImageNetMultilabel")]
     assert multilabel["top1"] == pytest.approx((1 / 2 + 1) / 2) and multilabel["pooled_top1"] == pytest.approx(2 / 3)
     assert multilabel["n"] == 3 and multilabel["excluded_problematic"] == 1 and multilabel["classes_scored"] == 2
