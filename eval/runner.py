@@ -93,29 +93,24 @@ def relabel_records(
 ) -> list[dict]:
     """One record per relabelling of the set (ImageNetReaL, ImageNetMultilabel), from the same pass's predictions."""
     return [
-        _relabel_record(model_id, meta, checkpoint, eval_set, name, score, len(scores.skipped), config)
+        make_record(
+            model_id=model_id,
+            kind=meta.kind,
+            dataset=name,
+            role="id_relabel",
+            correct=score.correct,
+            n=score.n,
+            top1=score.top1,
+            checkpoint=checkpoint,
+            config=config,
+            arch=meta.arch,
+            classes=meta.classes,
+            of_dataset=eval_set.name,
+            skipped=len(scores.skipped),
+            **score.extra,
+        )
         for name, score in scores.relabelled.items()
     ]
-
-
-def _relabel_record(model_id, meta, checkpoint, eval_set, name, score, skipped, config) -> dict:
-    record = make_record(
-        model_id=model_id,
-        kind=meta.kind,
-        dataset=name,
-        role="id_relabel",
-        correct=score.correct,
-        n=score.n,
-        checkpoint=checkpoint,
-        config=config,
-        arch=meta.arch,
-        classes=meta.classes,
-        of_dataset=eval_set.name,
-        skipped=skipped,
-        **score.extra,
-    )
-    record["top1"] = score.top1  # a class-balanced metric (multilabel) differs from correct / n
-    return record
 
 
 def checked_relabellings(data_cfg: Any, eval_cfg: Any, names: Sequence[str]) -> dict[str, list]:

@@ -26,6 +26,7 @@ VAL_INDICES = list(range(1, 8401, 7))
 # Fixed predictions: 508 and 998 are the commonest ReaL labels among the first val images
 FIXED_CLASSES = (508, 998)
 COMMON = ["data=imagenet", "data.workers=0", "data.batch_size=250", "eval.sets=[ImageNet]", "hydra.output_subdir=null"]
+SOUPS = ["model=tiny_clip", "model.classes=imagenet1k", "device=cpu", "data.heldout_per_class=1"]
 
 
 def timm_real_labels() -> list[list[int]]:
@@ -34,13 +35,14 @@ def timm_real_labels() -> list[list[int]]:
 
 
 def fixed_class_checkpoints(folder, classes) -> list:
-    """Checkpoints whose head is all bias: every image is predicted as `cls`."""
+    """Checkpoints whose head is all bias: every image is predicted as `cls`. Biases 10, 20, ...: averaged
+    (a uniform soup) or their logits averaged (an ensemble), the last class wins."""
     paths = []
-    for cls in classes:
+    for k, cls in enumerate(classes):
         clip_model, _, _ = create_clip(TINY_ARCH)
         classifier = classifier_from_clip(clip_model, num_classes=1000)
         with torch.no_grad():
-            classifier.head.bias[cls] = 10.0
+            classifier.head.bias[cls] = 10.0 * (k + 1)
         path = save_checkpoint(
             folder / f"always{cls}" / "model.safetensors",
             classifier.state_dict(),
@@ -76,7 +78,7 @@ def annotations(fixed: int) -> dict:
 @pytest.fixture(scope="module")
 def official_tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("relabel")
-    mini = make_miniature(root / "data", sets=("val",), val_indices=VAL_INDICES)
+    mini = make_miniature(root / "data", sets=("train", "val"), train_per_class=1, val_indices=VAL_INDICES)
     checkpoints = fixed_class_checkpoints(root / "sweep", FIXED_CLASSES)
     labels_file = root / "human_accuracy_v3.0.0.json"
     labels_file.write_text(json.dumps(annotations(FIXED_CLASSES[0])))
@@ -120,6 +122,21 @@ def test_real_and_multilabel_from_the_imagenet_pass_match_hand_computation(offic
     assert list(table.columns[:4]) == ["heldout", "id", "ImageNetReaL", "ImageNetMultilabel"]
     assert table.loc["best_individual", "ImageNetReaL"] == pytest.approx(round(100 * best["top1"], 2))
     assert "ImageNetReaL" in (tmp_path / "plots" / "main_table.md").read_text().splitlines()[0]
+
+
+@pytest.mark.parametrize("soup", ["uniform", "ensemble"])
+def test_soups_record_real_for_weight_and_output_space_soups(official_tree, tmp_path, soup):
+    root, mini, _, _ = official_tree
+    out = tmp_path / soup
+    result = run_module("soups", *COMMON, *SOUPS, f"soup={soup}", f"data.root={mini.root}", f"ingredients={root / 'sweep'}", f"out={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = {r["dataset"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    sets = [timm_real_labels()[i - 1] for i in VAL_INDICES]
+    scored = [s for s in sets if s]
+    # both soups predict 998 everywhere (the larger bias wins): ReaL = images whose set holds 998
+    assert records["ImageNetReaL"]["top1"] == sum(998 in s for s in scored) / len(scored)
+    assert records["ImageNetReaL"]["role"] == "id_relabel" and records["ImageNetReaL"]["kind"] == records["ImageNet"]["kind"]
+    assert records["ImageNet"]["top1"] == 1 / 1200
 
 
 def test_without_a_multilabel_file_the_run_says_so_once(official_tree, tmp_path):
