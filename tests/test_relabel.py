@@ -78,7 +78,7 @@ def annotations(fixed: int) -> dict:
 @pytest.fixture(scope="module")
 def official_tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("relabel")
-    mini = make_miniature(root / "data", sets=("train", "val"), train_per_class=1, val_indices=VAL_INDICES)
+    mini = make_miniature(root / "data", sets=("train", "val"), train_per_class=2, val_indices=VAL_INDICES)
     checkpoints = fixed_class_checkpoints(root / "sweep", FIXED_CLASSES)
     labels_file = root / "human_accuracy_v3.0.0.json"
     labels_file.write_text(json.dumps(annotations(FIXED_CLASSES[0])))
