@@ -67,50 +67,27 @@ def chunks(paths: list[Path], metas: list[CheckpointMeta], size: int) -> list[li
     return [group[start : start + size] for group in by_arch.values() for start in range(0, len(group), size)]
 
 
-def set_record(
+def set_records(
     model_id: str, meta: CheckpointMeta, checkpoint: dict, eval_set: datasets.EvalSet, scores: SetScores, config: list[str]
-) -> dict:
-    return make_record(
-        model_id=model_id,
-        kind=meta.kind,
+) -> list[dict]:
+    """The set's record, then one per relabelling of it (ImageNetReaL, ImageNetMultilabel) from the same pass."""
+    common = {"model_id": model_id, "kind": meta.kind, "checkpoint": checkpoint, "config": config, "arch": meta.arch}
+    common.update(classes=meta.classes, skipped=len(scores.skipped))
+    record = make_record(
+        **common,
         dataset=eval_set.name,
         role=eval_set.role,
         correct=scores.correct,
         n=scores.n,
-        checkpoint=checkpoint,
-        config=config,
-        arch=meta.arch,
-        classes=meta.classes,
         per_class_top1=scores.per_class_top1(),
         per_class_n=scores.per_class_n.tolist(),
-        skipped=len(scores.skipped),
         skipped_examples=scores.skipped[:10],
     )
-
-
-def relabel_records(
-    model_id: str, meta: CheckpointMeta, checkpoint: dict, eval_set: datasets.EvalSet, scores: SetScores, config: list[str]
-) -> list[dict]:
-    """One record per relabelling of the set (ImageNetReaL, ImageNetMultilabel), from the same pass's predictions."""
-    return [
-        make_record(
-            model_id=model_id,
-            kind=meta.kind,
-            dataset=name,
-            role="id_relabel",
-            correct=score.correct,
-            n=score.n,
-            top1=score.top1,
-            checkpoint=checkpoint,
-            config=config,
-            arch=meta.arch,
-            classes=meta.classes,
-            of_dataset=eval_set.name,
-            skipped=len(scores.skipped),
-            **score.extra,
-        )
-        for name, score in scores.relabelled.items()
+    relabelled = [
+        make_record(**common, dataset=name, role="id_relabel", correct=s.correct, n=s.n, top1=s.top1, of_dataset=eval_set.name, **s.extra)
+        for name, s in scores.relabelled.items()
     ]
+    return [record, *relabelled]
 
 
 def checked_relabellings(data_cfg: Any, eval_cfg: Any, names: Sequence[str]) -> dict[str, list]:
@@ -167,10 +144,11 @@ def evaluate_checkpoints(
                 keep_logits=bool(eval_cfg.save_logits),
                 logits_dtype=LOGITS_DTYPES[dtype_name],
             )
-            new = []
-            for i, prov, s in zip(chunk, provenance, all_scores):
-                new.append(set_record(ids[i], metas[i], prov, eval_set, s, list(config)))
-                new += relabel_records(ids[i], metas[i], prov, eval_set, s, list(config))
+            new = [
+                r
+                for i, prov, s in zip(chunk, provenance, all_scores)
+                for r in set_records(ids[i], metas[i], prov, eval_set, s, list(config))
+            ]
             for record in new if is_main_process() else []:
                 log.info(
                     "%s on %s: top1 %.4f (n=%d, skipped %d)",
