@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import Dataset
 
+from models.checkpoint import CheckpointMeta, is_official_release
 from models.errors import UserError
 
 SUITES = {"world": "datasets.world", "imagenet": "datasets.imagenet"}
@@ -65,6 +66,9 @@ class EvalSet:
     classnames: list[str]
     project_logits: Callable[[torch.Tensor], torch.Tensor] | None = None
     relabellings: list[Relabelling] = dataclasses.field(default_factory=list)  # scored from the same pass
+    # fields every record of this set carries; held-out sets name their split here
+    # ({"split": "official" | "seeded:<seed>" | ..., "split_sha256": ...})
+    provenance: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,3 +121,19 @@ def relabellings(data_cfg: Any, eval_cfg: Any, eval_set: EvalSet) -> list[Relabe
 def set_names(data_cfg: Any) -> list[tuple[str, str]]:
     """(name, role) of every evaluation set of the suite, in the order heldout, id, shifts."""
     return [(data_cfg.heldout, "heldout"), (data_cfg.id, "id")] + [(s, "shift") for s in data_cfg.shifts]
+
+
+def check_heldout_split(data_cfg: Any, checkpoints: Sequence[tuple[str, CheckpointMeta]], eval_sets_fn: Callable | None = None) -> None:
+    """Refuse to score official model-soups checkpoints on a held-out split other than the official one:
+    they were fine-tuned on ImageNet train minus that split, so any other split holds their training images."""
+    official = [source for source, meta in checkpoints if is_official_release(meta)]
+    if not official:
+        return
+    (heldout,) = (eval_sets_fn or eval_sets)(data_cfg, None, [data_cfg.heldout])
+    split = heldout.provenance.get("split")
+    if split != "official":
+        raise UserError(
+            f"{official[0]}: official model-soups checkpoints were trained on ImageNet train minus the official held-out split, "
+            f"so held-out split {split!r} contains their training images; use data.heldout_split=official with "
+            "data.heldout_index=imagenet_98_idxs.npy (docs/data.md)"
+        )

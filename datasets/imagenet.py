@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from datasets import ClassInfo, EvalSet, set_names
 from datasets.imagenet_folders import ImageFiles, Sample, check_known_folders, folder_samples, layout_error, require_dir, subfolders
 from datasets.imagenet_objectnet import BORDER_PX, MaxOverMapped, read_mappings
-from datasets.imagenet_split import heldout_mask, load_official_mask
+from datasets.imagenet_split import OFFICIAL_PER_CLASS, heldout_mask, load_official_mask, mask_sha256
 from models.errors import UserError
 
 CLASSES_ID = "imagenet1k"
@@ -75,16 +75,29 @@ def wnid_samples(root: Path, set_name: str, what: str) -> list[Sample]:
     return folder_samples(root, {w: i for i, w in enumerate(wnids)}, set_name, expected)
 
 
-def heldout_split(data_cfg: Any) -> tuple[list[Sample], np.ndarray]:
-    """ImageNet train's samples and the boolean mask of the held-out (ImageNet2p) part."""
+SPLITS = ("official", "seeded")
+
+
+def heldout_split(data_cfg: Any) -> tuple[list[Sample], np.ndarray, dict[str, str]]:
+    """ImageNet train's samples, the boolean mask of the held-out (ImageNet2p) part, and the split's
+    identity for records: `{"split": "official" | "seeded:<seed>", "split_sha256": <mask hash>}`."""
+    kind = str(data_cfg.get("heldout_split", "official"))
+    if kind not in SPLITS:
+        raise UserError(f"data.heldout_split: unknown {kind!r}; expected official (imagenet_98_idxs.npy) or seeded")
     samples = _train_samples(str(set_dir(data_cfg, "train")))
-    index = data_cfg.get("heldout_index")
-    if index:
-        mask = load_official_mask(index, len(samples))
+    labels = np.array([label for _, label in samples])
+    per_class = int(data_cfg.get("heldout_per_class", OFFICIAL_PER_CLASS))
+    if kind == "official":
+        index = data_cfg.get("heldout_index")
+        if not index:
+            raise UserError("data.heldout_index: data.heldout_split=official needs the path of imagenet_98_idxs.npy (docs/data.md)")
+        mask = load_official_mask(index, labels, [path for path, _ in samples], per_class)
+        name = "official"
     else:
-        labels = np.array([label for _, label in samples])
-        mask = heldout_mask(labels, int(data_cfg.get("heldout_per_class", 26)), int(data_cfg.get("heldout_seed", 0)))
-    return samples, mask
+        seed = int(data_cfg.get("heldout_seed", 0))
+        mask = heldout_mask(labels, per_class, seed)
+        name = f"seeded:{seed}"
+    return samples, mask, {"split": name, "split_sha256": mask_sha256(mask)}
 
 
 @functools.lru_cache(maxsize=2)
@@ -95,7 +108,7 @@ def _train_samples(root: str) -> list[Sample]:
 
 def train_set(data_cfg: Any, transform: Callable) -> Dataset:
     """ImageNet train minus the held-out split (the official 98%)."""
-    samples, mask = heldout_split(data_cfg)
+    samples, mask, _ = heldout_split(data_cfg)
     return ImageFiles([s for s, held in zip(samples, mask) if not held], transform)
 
 
@@ -112,9 +125,11 @@ class SelectColumns:
         return logits.index_select(1, self.columns.to(logits.device))
 
 
-def imagenet2p(data_cfg: Any, transform: Callable) -> tuple[Dataset, list[str], Callable | None]:
-    samples, mask = heldout_split(data_cfg)
-    return ImageFiles([s for s, held in zip(samples, mask) if held], transform), class_info(data_cfg).classnames, None
+def imagenet2p(data_cfg: Any, transform: Callable) -> EvalSet:
+    """The held-out part of train; its records name the split (official or seeded) and the mask's hash."""
+    samples, mask, split = heldout_split(data_cfg)
+    dataset = ImageFiles([s for s, held in zip(samples, mask) if held], transform)
+    return EvalSet(data_cfg.heldout, "heldout", dataset, class_info(data_cfg).classnames, None, split)
 
 
 def imagenet_val(data_cfg: Any, transform: Callable) -> tuple[Dataset, list[str], Callable | None]:
@@ -170,7 +185,6 @@ def objectnet(data_cfg: Any, transform: Callable) -> tuple[Dataset, list[str], C
 
 
 BUILDERS: dict[str, Callable[[Any, Callable], tuple[Dataset, list[str], Callable | None]]] = {
-    "ImageNet2p": imagenet2p,
     "ImageNet": imagenet_val,
     "ImageNetV2": imagenet_v2,
     "ImageNetSketch": imagenet_sketch,
@@ -193,6 +207,9 @@ def eval_sets(data_cfg: Any, transform: Callable, names: Sequence[str] | None = 
     names = list(names) if names is not None else list(roles)
     sets = []
     for name in names:
+        if name == "ImageNet2p" and roles.get(name) == "heldout":
+            sets.append(imagenet2p(data_cfg, transform))
+            continue
         if name not in BUILDERS or name not in roles:
             raise UserError(f"eval.sets: unknown ImageNet-suite set {name!r}; expected some of {list(roles)}")
         dataset, classnames, project = BUILDERS[name](data_cfg, transform)

@@ -54,6 +54,7 @@ def make_miniature(
     size: int = 8,
     seed: int = 0,
     val_indices: Sequence[int] | None = None,
+    heldout_per_class: int = 1,
 ) -> Miniature:
     """Write the requested sets under `root` in the layout of docs/data.md (the `DEFAULT_DIRS` names).
 
@@ -71,6 +72,7 @@ def make_miniature(
         base = root / DEFAULT_DIRS[set_name]
         if set_name == "train":
             out.labels[set_name] = _class_tree(base, wnids, range(NUM_CLASSES), train_per_class, "{folder}_{k}.JPEG", rng, size)
+            write_split_file(root / SPLIT_FILE, out.labels[set_name], heldout_per_class, rng)
         elif set_name == "val" and val_indices is not None:
             out.labels[set_name] = _official_val(base, list(val_indices), rng, size)
         elif set_name == "val":
@@ -95,6 +97,21 @@ def make_miniature(
         else:
             raise ValueError(f"unknown set {set_name!r}")
     return out
+
+
+SPLIT_FILE = "imagenet_98_idxs.npy"  # a held-out split file in the official format, for this miniature's train set
+
+
+def write_split_file(path: Path, train_labels: dict[str, int], per_class: int, rng: np.random.Generator) -> np.ndarray:
+    """Mark `per_class` train images of each class held out, as the official imagenet_98_idxs.npy does:
+    one 0/1 entry per image, in torchvision ImageFolder order (sorted class folders, sorted files)."""
+    order = sorted(train_labels, key=lambda p: (Path(p).parent.name, Path(p).name))
+    labels = np.array([train_labels[p] for p in order])
+    mask = np.zeros(len(order), dtype=np.int64)
+    for label in np.unique(labels):
+        mask[rng.choice(np.flatnonzero(labels == label), size=per_class, replace=False)] = 1
+    np.save(path, mask)
+    return mask
 
 
 def _official_val(base: Path, indices: list[int], rng, size: int) -> dict[str, int]:

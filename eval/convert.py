@@ -1,5 +1,7 @@
 """`python -m eval.convert`: move checkpoints between this project and the outside world.
 
+download-official fetch the 72 official `model_{i}.pt` files (resumable, checked, sha256 in manifest.json;
+                 see eval/download.py), and with --import-to import them right away
 import-official  official model-soups `model_{i}.pt` files (or open_clip checkpoints with a head)
                  -> project checkpoints `<out>/model_{i}.safetensors` (read with weights_only=True)
 export-open-clip a project checkpoint -> a full open_clip state dict (its image tower, the text tower
@@ -19,9 +21,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from eval.download import OFFICIAL_BASE_URL, OFFICIAL_COUNT, download_official, parse_models
 from models.atomic import atomic_path
-from models.checkpoint import CheckpointMeta, import_checkpoint, save_checkpoint, to_open_clip_state_dict
-from models.classifier import ImageClassifier, embed_dim_of, load_classifier
+from models.checkpoint import OFFICIAL_SOURCE, CheckpointMeta, import_checkpoint, save_checkpoint, to_open_clip_state_dict
+from models.classifier import ImageClassifier, embed_dim_of, first_mismatch, load_classifier
 from models.cli import one_line
 from models.errors import UserError
 from models.factory import create_clip
@@ -57,13 +60,20 @@ def load_hparams(path: str | None) -> dict:
         raise UserError(f"--hparams: cannot read {path} ({err})") from None
 
 
+OFFICIAL_ARCH = "ViT-B-32-quickgelu"
+
+
 def import_official(
     sources: Sequence[str], out: Path, arch: str, pretrained: str | None, classes: str | None, hparams_file: str | None
 ) -> list[Path]:
-    """Import each file, check it loads strictly into `arch`, and save it as `<out>/<stem>.safetensors`."""
+    """Import each file, check it loads strictly into `arch`, and save it as `<out>/<stem>.safetensors`.
+
+    The official checkpoints are fine-tunes of OpenAI's CLIP, so the tower is built with QuickGELU
+    whatever `arch` says (`ViT-B-32` and `ViT-B-32-quickgelu` give the same model here).
+    """
     files = official_files(sources)
     hparams = load_hparams(hparams_file)
-    clip_model, _, _ = create_clip(arch, pretrained=None)
+    clip_model, _, _ = create_clip(arch, pretrained=None, activation="quick_gelu")
     templates: dict[int, ImageClassifier] = {}  # one architecture instance per head size, to check keys and shapes
     written = []
     for path in files:
@@ -79,10 +89,18 @@ def import_official(
         try:
             templates[rows].load_state_dict(state, strict=True)
         except RuntimeError as err:
-            raise UserError(f"{path}: weights do not fit architecture {arch} ({one_line(err)[:300]}); pass the right --arch") from None
+            raise UserError(f"{path}: weights do not fit architecture {arch} ({first_mismatch(err)}); pass the right --arch") from None
         model_hparams = hparams.get(path.stem, {})
         kind = "lp" if "LP" in str(model_hparams.get("info", "")) else "individual"
-        meta = CheckpointMeta(arch, pretrained, rows, class_list, kind, hparams={**model_hparams, "imported_from": str(path)})
+        meta = CheckpointMeta(
+            arch,
+            pretrained,
+            rows,
+            class_list,
+            kind,
+            hparams={**model_hparams, "imported_from": str(path), "source": OFFICIAL_SOURCE},
+            activation="quick_gelu",
+        )
         written.append(save_checkpoint(out / f"{path.stem}.safetensors", state, meta))
         print(f"{path} -> {written[-1]} ({kind}, {rows} classes)")
     return written
@@ -94,7 +112,7 @@ def export_open_clip(checkpoint: str, out: Path, text_tower: str | None) -> Path
     source = text_tower or meta.pretrained
     if not source:
         raise UserError(f"{checkpoint}: the checkpoint names no pretrained CLIP; pass --text-tower TAG_OR_FILE for the text tower")
-    clip_model, _, _ = create_clip(meta.arch, pretrained=source)
+    clip_model, _, _ = create_clip(meta.arch, pretrained=source, activation=meta.activation)
     full = to_open_clip_state_dict(classifier.state_dict(), clip_model.state_dict())
     with atomic_path(out) as tmp:
         if out.suffix == ".safetensors":
@@ -111,10 +129,23 @@ def parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import-official", help="official model_{i}.pt files -> project checkpoints")
     imp.add_argument("sources", nargs="+", help="model_{i}.pt files or folders holding them")
     imp.add_argument("--out", required=True, type=Path, help="folder for <stem>.safetensors")
-    imp.add_argument("--arch", default="ViT-B-32", help="open_clip architecture (default ViT-B-32, the paper's)")
+    imp.add_argument(
+        "--arch", default=OFFICIAL_ARCH, help=f"open_clip architecture (default {OFFICIAL_ARCH}, the paper's); always built with QuickGELU"
+    )
     imp.add_argument("--pretrained", default="openai", help="the pretrained tag the models started from (recorded in metadata)")
     imp.add_argument("--classes", default=None, help="class-list id (default imagenet1k for 1000-row heads)")
     imp.add_argument("--hparams", default=None, help="official hparam_info.json, to record each model's hyperparameters")
+    dl = sub.add_parser("download-official", help="fetch the official model_{i}.pt files (resumable, checked)")
+    dl.add_argument("--out", required=True, type=Path, help="folder for model_{i}.pt and manifest.json")
+    dl.add_argument("--models", default=f"0-{OFFICIAL_COUNT - 1}", help="indices, e.g. 0-71 (default) or 0,5,10-12")
+    dl.add_argument("--base-url", default=OFFICIAL_BASE_URL, help="where model_{i}.pt live (default: the official v0.0.2 release)")
+    dl.add_argument("--verify", action="store_true", help="rehash every file against manifest.json; download again any that differ")
+    dl.add_argument("--jobs", type=int, default=4, help="parallel downloads (default 4)")
+    dl.add_argument("--retries", type=int, default=5, help="retries per request after transient errors, with backoff (default 5)")
+    dl.add_argument("--import-to", default=None, type=Path, help="then import them as with import-official --out DIR")
+    dl.add_argument("--arch", default=imp.get_default("arch"), help="for --import-to: as in import-official")
+    dl.add_argument("--hparams", default=None, help="for --import-to: official hparam_info.json, as in import-official")
+    dl.set_defaults(pretrained=imp.get_default("pretrained"), classes=None)
     exp = sub.add_parser("export-open-clip", help="project checkpoint -> full open_clip state dict")
     exp.add_argument("checkpoint", help="a project .safetensors checkpoint")
     exp.add_argument("--out", required=True, type=Path, help="output file (.pt, or .safetensors)")
@@ -125,7 +156,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        if args.command == "import-official":
+        if args.command == "download-official":
+            files = download_official(args.out, parse_models(args.models), args.base_url, args.verify, args.jobs, args.retries)
+            if args.import_to:
+                import_official([str(f) for f in files], args.import_to, args.arch, args.pretrained, args.classes, args.hparams)
+        elif args.command == "import-official":
             import_official(args.sources, args.out, args.arch, args.pretrained, args.classes, args.hparams)
         else:
             export_open_clip(args.checkpoint, args.out, args.text_tower)

@@ -24,7 +24,7 @@ from models.atomic import atomic_path
 from models.checkpoint import CheckpointMeta, read_meta, sha256_prefix
 from models.classifier import ImageClassifier, load_classifier
 from models.errors import UserError
-from models.evaluate import SetScores, score_models
+from models.evaluate import SetScores, precision_name, score_models
 from models.results import append_records, make_record
 
 log = logging.getLogger(__name__)
@@ -68,11 +68,11 @@ def chunks(paths: list[Path], metas: list[CheckpointMeta], size: int) -> list[li
 
 
 def set_records(
-    model_id: str, meta: CheckpointMeta, checkpoint: dict, eval_set: datasets.EvalSet, scores: SetScores, config: list[str]
+    model_id: str, meta: CheckpointMeta, checkpoint: dict, eval_set: datasets.EvalSet, scores: SetScores, config: list[str], precision: str
 ) -> list[dict]:
     """The set's record, then one per relabelling of it (ImageNetReaL, ImageNetMultilabel) from the same pass."""
     common = {"model_id": model_id, "kind": meta.kind, "checkpoint": checkpoint, "config": config, "arch": meta.arch}
-    common.update(classes=meta.classes, skipped=len(scores.skipped))
+    common.update(classes=meta.classes, skipped=len(scores.skipped), precision=precision, **eval_set.provenance)
     record = make_record(
         **common,
         dataset=eval_set.name,
@@ -92,7 +92,8 @@ def set_records(
 
 def checked_relabellings(data_cfg: Any, eval_cfg: Any, names: Sequence[str]) -> dict[str, list]:
     """Set name -> its relabellings, built (and their inputs checked) before any set is scored."""
-    return {s.name: datasets.relabellings(data_cfg, eval_cfg, s) for s in datasets.eval_sets(data_cfg, None, names) if s.role == "id"}
+    id_sets = datasets.eval_sets(data_cfg, None, [data_cfg.id]) if data_cfg.id in names else []
+    return {s.name: datasets.relabellings(data_cfg, eval_cfg, s) for s in id_sets}
 
 
 def save_logits(out: Path, model_id: str, dataset: str, scores: SetScores) -> Path:
@@ -113,15 +114,27 @@ def evaluate_checkpoints(
     out: Path,
     device: torch.device,
     config: Sequence[str] = (),
+    expected_arch: str | None = None,
 ) -> list[dict]:
-    """Evaluate every checkpoint on the selected sets; the main process appends records to `out/results.jsonl`."""
+    """Evaluate every checkpoint on the selected sets; the main process appends records to `out/results.jsonl`.
+
+    Each checkpoint is rebuilt from its own metadata; `expected_arch` (a `model=` the user chose) must match it.
+    """
     paths = resolve_checkpoints(checkpoints)
     ids = model_ids(paths)
     metas = [read_meta(p) for p in paths]
     info = datasets.class_info(data_cfg)
     for path, meta in zip(paths, metas):
         check_classes(meta, info, path)
+        if expected_arch is not None and meta.arch != expected_arch:
+            raise UserError(
+                f"{path}: checkpoint is {meta.arch} but model= asks for {expected_arch}; eval rebuilds each checkpoint's "
+                "own architecture, so drop model= or pick the matching one"
+            )
     names = selected_sets(eval_cfg.sets, data_cfg)
+    if data_cfg.heldout in names:
+        datasets.check_heldout_split(data_cfg, [(str(p), m) for p, m in zip(paths, metas)])
+    precision = precision_name(eval_cfg.get("amp", "auto"), device)
     per_pass = int(eval_cfg.get("max_models_per_pass", 8)) if eval_cfg.share_decoding else 1
     dtype_name = str(eval_cfg.get("logits_dtype", "float16"))
     if dtype_name not in LOGITS_DTYPES:
@@ -147,7 +160,7 @@ def evaluate_checkpoints(
             new = [
                 r
                 for i, prov, s in zip(chunk, provenance, all_scores)
-                for r in set_records(ids[i], metas[i], prov, eval_set, s, list(config))
+                for r in set_records(ids[i], metas[i], prov, eval_set, s, list(config), precision)
             ]
             for record in new if is_main_process() else []:
                 log.info(
@@ -174,4 +187,7 @@ def run(cfg: Any) -> list[dict]:
     from models.evaluate import resolve_device
 
     device = init_distributed(resolve_device(cfg.device))
-    return evaluate_checkpoints(cfg.checkpoints, cfg.data, cfg.eval, output_dir(), device, overrides())
+    chose_model = any(o.lstrip("+~").split("=")[0] in ("model", "model.arch") for o in overrides())
+    return evaluate_checkpoints(
+        cfg.checkpoints, cfg.data, cfg.eval, output_dir(), device, overrides(), expected_arch=cfg.model.arch if chose_model else None
+    )

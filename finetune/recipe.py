@@ -44,10 +44,13 @@ def soft_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> to
 
 
 def mixup(images: torch.Tensor, targets: torch.Tensor, alpha: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mixup (Zhang et al. 2018): lam ~ Beta(alpha, alpha); mix each example with the batch flipped.
+    """Mixup (Zhang et al. 2018): lam ~ Beta(alpha, alpha); mix examples 2k and 2k+1 with each other.
 
-    Pairing with the flipped batch (as timm does) needs no random permutation, so the result depends only
-    on the batch and `generator`. alpha = 0 turns mixup off.
+    Pairing neighbours (a fixed pairing, like timm's flipped batch, but local) keeps every pair inside any
+    even-sized slice of the global batch, so the result does not depend on how the global batch is cut
+    into ranks and accumulation steps when `generator` gives every slice the same lam. The batch order is
+    already a random permutation. An odd last example is mixed with itself (unchanged). alpha = 0 turns
+    mixup off.
     """
     if alpha <= 0:
         return images, targets
@@ -55,8 +58,10 @@ def mixup(images: torch.Tensor, targets: torch.Tensor, alpha: float, generator: 
     g1 = torch._standard_gamma(torch.full((1,), float(alpha)), generator=generator)
     g2 = torch._standard_gamma(torch.full((1,), float(alpha)), generator=generator)
     lam = float(g1 / (g1 + g2))
-    mixed_images = lam * images + (1.0 - lam) * images.flip(0)
-    mixed_targets = lam * targets + (1.0 - lam) * targets.flip(0)
+    partner = torch.arange(images.shape[0], device=images.device) ^ 1
+    partner = partner.clamp(max=images.shape[0] - 1)
+    mixed_images = lam * images + (1.0 - lam) * images[partner]
+    mixed_targets = lam * targets + (1.0 - lam) * targets[partner]
     return mixed_images, mixed_targets
 
 

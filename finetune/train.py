@@ -29,11 +29,12 @@ from finetune.data import SeededExamples, StepBatchSampler, counter_seed, steps_
 from finetune.logbook import Logbook
 from finetune.preemption import PreemptionGuard
 from models import evaluate
-from models.checkpoint import CheckpointMeta, save_checkpoint, sha256_prefix
-from models.classifier import ImageClassifier, classifier_from_clip, zeroshot_head_weight
+from models.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint, sha256_prefix
+from models.classifier import ImageClassifier, classifier_from_clip, first_mismatch, zeroshot_head_weight
 from models.cli import output_dir, overrides
 from models.errors import UserError
-from models.factory import create_clip
+from models.evaluate import precision_name
+from models.factory import activation_of, create_clip
 from models.results import append_records, make_record
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,26 @@ def image_size_of(clip_model: nn.Module) -> int:
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
+def precision_name_of(amp_dtype: torch.dtype | None) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+
+
+def load_lp_init(path: str, classifier: ImageClassifier, arch: str, activation: str | None, classes: str) -> float | None:
+    """Start from the sweep's LP init checkpoint (`runs/<exp>/inits/lp`), fitted once for every job."""
+    state_dict, meta = load_checkpoint(path)
+    if meta.kind != "lp":
+        raise UserError(f"finetune.lp.init_from: {path} is a {meta.kind!r} checkpoint, not an LP init (kind 'lp')")
+    if (meta.arch, meta.activation, meta.classes) != (arch, activation, classes):
+        raise UserError(
+            f"finetune.lp.init_from: {path} is {meta.arch}/{meta.activation}/{meta.classes}, this run builds {arch}/{activation}/{classes}"
+        )
+    try:
+        classifier.load_state_dict(state_dict, strict=True)
+    except RuntimeError as err:
+        raise UserError(f"finetune.lp.init_from: {path} does not fit this model ({first_mismatch(err)})") from None
+    return meta.hparams.get("lp_train_accuracy")
+
+
 def lp_init(cfg: DictConfig, classifier: ImageClassifier, preprocess, device: torch.device) -> float:
     """Fit the head on frozen features of the training split (init=lp); return its training accuracy."""
     lp_cfg = cfg.finetune.lp
@@ -149,8 +170,9 @@ def lp_init(cfg: DictConfig, classifier: ImageClassifier, preprocess, device: to
         return linear_probe.extract_features(classifier, plain, cfg.data.batch_size, cfg.finetune.workers, device)
 
     features, labels = linear_probe.cached_features(cache_dir, key, compute)
+    features, labels = features.to(device), labels.to(device)  # full-batch fit where the model lives (the GPU on a cluster)
     weight, bias = linear_probe.fit_linear_head(
-        features, labels, classifier.head.weight.cpu(), classifier.head.bias.cpu(), lp_cfg.steps, lp_cfg.lr, lp_cfg.weight_decay
+        features, labels, classifier.head.weight, classifier.head.bias, lp_cfg.steps, lp_cfg.lr, lp_cfg.weight_decay
     )
     with torch.no_grad():
         classifier.head.weight.copy_(weight)
@@ -225,8 +247,9 @@ def train_loop(
                 images, labels = next(micro_batches)  # data
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                 targets = recipe.soft_targets(labels, num_classes, hp.label_smoothing)  # label smoothing
-                chunk = ranks.rank * hp.grad_accum + micro  # this micro-batch's place in the global batch
-                mix_rng = torch.Generator().manual_seed(counter_seed(seed, step, chunk))
+                # mixup: one lam per optimizer step, the same on every rank and micro-batch, so results depend on
+                # the global batch only (not on world size x grad_accum)
+                mix_rng = torch.Generator().manual_seed(counter_seed(seed, step, 0))
                 images, targets = recipe.mixup(images, targets, hp.mixup, mix_rng)  # mixup
                 last = micro == hp.grad_accum - 1
                 sync = nullcontext() if last or ranks.world == 1 else model.no_sync()  # all-reduce grads once per step
@@ -324,7 +347,11 @@ def finetune(cfg: DictConfig) -> Path:
     if cfg.finetune.get("threads"):
         torch.set_num_threads(int(cfg.finetune.threads))
 
+    lp_from = cfg.finetune.lp.get("init_from") if hp.init == "lp" else None
+    if lp_from and not Path(str(lp_from)).is_file():
+        raise UserError(f"finetune.lp.init_from: {lp_from}: no such checkpoint; run the LP init first (finetune.init=lp finetune.epochs=0)")
     clip_model, preprocess, tokenizer = create_clip(cfg.model.arch, cfg.model.pretrained)
+    activation = activation_of(clip_model.visual)
     info = datasets.class_info(cfg.data)
     augment = train_transform(preprocess, hp.randaug, image_size_of(clip_model))
     train_data = SeededExamples(
@@ -335,7 +362,10 @@ def finetune(cfg: DictConfig) -> Path:
     del clip_model  # the text tower is not trained
 
     lp_accuracy = None
-    if hp.init == "lp" and state.load_state(run_dir) is None and ranks.main:
+    if hp.init == "lp" and lp_from:  # the sweep's one LP init, bit for bit, on every rank (also on resume: for its metadata)
+        lp_accuracy = load_lp_init(lp_from, classifier, cfg.model.arch, activation, info.classes_id)
+        log.info("LP init read from %s (training accuracy %s)", lp_from, lp_accuracy)
+    elif hp.init == "lp" and state.load_state(run_dir) is None and ranks.main:
         lp_accuracy = lp_init(cfg, classifier, preprocess, device)  # DDP below broadcasts rank 0's weights
         log.info("linear probe: training accuracy %.4f", lp_accuracy)
 
@@ -358,6 +388,8 @@ def finetune(cfg: DictConfig) -> Path:
                 merged,
                 init=hp.init,
                 parent_pretrained=cfg.model.pretrained,
+                lp_init_from=str(lp_from) if lp_from else None,
+                train_precision=precision_name_of(autocast_dtype(hp.precision, device)),
                 seed=cfg.seed,
                 sweep=OmegaConf.to_container(cfg.sweep, resolve=True),
                 lp_train_accuracy=lp_accuracy,
@@ -369,6 +401,7 @@ def finetune(cfg: DictConfig) -> Path:
                 classes=info.classes_id,
                 kind=checkpoint_kind(hp),
                 hparams=hparams,
+                activation=activation,
             )
             save_checkpoint(checkpoint, classifier.state_dict(), meta)
             if cfg.finetune.heldout_eval:
@@ -404,6 +437,8 @@ def held_out_record(
         n=n,
         checkpoint={"path": str(checkpoint), "sha256": sha256_prefix(checkpoint)},
         config=overrides(),
+        precision=precision_name(False, device),  # evaluate.accuracies runs without autocast by default
+        **heldout.provenance,
     )
     append_records(checkpoint.parent, [record])
     log.info("held-out accuracy on %s: %.4f (%d images)", heldout.name, record["top1"], n)

@@ -29,6 +29,7 @@ from models.errors import UserError
 
 FORMAT = "model-soups-ckpt/1"
 METADATA_KEY = "model_soups"
+OFFICIAL_SOURCE = "model-soups-official"  # hparams["source"] of the released model-soups checkpoints
 KINDS = ("zeroshot", "lp", "individual", "soup", "wise_ft", "imported")
 
 
@@ -41,6 +42,9 @@ class CheckpointMeta:
     kind: str
     hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
     ingredients: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # the image tower's activation as built ('quick_gelu' | 'gelu'); None: a tower without either, or a
+    # checkpoint from before the field existed (then the architecture's own default)
+    activation: str | None = None
     format: str = FORMAT
 
     def to_json(self) -> str:
@@ -106,6 +110,11 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], C
     """Load every tensor and the metadata."""
     meta = read_meta(path)
     return dict(iter_tensors(path)), meta
+
+
+def is_official_release(meta: CheckpointMeta) -> bool:
+    """An imported official model-soups checkpoint (trained on the official 98% of ImageNet train)."""
+    return meta.hparams.get("source") == OFFICIAL_SOURCE
 
 
 def owned(tensor: torch.Tensor) -> torch.Tensor:

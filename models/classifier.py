@@ -15,7 +15,7 @@ from torch import nn
 
 from models.checkpoint import CheckpointMeta, load_checkpoint
 from models.errors import UserError
-from models.factory import create_clip
+from models.factory import activation_of, create_clip
 
 
 class ImageClassifier(nn.Module):
@@ -62,16 +62,30 @@ def zeroshot_head_weight(clip_model, tokenizer, classnames: list[str], templates
     return weights.T.float() * clip_model.logit_scale.exp().item()
 
 
+def first_mismatch(err: RuntimeError) -> str:
+    """The first concrete line of torch's load_state_dict error (a size mismatch, or the missing keys)."""
+    lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+    return (lines[0] if lines else str(err).strip())[:300]
+
+
+def clip_for_checkpoint(meta: CheckpointMeta, source: str | os.PathLike):
+    """(clip model, eval transform, tokenizer) built exactly as the checkpoint's model was: its
+    architecture and its recorded activation (QuickGELU for OpenAI weights), with random weights."""
+    clip_model, preprocess, tokenizer = create_clip(meta.arch, pretrained=None, activation=meta.activation)
+    if meta.activation is not None and activation_of(clip_model.visual) != meta.activation:
+        raise UserError(f"{source}: records activation {meta.activation} but {meta.arch} builds {activation_of(clip_model.visual)}")
+    return clip_model, preprocess, tokenizer
+
+
 def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[ImageClassifier, CheckpointMeta]:
     """Build the architecture named in the checkpoint metadata and load its weights (no download)."""
     state, meta = load_checkpoint(path)
-    clip_model, _, _ = create_clip(meta.arch, pretrained=None)
+    clip_model, _, _ = clip_for_checkpoint(meta, path)
     classifier = ImageClassifier(clip_model.visual, embed_dim_of(clip_model), meta.num_classes)
     try:
         missing, unexpected = classifier.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches: a checkpoint of another configuration of this arch
-        first = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
-        raise UserError(f"{path}: weights do not match architecture {meta.arch} ({first})") from None
+        raise UserError(f"{path}: weights do not match architecture {meta.arch} ({first_mismatch(err)})") from None
     if missing or unexpected:
         raise UserError(f"{path}: weights do not match architecture {meta.arch} (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return classifier.to(device).eval(), meta

@@ -35,6 +35,8 @@ FAILED_FILE = "FAILED"
 
 if not OmegaConf.has_resolver("project_root"):
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+if not OmegaConf.has_resolver("plus"):  # ${plus:${sweep.n},1}: sweeps whose indices start at 1
+    OmegaConf.register_new_resolver("plus", lambda a, b: int(a) + int(b))
 
 # Arguments after which we let Hydra itself handle the command line (help, info, sweeps).
 _HYDRA_FLAGS = (

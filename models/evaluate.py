@@ -41,6 +41,11 @@ def resolve_amp(setting: bool | str | None, device: torch.device | str) -> bool:
     return bool(setting)
 
 
+def precision_name(amp: bool | str | None, device: torch.device | str) -> str:
+    """The precision an evaluation runs in, as records name it: 'fp16' (autocast) or 'fp32'."""
+    return "fp16" if resolve_amp(amp, device) else "fp32"
+
+
 def collate_readable(batch: list) -> tuple[torch.Tensor | None, torch.Tensor, list[UnreadableImage]]:
     """Stack the readable samples; hand back the unreadable ones separately."""
     bad = [image for image, _ in batch if isinstance(image, UnreadableImage)]

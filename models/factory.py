@@ -46,18 +46,60 @@ def check_arch(arch: str) -> None:
         raise UserError(f"model.arch: unknown architecture {arch!r}{hint}")
 
 
-def create_clip(arch: str, pretrained: str | None = None, device: str | torch.device = "cpu"):
+ACTIVATIONS = ("quick_gelu", "gelu")
+
+
+def arch_uses_quick_gelu(arch: str) -> bool:
+    """Whether open_clip's config of `arch` itself builds QuickGELU (the `-quickgelu` architectures)."""
+    return bool((open_clip.get_model_config(arch) or {}).get("quick_gelu", False))
+
+
+def wants_quick_gelu(arch: str, pretrained: str | None) -> bool:
+    """Whether weights `pretrained` for `arch` need QuickGELU.
+
+    OpenAI's CLIP weights were trained with QuickGELU, and open_clip's pretrained config says so
+    (`get_pretrained_cfg(arch, tag)["quick_gelu"]`), but open_clip >= 3 no longer switches to it for
+    `ViT-B-32` + `openai`: it builds GELU and only warns (open_clip issue #771). A weights file has no
+    tag, so its activation comes from the architecture name (`ViT-B-32-quickgelu`).
+    """
+    if arch_uses_quick_gelu(arch):
+        return True
+    if pretrained and not _looks_like_path(str(pretrained)):
+        return bool(open_clip.get_pretrained_cfg(arch, str(pretrained)).get("quick_gelu", False))
+    return False
+
+
+def activation_of(model: torch.nn.Module) -> str | None:
+    """The activation of the image tower's MLPs: 'quick_gelu', 'gelu', or None (a tower with neither)."""
+    for module in model.modules():
+        if isinstance(module, open_clip.transformer.QuickGELU):
+            return "quick_gelu"
+        if isinstance(module, torch.nn.GELU):
+            return "gelu"
+    return None
+
+
+def create_clip(arch: str, pretrained: str | None = None, device: str | torch.device = "cpu", activation: str | None = None):
     """Build an open_clip CLIP model, its eval transform and its tokenizer.
 
     `pretrained` is an open_clip tag ('openai'), a local checkpoint path, or None (random init).
+    `activation` ('quick_gelu' or 'gelu', as a checkpoint records it) rebuilds a model exactly as it was
+    built; None picks the activation the weights need (`wants_quick_gelu`).
     Downloads that fail (no network) raise a UserError that says how to proceed offline.
     """
     check_arch(arch)
+    if activation is not None and activation not in ACTIVATIONS:
+        raise UserError(f"activation {activation!r} unknown; expected one of {ACTIVATIONS}")
+    quick_gelu = wants_quick_gelu(arch, pretrained) if activation is None else activation == "quick_gelu"
+    if not quick_gelu and arch_uses_quick_gelu(arch):
+        raise UserError(f"model.arch={arch} builds QuickGELU but the checkpoint was built with GELU; use the arch without -quickgelu")
     if pretrained and not Path(str(pretrained)).exists() and _looks_like_path(str(pretrained)):
         raise UserError(f"model.pretrained: file not found: {pretrained}")
     try:
         with _quiet_open_clip(expect_random_init=not pretrained):
-            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained or None, device=device)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch, pretrained=pretrained or None, device=device, force_quick_gelu=quick_gelu and not arch_uses_quick_gelu(arch)
+            )
     except RuntimeError as err:
         message = str(err).splitlines()[0] if str(err) else repr(err)
         if "download" in message.lower():  # open_clip 3.x wraps hub failures: "Failed to download weights for tag ..."

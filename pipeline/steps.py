@@ -34,6 +34,8 @@ def experiment_steps(experiment: str, runs: str = "runs", cache: str = ".cache")
     inits, sweep = f"{base}/inits", f"{base}/finetune"
     # The fine-tunes start from the LP init (the paper's model_0), so it is θ0 for WiSE-FT and Model Stock.
     lp_init = f"{inits}/lp/model.safetensors"
+    # The official soups are over all 72 released models: the LP init (model_0) and the 71 fine-tunes.
+    ingredients = sweep if experiment == "demo" else f"[{inits}/lp,{sweep}]"
     # On the cluster every GPU step goes through SLURM: `-m` with no sweep submits a single job.
     launcher = ("hydra/launcher=slurm",) if experiment == "paper_vitb32" else ()
     multirun = ("-m",) if launcher else ()
@@ -75,7 +77,7 @@ def experiment_steps(experiment: str, runs: str = "runs", cache: str = ".cache")
         ),
         Step(
             "soups, ensembles, WiSE-FT and Model Stock (+ their eval)",
-            _py("soups", "-m", exp, f"soup={SOUPS}", f"ingredients={sweep}", f"++soup.init={lp_init}", *launcher),
+            _py("soups", "-m", exp, f"soup={SOUPS}", f"ingredients={ingredients}", f"++soup.init={lp_init}", *launcher),
             timed[4],
         ),
         Step("tables and figures from the records", _py("plots", exp, f"results={base}", *out), timed[5]),

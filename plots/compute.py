@@ -24,9 +24,9 @@ from torch.utils.data import Subset
 from datasets import EvalSet, eval_sets
 from models.atomic import write_text_atomic
 from models.checkpoint import read_meta
+from models.classifier import clip_for_checkpoint
 from models.errors import UserError
 from models.evaluate import resolve_device
-from models.factory import create_clip
 from plots import figures
 from plots.approx import agreement, pair_terms
 from plots.evaluator import CombinationEvaluator, average, single
@@ -34,6 +34,7 @@ from plots.geometry import angle_degrees, flat_update, gram, plane_coefficients,
 from plots.methods import INIT_KINDS
 from plots.render import save_figure
 from plots.table import AVG, HELDOUT, ID, SetNames, individuals
+from soups.methods import sorted_by_score
 
 log = logging.getLogger(__name__)
 INIT = 0
@@ -144,7 +145,7 @@ def soup_vs_ensemble(evaluator: CombinationEvaluator, set_name: str, count: int,
 def greedy_indices(evaluator: CombinationEvaluator, candidates: list[int], heldout: str) -> list[int]:
     """The paper's Recipe 1 on held-out: sort by the models' own accuracy, add each one if the soup strictly improves."""
     own = dict(zip(candidates, evaluator.accuracy([single(i) for i in candidates], heldout)))
-    ordered = sorted(candidates, key=lambda i: -own[i])
+    ordered = [candidates[j] for j in sorted_by_score([own[i] for i in candidates])]
     soup, best = [ordered[0]], own[ordered[0]]
     for candidate in ordered[1:]:
         (accuracy,) = evaluator.accuracy([average([*soup, candidate])], heldout)
@@ -196,7 +197,7 @@ def _portable(path: str) -> str:
 
 def checkpoint_figures(cfg: DictConfig, records: pd.DataFrame, models: pd.DataFrame, sets: SetNames, out: Path, figure: str) -> list[str]:
     init, paths = resolve_checkpoints(cfg, records, models)
-    _, preprocess, _ = create_clip(read_meta(init).arch, pretrained=None)
+    _, preprocess, _ = clip_for_checkpoint(read_meta(init), init)
     data_sets = [subsample(s, cfg.plots.get("max_examples")) for s in eval_sets(cfg.data, preprocess)]
     roles = {s.role: s.name for s in data_sets if s.role != "shift"}
     sets = SetNames(roles.get("heldout"), roles.get("id"), tuple(s.name for s in data_sets if s.role == "shift"))

@@ -20,10 +20,9 @@ import torch
 from datasets import EvalSet
 from models.atomic import atomic_path
 from models.checkpoint import CheckpointMeta, load_checkpoint, sha256_prefix
-from models.classifier import ImageClassifier, embed_dim_of
+from models.classifier import ImageClassifier, clip_for_checkpoint, embed_dim_of
 from models.errors import UserError
 from models.evaluate import count_correct, iter_logits
-from models.factory import create_clip
 from plots.geometry import combine
 
 log = logging.getLogger(__name__)
@@ -52,9 +51,10 @@ class CombinationEvaluator:
         self.states = [state for state, _ in loaded]
         metas: list[CheckpointMeta] = [meta for _, meta in loaded]
         for path, meta in zip(self.paths[1:], metas[1:]):
-            if (meta.arch, meta.num_classes) != (metas[0].arch, metas[0].num_classes):
+            if (meta.arch, meta.num_classes, meta.activation) != (metas[0].arch, metas[0].num_classes, metas[0].activation):
                 raise UserError(
-                    f"{path}: arch {meta.arch}/{meta.num_classes} classes differs from {self.paths[0]} ({metas[0].arch}/{metas[0].num_classes})"
+                    f"{path}: arch {meta.arch}/{meta.activation}/{meta.num_classes} classes differs from {self.paths[0]} "
+                    f"({metas[0].arch}/{metas[0].activation}/{metas[0].num_classes})"
                 )
         self.meta = metas[0]
         self.hashes = [sha256_prefix(p, 16) for p in self.paths]
@@ -62,7 +62,7 @@ class CombinationEvaluator:
         self.cache_dir = Path(cache_dir)
         self.chunk = max(1, int(chunk))
         self.loader_kwargs = loader_kwargs
-        clip_model, _, _ = create_clip(self.meta.arch, pretrained=None)
+        clip_model, _, _ = clip_for_checkpoint(self.meta, self.paths[0])
         self._template = ImageClassifier(clip_model.visual, embed_dim_of(clip_model), self.meta.num_classes).eval()
         self.forward_passes = 0  # models × sets actually evaluated (cache misses)
 

@@ -20,6 +20,7 @@ class IngredientSpec:
     num_classes: int
     classes: str
     tensors: dict[str, TensorSpec]
+    activation: str | None = None
 
 
 def check_compatible(specs: Sequence[IngredientSpec]) -> None:
@@ -31,6 +32,10 @@ def check_compatible(specs: Sequence[IngredientSpec]) -> None:
         if other.arch != first.arch:
             raise UserError(
                 f"{other.name}: architecture {other.arch!r} differs from {first.name} ({first.arch!r}); soups need one architecture"
+            )
+        if other.activation != first.activation:
+            raise UserError(
+                f"{other.name}: activation {other.activation!r} differs from {first.name} ({first.activation!r}); soups need one architecture"
             )
         if other.num_classes != first.num_classes:
             raise UserError(

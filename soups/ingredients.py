@@ -13,9 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from models.checkpoint import CheckpointMeta, import_checkpoint, read_meta, sha256_prefix
+from models.checkpoint import OFFICIAL_SOURCE, CheckpointMeta, import_checkpoint, read_meta, sha256_prefix
 from models.cli import DONE_FILE
 from models.errors import UserError
+from models.factory import wants_quick_gelu
 from models.results import RESULTS_FILE, read_records
 from soups.checks import IngredientSpec
 from soups.streaming import TensorSpec, is_pt, tensor_specs
@@ -37,7 +38,7 @@ class Ingredient:
         return str(self.path)
 
     def spec(self) -> IngredientSpec:
-        return IngredientSpec(self.name, self.meta.arch, self.meta.num_classes, self.meta.classes, self.tensors)
+        return IngredientSpec(self.name, self.meta.arch, self.meta.num_classes, self.meta.classes, self.tensors, self.meta.activation)
 
 
 def _as_list(spec: Any) -> list[str]:
@@ -98,6 +99,9 @@ def describe(path: Path, model_cfg: Any) -> Ingredient:
             num_classes=int(state["head.weight"].shape[0]),
             classes=model_cfg.classes,
             kind="imported",
+            # a .pt ingredient is an official model-soups checkpoint (OpenAI CLIP fine-tuned) or an open_clip one
+            activation="quick_gelu" if wants_quick_gelu(model_cfg.arch, model_cfg.pretrained) else None,
+            hparams={"source": OFFICIAL_SOURCE},  # .pt ingredients are taken as the official model_{i}.pt
         )
         return Ingredient(path, meta, {k: (tuple(v.shape), str(v.dtype)) for k, v in state.items()})
     return Ingredient(path, read_meta(path), tensor_specs(path))

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import logging
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,12 @@ class SoupOutcome:
     hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
     init_weight: float | None = None  # weight of the init checkpoint (wise_ft, model_stock)
     files: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> text, written to <out>/
+
+
+def sorted_by_score(scores: Sequence[float]) -> list[int]:
+    """Indices best first, as the official code orders them: an ascending stable sort, then reversed, so
+    tied ingredients come in reverse input order (model_9 before model_4 on equal held-out accuracy)."""
+    return sorted(range(len(scores)), key=lambda i: (scores[i], i), reverse=True)
 
 
 @dataclasses.dataclass
@@ -108,7 +114,7 @@ class SoupContext:
             return indices
         if order != "sorted":
             raise UserError(f"soup.order: unknown order {order!r}; use sorted or random")
-        return sorted(indices, key=lambda i: -correct[i])  # stable: ties keep the input order
+        return sorted_by_score(correct)
 
 
 def _uniform_state(ctx: SoupContext, indices: list[int]) -> StateDict:

@@ -18,6 +18,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
+import datasets
 from models.atomic import atomic_path, write_text_atomic
 from models.checkpoint import CheckpointMeta, save_checkpoint, sha256_prefix
 from models.errors import UserError
@@ -59,6 +60,8 @@ def build_context(cfg: Any, eval_sets_fn: EvalSetsFn | None = None) -> SoupConte
     device = resolve_device(str(cfg.device))
     evaluate = bool(cfg.soup.get("evaluate", True))
     names = selected_set_names(cfg.data, cfg.eval.sets) if evaluate else [cfg.data.heldout]
+    sources = [(ing.name, ing.meta) for ing in ingredients + ([init] if init is not None else [])]
+    datasets.check_heldout_split(cfg.data, sources, eval_sets_fn)
     meta = ingredients[0].meta
 
     def make_scorer() -> Scorer:
@@ -79,28 +82,45 @@ def evaluate_outcome(ctx: SoupContext, outcome: SoupOutcome) -> tuple[list[dict[
         for start in range(0, len(with_state), chunk):
             group = with_state[start : start + chunk]
             for candidate, scores in zip(group, scorer.set_scores([c.state for c in group], eval_set)):
-                rows.append(_row(candidate, eval_set.name, eval_set.role, scores.correct, scores.n))
-                rows += _relabel_rows(candidate, eval_set.name, scores.relabelled)
+                rows.append(_row(candidate, eval_set, scores.correct, scores.n, scorer.precision))
+                rows += _relabel_rows(candidate, eval_set, scores.relabelled, scorer.precision)
         for candidate in (c for c in outcome.candidates if c.state is None):
             logits, labels, skipped = _ensemble_logits(ctx, candidate.members or [], eval_set, chunk)
-            rows.append(_row(candidate, eval_set.name, eval_set.role, count_correct(logits, labels), len(labels)))
+            rows.append(_row(candidate, eval_set, count_correct(logits, labels), len(labels), scorer.precision))
             predicted = logits.argmax(dim=-1)
-            rows += _relabel_rows(candidate, eval_set.name, {r.name: r.score(predicted, labels, skipped) for r in eval_set.relabellings})
+            relabelled = {r.name: r.score(predicted, labels, skipped) for r in eval_set.relabellings}
+            rows += _relabel_rows(candidate, eval_set, relabelled, scorer.precision)
             predictions[f"{candidate.model_id}/{eval_set.name}/logits"] = logits.half()
             predictions[f"{candidate.model_id}/{eval_set.name}/labels"] = labels
     return rows, predictions
 
 
-def _row(candidate: Candidate, dataset: str, role: str, correct: int, n: int) -> dict[str, Any]:
-    return {"model_id": candidate.model_id, "dataset": dataset, "role": role, "correct": correct, "n": n, **candidate.extra}
+def _row(candidate: Candidate, eval_set, correct: int, n: int, precision: str) -> dict[str, Any]:
+    return {
+        "model_id": candidate.model_id,
+        "dataset": eval_set.name,
+        "role": eval_set.role,
+        "correct": correct,
+        "n": n,
+        "precision": precision,
+        **eval_set.provenance,
+        **candidate.extra,
+    }
 
 
-def _relabel_rows(candidate: Candidate, of_dataset: str, scored: dict[str, Any]) -> list[dict[str, Any]]:
+def _relabel_rows(candidate: Candidate, eval_set, scored: dict[str, Any], precision: str) -> list[dict[str, Any]]:
     """Rows for the id set's other labellings (ImageNetReaL, ImageNetMultilabel); `top1` is each one's own metric."""
     return [
-        {**_row(candidate, name, "id_relabel", score.correct, score.n), "top1": score.top1, "of_dataset": of_dataset, **score.extra}
-        for name, score in scored.items()
-        if score is not None
+        {
+            **_row(candidate, eval_set, s.correct, s.n, precision),
+            "dataset": name,
+            "role": "id_relabel",
+            "top1": s.top1,
+            "of_dataset": eval_set.name,
+            **s.extra,
+        }
+        for name, s in scored.items()
+        if s is not None
     ]
 
 
@@ -139,6 +159,7 @@ def checkpoint_meta(ctx: SoupContext, outcome: SoupOutcome, cfg: Any) -> Checkpo
         kind=kind,
         hparams=hparams,
         ingredients=ingredients,
+        activation=first.activation,
     )
 
 

@@ -19,7 +19,7 @@ import datasets
 from datasets import EvalSet
 from models.checkpoint import CheckpointMeta
 from models.errors import UserError
-from models.evaluate import SetScores, accuracies, count_correct, iter_logits, score_models
+from models.evaluate import SetScores, accuracies, count_correct, iter_logits, precision_name, score_models
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,13 @@ class Scorer:
         relabel_cfg: Any = None,
     ):
         # Imported here: open_clip adds ~300 MB of RSS, which a plain uniform soup without evaluation never needs.
-        from models.classifier import ImageClassifier, embed_dim_of
-        from models.factory import create_clip
+        from models.classifier import ImageClassifier, clip_for_checkpoint, embed_dim_of
 
-        clip_model, preprocess, _ = create_clip(meta.arch, pretrained=None)
+        clip_model, preprocess, _ = clip_for_checkpoint(meta, meta.arch)
         self.model = ImageClassifier(clip_model.visual, embed_dim_of(clip_model), meta.num_classes).to(device).eval()
         self.device = device
         self.loader_kwargs = {**loader_kwargs, "device": device}  # batch_size, workers, amp, ... of models.evaluate.iter_logits
+        self.precision = precision_name(loader_kwargs.get("amp", False), device)
         self.sets = (eval_sets_fn or datasets.eval_sets)(data_cfg, preprocess, list(set_names))
         for eval_set in self.sets if relabel_cfg is not None else []:  # ImageNet-ReaL, multilabel (eval.real, eval.multilabel)
             eval_set.relabellings = datasets.relabellings(data_cfg, relabel_cfg, eval_set)

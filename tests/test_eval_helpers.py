@@ -32,6 +32,7 @@ def imagenet_cfg(root: Path, **extra) -> OmegaConf:
         "heldout": "ImageNet2p",
         "id": "ImageNet",
         "shifts": ["ImageNetV2", "ImageNetR", "ImageNetSketch", "ObjectNet", "ImageNetA"],
+        "heldout_split": "seeded",
         "heldout_per_class": 1,
         "heldout_seed": 0,
     }

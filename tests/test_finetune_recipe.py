@@ -39,15 +39,25 @@ def test_label_smoothing_targets_and_loss_match_torch():
     )
 
 
-def test_mixup_pairs_with_the_flipped_batch_and_mixes_targets_alike():
+def test_mixup_pairs_neighbours_and_mixes_targets_alike():
     images = torch.arange(3.0).view(3, 1).expand(3, 4).clone()  # rows 0, 1, 2
     targets = torch.eye(3)
     mixed, mixed_targets = recipe.mixup(images, targets, 0.4, torch.Generator().manual_seed(1))
     lam = float(mixed_targets[0, 0])
     assert 0 < lam < 1
-    assert mixed[0].tolist() == pytest.approx([lam * 0 + (1 - lam) * 2] * 4)
-    assert mixed_targets[0].tolist() == pytest.approx([lam, 0, 1 - lam])
-    assert mixed[1].tolist() == pytest.approx([1.0] * 4)  # the middle row is paired with itself
+    assert mixed[0].tolist() == pytest.approx([lam * 0 + (1 - lam) * 1] * 4)  # 0 with 1
+    assert mixed[1].tolist() == pytest.approx([lam * 1 + (1 - lam) * 0] * 4)  # 1 with 0
+    assert mixed_targets[0].tolist() == pytest.approx([lam, 1 - lam, 0])
+    assert mixed[2].tolist() == pytest.approx([2.0] * 4)  # the odd last row is paired with itself
+
+
+def test_mixup_of_a_batch_equals_mixup_of_its_even_slices():
+    """Cut into ranks x micro-batches, with the same lam, the global batch is mixed exactly as in one piece."""
+    x, t = torch.randn(8, 5), torch.eye(8)
+    whole = recipe.mixup(x, t, 0.7, torch.Generator().manual_seed(3))
+    pieces = [recipe.mixup(x[i : i + 2], t[i : i + 2], 0.7, torch.Generator().manual_seed(3)) for i in range(0, 8, 2)]
+    assert torch.equal(whole[0], torch.cat([p[0] for p in pieces]))
+    assert torch.equal(whole[1], torch.cat([p[1] for p in pieces]))
 
 
 def test_mixup_is_reproducible_from_its_generator_and_off_at_zero():

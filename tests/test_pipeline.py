@@ -67,14 +67,24 @@ def test_the_dry_run_passes_end_to_end_and_resumes(tmp_path):
         assert method in rows, sorted(rows)
         assert 0 <= float(rows[method]["id"]) <= 100
 
-    # The uniform soup is the mean of the two fine-tunes, computed here by hand from their files.
-    ingredients = [load_checkpoint(base / f"finetune/model_{i}/model.safetensors")[0] for i in (0, 1)]
+    # The uniform soup is the mean of the LP init (the paper's model_0) and the fine-tunes model_1, model_2, by hand.
+    files = [base / "inits/lp/model.safetensors"] + [base / f"finetune/model_{i}/model.safetensors" for i in (1, 2)]
+    ingredients = [load_checkpoint(f)[0] for f in files]
     soup, meta = load_checkpoint(base / "soups/uniform_soup/model.safetensors")
-    assert meta.kind == "soup" and len(meta.ingredients) == 2
+    assert meta.kind == "soup" and len(meta.ingredients) == 3
     for key, value in soup.items():
         if value.is_floating_point():
-            torch.testing.assert_close(value, (ingredients[0][key] + ingredients[1][key]) / 2)
+            torch.testing.assert_close(value, sum(i[key] for i in ingredients) / 3)
     assert read_meta(base / "inits/lp/model.safetensors").kind == "lp"
+
+    # One LP fit in the whole sequence (the inits step); every sweep job read it from inits/lp.
+    logs = {p: p.read_text() for p in base.rglob("*.log")}
+    fits = [p for p, text in logs.items() if "linear probe: training accuracy" in text]
+    assert [p.parent.name for p in fits] == ["lp"], fits
+    for i in (1, 2):
+        meta = read_meta(base / f"finetune/model_{i}/model.safetensors")
+        assert meta.hparams["lp_init_from"] == str(base / "inits/lp/model.safetensors")
+        assert meta.hparams["train_precision"] == "fp32" and meta.activation == "quick_gelu"
 
     # A second run reuses every finished stage.
     stamps = {p: p.stat().st_mtime_ns for p in base.rglob("model.safetensors")}

@@ -26,7 +26,7 @@ VAL_INDICES = list(range(1, 8401, 7))
 # Fixed predictions: 508 and 998 are the commonest ReaL labels among the first val images
 FIXED_CLASSES = (508, 998)
 COMMON = ["data=imagenet", "data.workers=0", "data.batch_size=250", "eval.sets=[ImageNet]", "hydra.output_subdir=null"]
-SOUPS = ["model=tiny_clip", "model.classes=imagenet1k", "device=cpu", "data.heldout_per_class=1"]
+SOUPS = ["model=tiny_clip", "model.classes=imagenet1k", "device=cpu", "data.heldout_split=seeded", "data.heldout_per_class=1"]
 
 
 def timm_real_labels() -> list[list[int]]:

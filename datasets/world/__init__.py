@@ -89,7 +89,17 @@ def eval_sets(data_cfg: Any, transform: Callable, names: Sequence[str] | None = 
     if unknown:
         raise UserError(f"data: unknown world set(s) {unknown}; the world has {list(EVAL_SET_NAMES)}")
     wanted = [n for n in ordered if names is None or n in names] + [n for n in (names or []) if n not in ordered]
-    return [EvalSet(name, ROLE_OF.get(name, "shift"), WorldDataset(arrays(data_cfg, name), transform), list(CLASSNAMES)) for name in wanted]
+    split = {"split": f"world:{data_cfg.scale}:seed{data_cfg.seed}"}  # the world generates its held-out photos apart from train
+    return [
+        EvalSet(
+            name,
+            ROLE_OF.get(name, "shift"),
+            WorldDataset(arrays(data_cfg, name), transform),
+            list(CLASSNAMES),
+            provenance=split if ROLE_OF.get(name) == "heldout" else {},
+        )
+        for name in wanted
+    ]
 
 
 def class_info(data_cfg: Any) -> ClassInfo:
