@@ -11,6 +11,9 @@ Same interface as the embedded world (see datasets/__init__.py). Layouts are the
 | ImageNetSketch | `<wnid>/*.JPEG`, 1000 folders | sorted wnid index |
 | ImageNetR, ImageNetA | `<wnid>/*.jpg`, 200 folders | index among the folders present; 1000-way logits projected onto them |
 | ObjectNet | `images/<folder>/*.png` + `mappings/` | 113 mapped classes; max over mapped logits; 2-px border cropped |
+
+ImageNet val's other labellings (ReaL, multilabel; records `ImageNetReaL`, `ImageNetMultilabel`) are in
+datasets/imagenet_relabel.py.
 """
 
 from __future__ import annotations
