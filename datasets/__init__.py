@@ -1,4 +1,5 @@
-"""Dataset loaders: the embedded world, ImageNet and its held-out split, and the five shifts.
+"""Dataset loaders: the embedded world, ImageNet and its held-out split, and the five shifts;
+any image-folder dataset (`datasets.folder`).
 
 Every stage reaches data through the three functions below, given the `data` config group
 (conf/data/*.yaml) and an image transform (the model's own open_clip val or train transform):
@@ -18,70 +19,15 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
-import torch
 from torch.utils.data import Dataset
 
 from models.checkpoint import CheckpointMeta, is_official_release
 from models.errors import UserError
+from models.sets import EvalSet, Relabelling, RelabelScore, UnreadableImage  # noqa: F401 - defined with the runtime that scores them; re-exported
 
-SUITES = {"world": "datasets.world", "imagenet": "datasets.imagenet"}
-
-
-@dataclasses.dataclass(frozen=True)
-class RelabelScore:
-    """One model's score under another labelling of a set: `top1` is the metric (for most, correct / n)."""
-
-    correct: int
-    n: int
-    top1: float
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # fields for the record (e.g. excluded images)
-
-
-class Relabelling(Protocol):
-    """Another labelling of an evaluation set (ImageNet-ReaL, multilabel), scored from the predictions of
-    the pass that scores the set itself. It knows the set's files in order; `score` gets the argmax
-    prediction and original label of every scored image in that order, and the paths of unreadable images
-    that were skipped (so not scored). None: no image of the set has a label under it."""
-
-    name: str  # the dataset name of its records, e.g. ImageNetReaL
-    role: str  # id_relabel
-
-    def score(self, predictions: torch.Tensor, labels: torch.Tensor, skipped: Sequence[str]) -> RelabelScore | None: ...
-
-
-@dataclasses.dataclass
-class EvalSet:
-    """One evaluation set: its name in results records, its role, and how to score it.
-
-    `dataset` yields `(image_tensor, label)`, labels indexing `classnames`. `project_logits`, when set,
-    maps logits over the suite's full class list (e.g. ImageNet's 1000) to this set's classes
-    (ImageNet-R/A's 200, ObjectNet's 113); None means the classes are the same.
-    """
-
-    name: str
-    role: str  # heldout | id | shift
-    dataset: Dataset
-    classnames: list[str]
-    project_logits: Callable[[torch.Tensor], torch.Tensor] | None = None
-    relabellings: list[Relabelling] = dataclasses.field(default_factory=list)  # scored from the same pass
-    # fields every record of this set carries; held-out sets name their split here
-    # ({"split": "official" | "seeded:<seed>" | ..., "split_sha256": ...})
-    provenance: dict[str, str] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class UnreadableImage:
-    """Returned by a dataset in place of an image tensor when a file cannot be decoded.
-
-    Datasets return it instead of raising so that the error reaches the main process as data (a worker's
-    exception would arrive wrapped in a traceback): `models.evaluate` then names the path in one line, or
-    skips and counts it when `eval.skip_bad_images=true`.
-    """
-
-    path: str
-    reason: str
+SUITES = {"world": "datasets.world", "imagenet": "datasets.imagenet", "folder": "datasets.folder"}
 
 
 @dataclasses.dataclass
@@ -113,13 +59,17 @@ def class_info(data_cfg: Any) -> ClassInfo:
 
 def relabellings(data_cfg: Any, eval_cfg: Any, eval_set: EvalSet) -> list[Relabelling]:
     """The other labellings of `eval_set` that `eval_cfg` asks for (only the id set has any)."""
-    if eval_set.role != "id":
+    suite = _suite(data_cfg)
+    if eval_set.role != "id" or not hasattr(suite, "relabellings"):  # a folder of your own has no other labels
         return []
-    return _suite(data_cfg).relabellings(data_cfg, eval_cfg, eval_set)
+    return suite.relabellings(data_cfg, eval_cfg, eval_set)
 
 
 def set_names(data_cfg: Any) -> list[tuple[str, str]]:
     """(name, role) of every evaluation set of the suite, in the order heldout, id, shifts."""
+    suite = _suite(data_cfg)
+    if hasattr(suite, "sets_on_disk"):  # a suite whose sets are found on disk (datasets.folder)
+        return suite.sets_on_disk(data_cfg)
     return [(data_cfg.heldout, "heldout"), (data_cfg.id, "id")] + [(s, "shift") for s in data_cfg.shifts]
 
 
@@ -127,7 +77,7 @@ def check_heldout_split(data_cfg: Any, checkpoints: Sequence[tuple[str, Checkpoi
     """Refuse to score official model-soups checkpoints on a held-out split other than the official one:
     they were fine-tuned on ImageNet train minus that split, so any other split holds their training images."""
     official = [source for source, meta in checkpoints if is_official_release(meta)]
-    if not official:
+    if not official or data_cfg.name != "imagenet":  # the overlap is with ImageNet train; other suites hold no such images
         return
     (heldout,) = (eval_sets_fn or eval_sets)(data_cfg, None, [data_cfg.heldout])
     split = heldout.provenance.get("split")

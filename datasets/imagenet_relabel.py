@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from datasets import EvalSet, RelabelScore
 from models.errors import UserError
+from models.sets import EvalSet, RelabelScore
 
 log = logging.getLogger(__name__)
 

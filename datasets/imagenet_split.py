@@ -11,7 +11,7 @@ one's own sweep.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,16 +30,18 @@ def mask_sha256(mask: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(mask, dtype=bool).tobytes()).hexdigest()[:16]
 
 
-def heldout_mask(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
-    """Boolean mask over samples: `per_class` of each class's samples, the same for the same inputs."""
+def heldout_mask(labels: np.ndarray, per_class: int | Mapping[int, int], seed: int) -> np.ndarray:
+    """Boolean mask over samples: `per_class` of each class's samples (a count, or one count per label),
+    the same for the same inputs."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     mask = np.zeros(len(labels), dtype=bool)
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
-        if len(members) <= per_class:
-            raise UserError(f"data.heldout_per_class={per_class}: class {label} has only {len(members)} training images; lower it")
-        mask[rng.choice(members, size=per_class, replace=False)] = True
+        count = per_class[int(label)] if isinstance(per_class, Mapping) else per_class
+        if len(members) <= count:
+            raise UserError(f"data.heldout_per_class={count}: class {label} has only {len(members)} training images; lower it")
+        mask[rng.choice(members, size=count, replace=False)] = True
     return mask
 
 

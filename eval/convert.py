@@ -27,7 +27,7 @@ from models.checkpoint import OFFICIAL_SOURCE, CheckpointMeta, import_checkpoint
 from models.classifier import ImageClassifier, embed_dim_of, first_mismatch, load_classifier
 from models.cli import one_line
 from models.errors import UserError
-from models.factory import create_clip
+from models.factory import activation_of, create_clip
 
 IMAGENET_CLASSES = ("imagenet1k", 1000)
 
@@ -99,7 +99,7 @@ def import_official(
             class_list,
             kind,
             hparams={**model_hparams, "imported_from": str(path), "source": OFFICIAL_SOURCE},
-            activation="quick_gelu",
+            activation=activation_of(clip_model.visual),  # QuickGELU for a ViT; None for a tower without (Quick)GELU
         )
         written.append(save_checkpoint(out / f"{path.stem}.safetensors", state, meta))
         print(f"{path} -> {written[-1]} ({kind}, {rows} classes)")

@@ -7,6 +7,7 @@ State-dict keys are `visual.*` (the open_clip image tower) and `head.weight`, `h
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import open_clip
 import torch
@@ -50,12 +51,28 @@ def classifier_from_clip(clip_model: nn.Module, head_weight: torch.Tensor | None
     return classifier
 
 
+def check_prompt_words(tokenizer, classnames: Sequence[str], templates) -> None:
+    """A tokenizer with a closed vocabulary (the tiny CLIP's) cannot tell apart classes named with words
+    it lacks: refuse them by name instead of training on identical prompts."""
+    unknown_words = getattr(tokenizer, "unknown_words", None)
+    if unknown_words is None:  # open_clip's BPE tokenizers represent any text
+        return
+    for kind, texts in (("class name", classnames), ("template", [t for t in templates if isinstance(t, str)])):
+        for text in texts:
+            if unknown := unknown_words(text.replace("{}", "")):
+                raise UserError(
+                    f"{kind} {text!r}: {', '.join(map(repr, unknown))} not in the tiny CLIP's vocabulary (models/world_tokenizer.py); "
+                    "rename it (classnames.txt / templates.txt) or use an open_clip model such as model=vit_b32"
+                )
+
+
 def zeroshot_head_weight(clip_model, tokenizer, classnames: list[str], templates, device="cpu") -> torch.Tensor:
     """Zero-shot head rows: per class, the mean normalised text embedding over templates, normalised,
     times the model's logit scale (exp of the learned log-scale; 100 for OpenAI CLIP).
 
     Built with open_clip's `build_zero_shot_classifier`, which returns [embed_dim, classes].
     """
+    check_prompt_words(tokenizer, classnames, templates)
     weights = open_clip.build_zero_shot_classifier(
         clip_model, tokenizer=tokenizer, classnames=classnames, templates=templates, num_classes_per_batch=10, device=device, use_tqdm=False
     )

@@ -24,8 +24,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Subset, default_collate
 
-from datasets import EvalSet, RelabelScore, UnreadableImage
 from models.errors import UserError
+from models.sets import EvalSet, RelabelScore, UnreadableImage
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -42,6 +42,10 @@ class WorldTokenizer:
         words = re.findall(r"[a-z]+", text.lower())
         return [VOCAB.get(word, UNK) for word in words]
 
+    def unknown_words(self, text: str) -> list[str]:
+        """Words of `text` outside the closed vocabulary (they would all become one UNK token)."""
+        return [word for word in re.findall(r"[a-z]+", text.lower()) if word not in VOCAB]
+
     def __call__(self, texts: str | list[str], context_length: int | None = None) -> torch.Tensor:
         if isinstance(texts, str):
             texts = [texts]

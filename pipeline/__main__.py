@@ -1,4 +1,7 @@
-"""`python -m pipeline EXPERIMENT [--print] [--from N]`: run an experiment's stages in order.
+"""`python -m pipeline EXPERIMENT [--print] [--from N] [OVERRIDE ...]`: run an experiment's stages in order.
+
+Overrides (`data.root=ROOT`, `model=vit_b32`, `name=mydata`, ...) go to every stage; `sweep=...` to the
+sweep step only. `python -m pipeline folder data.root=ROOT` runs the whole pipeline on your own dataset.
 
 Every stage skips runs that finished (their folder holds DONE), so a second run takes seconds and a
 run after a kill resumes where it stopped. Progress says which step runs, and the time left is
@@ -19,7 +22,7 @@ import time
 from pathlib import Path
 
 from models.atomic import write_text_atomic
-from pipeline.steps import EXPERIMENTS, experiment_steps, time_left
+from pipeline.steps import EXPERIMENTS, experiment_steps, split_overrides, time_left
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,17 +41,25 @@ def main() -> int:
     parser.add_argument("experiment", choices=EXPERIMENTS, help="which experiment's sequence to run")
     parser.add_argument("--print", action="store_true", help="print the stage commands instead of running them")
     parser.add_argument("--from", dest="start", type=int, default=1, help="start at step N (1-based)")
-    args = parser.parse_args()
+    parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides passed to every stage (data.root=..., model=...)")
+    args = parser.parse_intermixed_args()
 
     runs = Path(os.environ.get("MODEL_SOUPS_RUNS", ROOT / "runs"))
     cache = Path(os.environ.get("MODEL_SOUPS_CACHE", ROOT / ".cache"))
-    steps = experiment_steps(args.experiment, _short(runs), _short(cache))
+    # stages run from the repository root: a dataset folder given relative to here must still be found
+    extra = [f"data.root={Path(a.split('=', 1)[1]).resolve()}" if a.startswith("data.root=") else a for a in args.overrides]
+    try:
+        steps = experiment_steps(args.experiment, _short(runs), _short(cache), extra)
+    except KeyError as err:
+        print(f"error: {err.args[0]}", file=sys.stderr)
+        return 2
     if args.print:
         for number, step in enumerate(steps, start=1):
             print(f"# {number}. {step.name}\n{shlex.join(step.argv)}\n")
         return 0
 
-    timings_path = runs / args.experiment / "pipeline_timings.json"
+    name = split_overrides(extra)[0] or args.experiment
+    timings_path = runs / name / "pipeline_timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     earlier, timed_now = dict(timings), {}
     started = time.monotonic()
@@ -64,6 +75,8 @@ def main() -> int:
         step_start = time.monotonic()
         argv = [sys.executable if a == "python" else a for a in step.argv]
         result = subprocess.run(argv, cwd=ROOT)
+        if result.returncode == 2:  # a user's mistake: the stage has said why in one line; nothing was kept
+            return 2
         if result.returncode != 0:
             print(
                 f"error: step {number} ({step.name}) failed with exit code {result.returncode}; fix it and rerun (finished work is kept)",

@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,8 @@ from plots.geometry import angle_degrees, flat_update, gram, plane_coefficients,
 from plots.methods import INIT_KINDS
 from plots.render import save_figure
 from plots.table import AVG, HELDOUT, ID, SetNames, individuals
-from soups.methods import sorted_by_score
+from soups.greedy import greedy_select
+from soups.library import sorted_by_score
 
 log = logging.getLogger(__name__)
 INIT = 0
@@ -143,15 +145,17 @@ def soup_vs_ensemble(evaluator: CombinationEvaluator, set_name: str, count: int,
 
 
 def greedy_indices(evaluator: CombinationEvaluator, candidates: list[int], heldout: str) -> list[int]:
-    """The paper's Recipe 1 on held-out: sort by the models' own accuracy, add each one if the soup strictly improves."""
-    own = dict(zip(candidates, evaluator.accuracy([single(i) for i in candidates], heldout)))
-    ordered = [candidates[j] for j in sorted_by_score([own[i] for i in candidates])]
-    soup, best = [ordered[0]], own[ordered[0]]
-    for candidate in ordered[1:]:
-        (accuracy,) = evaluator.accuracy([average([*soup, candidate])], heldout)
-        if accuracy > best:
-            soup, best = [*soup, candidate], accuracy
-    return soup
+    """The paper's Recipe 1 on held-out, by the soups library's greedy rule (official order and `gt`)."""
+    own = evaluator.accuracy([single(i) for i in candidates], heldout)
+    soup: list[int] = []
+
+    def score(position: int) -> Iterator[tuple[float, int]]:
+        (accuracy,) = evaluator.accuracy([average([*soup, candidates[position]])], heldout)
+        return iter([(accuracy, 1)])
+
+    order = sorted_by_score(own)
+    steps = greedy_select(order, own[order[0]], 1, score, lambda position: soup.append(candidates[position]))
+    return [candidates[step.index] for step in steps if step.accepted]
 
 
 def soup_sizes(evaluator: CombinationEvaluator, sets: SetNames, sizes: list[int], seeds: int) -> pd.DataFrame:

@@ -23,7 +23,7 @@ from models.checkpoint import CheckpointMeta, load_checkpoint, sha256_prefix
 from models.classifier import ImageClassifier, clip_for_checkpoint, embed_dim_of
 from models.errors import UserError
 from models.evaluate import count_correct, iter_logits
-from plots.geometry import combine
+from soups.average import combine
 
 log = logging.getLogger(__name__)
 

@@ -12,20 +12,6 @@ import torch
 State = Mapping[str, torch.Tensor]
 
 
-def combine(states: Sequence[State], coefficients: Sequence[float]) -> dict[str, torch.Tensor]:
-    """Σ_k c_k θ_k over floating-point tensors (in float32, cast back); other tensors are taken from the first state."""
-    if len(states) != len(coefficients) or not states:
-        raise ValueError("give one coefficient per state, at least one state")
-    out = {}
-    for key, first in states[0].items():
-        if first.is_floating_point():
-            total = sum(float(c) * s[key].float() for s, c in zip(states, coefficients))
-            out[key] = total.to(first.dtype)
-        else:
-            out[key] = first
-    return out
-
-
 def flat_update(state: State, init: State) -> torch.Tensor:
     """θ − θ₀ over every floating-point tensor, flattened into one float64 vector (keys sorted)."""
     return torch.cat([(state[k].double() - init[k].double()).flatten() for k in sorted(init) if init[k].is_floating_point()])

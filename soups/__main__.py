@@ -1,8 +1,12 @@
-"""`python -m soups`: see `python -m soups --help`."""
+"""`python -m soups`: see `python -m soups --help`. `python -m soups diagnose ingredients=...` runs the
+basin check (soups/diagnose.py) into runs/<name>/soups/diagnose."""
+
+import sys
 
 from omegaconf import DictConfig
 
 from models.cli import output_dir, overrides, stage_entry
+from soups.diagnose import run_diagnose
 from soups.pipeline import run_soup
 
 
@@ -10,7 +14,19 @@ def run(cfg: DictConfig) -> None:
     run_soup(cfg, output_dir(), overrides())
 
 
-main = stage_entry("soups", run)
+def diagnose(cfg: DictConfig) -> None:
+    run_diagnose(cfg, output_dir())
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["diagnose"]:
+        del sys.argv[1]
+        if not any(arg.startswith("run_name=") for arg in sys.argv[1:]):
+            sys.argv.append("run_name=diagnose")
+        stage_entry("soups", diagnose)()
+    else:
+        stage_entry("soups", run)()
+
 
 if __name__ == "__main__":
     main()

@@ -7,7 +7,7 @@ tensors (integer buffers) are not averaged: they must be equal across ingredient
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
@@ -78,6 +78,10 @@ class RunningSum:
             return out
         return {k: (v / self.total_weight).to(self.dtypes[k]) if v.is_floating_point() else v.clone() for k, v in self.sums.items()}
 
+    def weighted_sum(self) -> StateDict:
+        """Σ_i w_i θ_i itself, in the ingredients' dtypes (for coefficients that are not an average)."""
+        return {k: v.to(self.dtypes[k]) if v.is_floating_point() else v.clone() for k, v in self.sums.items()}
+
     def mean_with(self, state: Mapping[str, torch.Tensor], weight: float = 1.0, name: str = "candidate") -> StateDict:
         """The average if `state` were added, without adding it (greedy soup's candidate)."""
         total = self.total_weight + weight
@@ -99,6 +103,17 @@ def uniform_soup(
     for index, state in enumerate(states):
         running.add(state, name=f"ingredient {index}")
     return running.mean(in_place=True)
+
+
+def combine(states: Sequence[Mapping[str, torch.Tensor]], coefficients: Sequence[float]) -> StateDict:
+    """Σ_k c_k θ_k for any coefficients (the points of the paper's Fig. 2 plane, Fig. 3's mixtures), with the
+    soups' rule for non-float tensors: they must be equal across states (step counters excepted)."""
+    if len(states) != len(coefficients) or not states:
+        raise ValueError("give one coefficient per state, at least one state")
+    running = RunningSum()
+    for index, (state, coefficient) in enumerate(zip(states, coefficients)):
+        running.add(state, weight=float(coefficient), name=f"state {index}")
+    return running.weighted_sum()
 
 
 def interpolate(start: Mapping[str, torch.Tensor], end: Mapping[str, torch.Tensor], alpha: float) -> StateDict:

@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 
 # Held-out score of "the current soup plus candidate i": yields (correct, examples) per batch.
-ScoreBatches = Callable[[int], Iterator[tuple[int, int]]]
+ScoreBatches = Callable[[int], Iterator[tuple[float, int]]]
 
 ACCEPT_RULES = ("gt", "ge")
 
@@ -24,24 +24,27 @@ class GreedyStep:
     index: int  # the candidate's index among the ingredients
     accepted: bool
     evaluated: int  # held-out examples scored before deciding
-    correct: int | None  # candidate soup's held-out correct count; None if rejected early
-    soup_correct: int  # the soup's held-out correct count after this step
+    correct: float | None  # candidate soup's held-out correct count; None if rejected early
+    soup_correct: float  # the soup's held-out correct count after this step
     soup_size: int  # ingredients in the soup after this step
 
 
-def needed_to_accept(current: int, accept: str) -> int:
+def beats(candidate: float, current: float, accept: str) -> bool:
+    """The greedy rule's test: strictly better (`gt`, the official code) or at least as good (`ge`, the paper)."""
     if accept not in ACCEPT_RULES:
         raise ValueError(f"accept must be one of {ACCEPT_RULES}, got {accept!r}")
-    return current + 1 if accept == "gt" else current
+    return candidate > current if accept == "gt" else candidate >= current
 
 
-def score_candidate(batches: Iterator[tuple[int, int]], n: int, needed: int, early_rejection: bool) -> tuple[int, int, bool]:
-    """(correct, evaluated, complete): stops as soon as `needed` correct answers are out of reach."""
+def score_candidate(
+    batches: Iterator[tuple[float, int]], n: int, current: float, accept: str, early_rejection: bool
+) -> tuple[float, int, bool]:
+    """(correct, evaluated, complete): stops as soon as even all remaining examples right could not beat `current`."""
     correct = evaluated = 0
     for batch_correct, batch_size in batches:
         correct += batch_correct
         evaluated += batch_size
-        if early_rejection and evaluated < n and correct + (n - evaluated) < needed:
+        if early_rejection and evaluated < n and not beats(correct + (n - evaluated), current, accept):
             close = getattr(batches, "close", None)
             if close is not None:
                 close()  # let a data loader behind the iterator shut down
@@ -53,7 +56,7 @@ def score_candidate(batches: Iterator[tuple[int, int]], n: int, needed: int, ear
 
 def greedy_select(
     order: Sequence[int],
-    first_correct: int,
+    first_correct: float,
     n: int,
     score: ScoreBatches,
     commit: Callable[[int], None],
@@ -62,18 +65,19 @@ def greedy_select(
 ) -> list[GreedyStep]:
     """Run the greedy rule over `order`; the soup starts as `order[0]` (held-out correct `first_correct`).
 
-    `score(i)` scores the current soup with candidate i added; `commit(i)` adds i to the soup.
+    `score(i)` yields (correct, examples) batches of the current soup with candidate i added; `commit(i)`
+    adds i to the soup. A score known only as a whole (an accuracy) is one batch of `n = 1` "example".
     """
     if not order:
         raise ValueError("greedy_select needs at least one candidate")
+    beats(0, 0, accept)  # an unknown rule fails before any work
     commit(order[0])
     current = first_correct
     steps = [GreedyStep(order[0], True, n, first_correct, current, 1)]
     size = 1
     for index in order[1:]:
-        needed = needed_to_accept(current, accept)
-        correct, evaluated, complete = score_candidate(score(index), n, needed, early_rejection)
-        accepted = complete and correct >= needed
+        correct, evaluated, complete = score_candidate(score(index), n, current, accept, early_rejection)
+        accepted = complete and beats(correct, current, accept)
         if accepted:
             commit(index)
             current, size = correct, size + 1

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import logging
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from models.checkpoint import sha256_prefix
 from models.errors import UserError
-from soups import average, ensemble, greedy, learned, model_stock
+from soups import average, greedy, learned, library, output_space, stock
 from soups.ingredients import Ingredient, recorded_heldout
 from soups.scoring import Scorer
 from soups.streaming import BackgroundHashes, iter_ingredient_tensors, iter_layers, load_state
@@ -49,12 +49,6 @@ class SoupOutcome:
     hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
     init_weight: float | None = None  # weight of the init checkpoint (wise_ft, model_stock)
     files: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> text, written to <out>/
-
-
-def sorted_by_score(scores: Sequence[float]) -> list[int]:
-    """Indices best first, as the official code orders them: an ascending stable sort, then reversed, so
-    tied ingredients come in reverse input order (model_9 before model_4 on equal held-out accuracy)."""
-    return sorted(range(len(scores)), key=lambda i: (scores[i], i), reverse=True)
 
 
 @dataclasses.dataclass
@@ -114,7 +108,7 @@ class SoupContext:
             return indices
         if order != "sorted":
             raise UserError(f"soup.order: unknown order {order!r}; use sorted or random")
-        return sorted_by_score(correct)
+        return library.sorted_by_score(correct)
 
 
 def _uniform_state(ctx: SoupContext, indices: list[int]) -> StateDict:
@@ -210,14 +204,7 @@ def greedy_method(ctx: SoupContext) -> SoupOutcome:
 
 
 def _learned(ctx: SoupContext, by_layer: bool) -> SoupOutcome:
-    states = [ctx.load(i) for i in range(len(ctx.ingredients))]
-    for i, state in enumerate(states[1:], start=1):  # non-float tensors are not mixed: they must agree
-        for key, tensor in state.items():
-            if not tensor.is_floating_point():
-                average.check_equal(key, states[0][key], tensor, ctx.ingredients[i].name)
     scorer = ctx.scorer
-    buffers = [name for name, _ in scorer.model.named_buffers()]
-    soup = learned.LearnedSoup(states, by_layer=by_layer, device=ctx.device, buffers=buffers)
     batch_size = int(ctx.options.batch_size)
 
     def batches(epoch: int):
@@ -226,9 +213,9 @@ def _learned(ctx: SoupContext, by_layer: bool) -> SoupOutcome:
             scorer.heldout.dataset, batch_size=batch_size, shuffle=True, generator=generator, num_workers=int(ctx.options.get("workers", 0))
         )
 
-    history = learned.fit_learned_soup(
-        soup, scorer.model, batches, epochs=int(ctx.options.epochs), lr=float(ctx.options.lr), weight_decay=float(ctx.options.weight_decay)
-    )
+    states = [ctx.load(i) for i in range(len(ctx.ingredients))]
+    options = (int(ctx.options.epochs), float(ctx.options.lr), float(ctx.options.weight_decay))
+    soup, history = library.fit_learned(states, scorer.model, batches, by_layer, *options, ctx.device)
     state = learned.learned_state(soup)
     weights = soup.ingredient_weights()
     log.info(
@@ -271,7 +258,7 @@ def greedy_ensemble_method(ctx: SoupContext) -> SoupOutcome:
         heldout_logits.extend(logits)
     individual = [int((x.argmax(dim=-1) == labels).sum()) for x in heldout_logits]
     order = ctx.order(individual)
-    members, steps = ensemble.greedy_ensemble(
+    members, steps = output_space.greedy_ensemble(
         heldout_logits,
         labels,
         order,
@@ -295,9 +282,9 @@ def wise_ft_method(ctx: SoupContext) -> SoupOutcome:
     alphas = [float(a) for a in ctx.options.alphas]
     if any(not 0.0 <= a <= 1.0 for a in alphas):
         raise UserError(f"soup.alphas: every α must lie in [0, 1], got {alphas}")
-    candidates = [Candidate(f"{ctx.run_name}_alpha{a:.2f}", average.interpolate(init, endpoint, a), extra={"alpha": a}) for a in alphas]
+    candidates = [Candidate(f"{ctx.run_name}_alpha{a:.2f}", library.wise_ft(init, endpoint, a), extra={"alpha": a}) for a in alphas]
     alpha = float(ctx.options.alpha)
-    checkpoint = average.interpolate(init, endpoint, alpha)
+    checkpoint = library.wise_ft(init, endpoint, alpha)
     n = len(indices)
     return SoupOutcome(
         "wise_ft", candidates, checkpoint, [alpha / n] * n, hparams={"alpha": alpha, "alphas": alphas}, init_weight=1.0 - alpha
@@ -309,7 +296,7 @@ def model_stock_method(ctx: SoupContext) -> SoupOutcome:
         raise UserError("model_stock: needs at least 2 fine-tuned ingredients")
     init = ctx.load_init()
     names = [ing.name for ing in ctx.ingredients]
-    state, ratios = model_stock.model_stock(init, iter_layers([ing.path for ing in ctx.ingredients]), names)
+    state, ratios = stock.model_stock(init, iter_layers([ing.path for ing in ctx.ingredients]), names)
     mean_t = sum(ratios.values()) / max(len(ratios), 1)
     n = len(ctx.ingredients)
     log.info("model stock: mean ratio t = %.4f over %d tensors", mean_t, len(ratios))

@@ -40,7 +40,7 @@ def test_random_search_is_reproducible_across_processes():
 def test_random_search_follows_the_paper_ranges_and_probabilities():
     space = sweep_cfg("paper_random")["space"]
     draws = [sweeps.sample_random(space, 0, i) for i in range(2000)]
-    assert all(1e-6 <= d["lr"] <= 1e-4 and 1e-4 <= d["weight_decay"] <= 0.5 and 4 <= d["epochs"] <= 16 for d in draws)
+    assert all(1e-6 <= d["lr"] <= 1e-4 and 6.3e-5 <= d["weight_decay"] <= 0.63 and 4 <= d["epochs"] <= 16 for d in draws)
     assert {d["epochs"] for d in draws} == set(range(4, 17))
     # log-uniform: half the draws fall below the geometric middle 1e-5
     assert sum(d["lr"] < 1e-5 for d in draws) / len(draws) == pytest.approx(0.5, abs=0.04)
@@ -104,7 +104,7 @@ def test_grid_enumerates_every_combination_once():
         sweeps.grid_point(cfg["grid"], n)
 
 
-@pytest.mark.parametrize("name,count", [("paper_random", 72), ("paper_replay", 71), ("paper_grid", 12), ("demo", 8)])
+@pytest.mark.parametrize("name,count", [("paper_random", 71), ("paper_replay", 71), ("paper_grid", 12), ("demo", 8)])
 def test_sweeps_launch_one_job_per_index_into_model_folders(name, count):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("finetune", overrides=[f"sweep={name}", "sweep.index=5"], return_hydra_config=True)
@@ -112,3 +112,21 @@ def test_sweeps_launch_one_job_per_index_into_model_folders(name, count):
     low, high = (int(x) for x in spec.removeprefix("range(").removesuffix(")").split(","))
     assert high - low == count
     assert cfg.run_name == "model_5"
+
+
+def test_the_paper_random_space_covers_every_official_value(reference_dir):
+    space = sweep_cfg("paper_random")["space"]
+    official = [v for v in json.loads((reference_dir / "hparam_info.json").read_text()).values() if "lr" in v]
+    assert len(official) == 71  # + model_0, the LP init: the sweep is jobs 1..71 from inits/lp
+    for entry in official:
+        assert space["lr"][0] <= entry["lr"] <= space["lr"][1]
+        assert space["weight_decay"][0] <= entry["wd"] <= space["weight_decay"][1], entry["wd"]
+        assert space["epochs"][0] <= entry["epochs"] <= space["epochs"][1]
+        assert entry["smoothing"] == 0 or space["smoothing"][0] <= entry["smoothing"] <= space["smoothing"][1]
+        assert entry["mix"] == 0 or space["mixup"][0] <= entry["mix"] <= space["mixup"][1]
+        if entry["aug"] not in (None, "none"):
+            _, m, n = entry["aug"].split("-")
+            assert (
+                space["randaug_m"][0] <= int(m[1:]) <= space["randaug_m"][1]
+                and space["randaug_n"][0] <= int(n[1:]) <= space["randaug_n"][1]
+            )

@@ -99,21 +99,40 @@ def test_heldout_split_is_deterministic_and_disjoint_from_training(mini):
 
 
 def test_official_index_file_selects_flagged_images(mini, tmp_path):
-    paths = sorted(mini.labels["train"], key=lambda p: (mini.labels["train"][p], p))
+    paths = sorted(mini.labels["train"], key=lambda p: (mini.labels["train"][p], p))  # ImageFolder order: class-major, sorted names
+    per_class = len(paths) // 1000
+    chosen = [c * per_class + (c % per_class) for c in range(1000)]  # one image per class, at varying positions
     flags = np.zeros(len(paths), dtype=np.int64)
-    flags[[0, 4, 2999]] = 1  # ImageFolder order: class-major, sorted file names
+    flags[chosen] = 1
     index = tmp_path / "imagenet_98_idxs.npy"
     np.save(index, flags)
-    cfg = imagenet_cfg(mini.root, heldout_index=str(index))
+    cfg = imagenet_cfg(mini.root, heldout_split="official", heldout_index=str(index))
     held = datasets.eval_sets(cfg, None, ["ImageNet2p"])[0]
-    assert [p for p, _ in held.dataset.samples] == [paths[0], paths[4], paths[2999]]
-    assert len(datasets.train_set(cfg, None)) == len(paths) - 3
+    assert [p for p, _ in held.dataset.samples] == [paths[i] for i in chosen]
+    assert held.provenance["split"] == "official" and len(held.provenance["split_sha256"]) == 16
+    assert len(datasets.train_set(cfg, None)) == len(paths) - 1000
     np.save(index, flags[:-1])
     with pytest.raises(UserError, match="has shape"):
         datasets.eval_sets(cfg, None, ["ImageNet2p"])
     np.save(index, flags * 2)
     with pytest.raises(UserError, match="only 0 and 1"):
         datasets.eval_sets(cfg, None, ["ImageNet2p"])
+    twice = flags.copy()
+    twice[chosen[7] + 1 if chosen[7] + 1 < 8 * per_class else chosen[7] - 1] = 1  # class 7 holds out two
+    np.save(index, twice)
+    with pytest.raises(UserError, match="holds 2 images of class 7 out, expected 1 per class"):
+        datasets.eval_sets(cfg, None, ["ImageNet2p"])
+
+
+def test_the_seeded_split_names_itself_and_differs_from_the_official_one(mini, tmp_path):
+    seeded = datasets.eval_sets(imagenet_cfg(mini.root), None, ["ImageNet2p"])[0]
+    assert seeded.provenance["split"] == "seeded:0"
+    other = datasets.eval_sets(imagenet_cfg(mini.root, heldout_seed=1), None, ["ImageNet2p"])[0]
+    assert other.provenance["split"] == "seeded:1" and other.provenance["split_sha256"] != seeded.provenance["split_sha256"]
+    with pytest.raises(UserError, match="data.heldout_index: file not found"):
+        datasets.eval_sets(
+            imagenet_cfg(mini.root, heldout_split="official", heldout_index=str(tmp_path / "nope.npy")), None, ["ImageNet2p"]
+        )
 
 
 @pytest.mark.parametrize(

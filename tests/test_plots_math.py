@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from models.errors import UserError
 from plots.approx import agreement, approximation, calibrate_beta, cross_entropy, pair_terms, second_difference, softmax_variance
-from plots.geometry import angle_degrees, combine, flat_update, gram, plane_coefficients, plane_frame, plane_grid
+from plots.geometry import angle_degrees, flat_update, gram, plane_coefficients, plane_frame, plane_grid
+from soups.average import combine
 
 
 def sigmoid(z: float) -> float:
@@ -115,3 +117,6 @@ def test_angle_and_combine():
     mixed = combine([a, b], [0.5, 0.5])
     assert mixed["w"].tolist() == [2.0, 4.0]
     assert mixed["steps"].tolist() == [7]  # integer buffers are not averaged
+    assert combine([a, b], [2.0, -1.0])["w"].tolist() == [-1.0, 1.0]  # any coefficients: a point off the segment
+    with pytest.raises(UserError, match="non-float tensor 'steps'"):  # the soups' rule: they must agree
+        combine([a, {**b, "steps": torch.tensor([8])}], [0.5, 0.5])

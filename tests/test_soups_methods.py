@@ -12,10 +12,10 @@ from torch import nn
 
 from models.errors import UserError
 from soups.average import RunningSum, interpolate, uniform_soup
-from soups.ensemble import greedy_ensemble
 from soups.greedy import forward_passes_saved, greedy_select
 from soups.learned import LearnedSoup, fit_learned_soup, learned_state, mix
-from soups.model_stock import model_stock, model_stock_ratio, model_stock_tensor
+from soups.output_space import greedy_ensemble
+from soups.stock import model_stock, model_stock_ratio, model_stock_tensor
 
 
 def test_uniform_soup_is_the_hand_computed_mean():

@@ -1,0 +1,178 @@
+"""Model soups as plain functions over state dicts: the library behind `python -m soups`.
+
+No Hydra, no files written. An ingredient is a state dict, or the path of a checkpoint (project
+`.safetensors`, streamed tensor by tensor, or an official `model_{i}.pt`). Every function is the one the
+stage, the plots and the world probe use, so a method exists once.
+
+    from soups import uniform_soup, greedy_soup, wise_ft
+    soup = uniform_soup(["runs/demo/finetune/model_1/model.safetensors", "runs/demo/finetune/model_2/model.safetensors"])
+    soup, chosen = greedy_soup(ingredients, score=held_out_accuracy)   # score(state_dict) -> float
+    robust = wise_ft(zeroshot_state, soup, alpha=0.5)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from soups import average, greedy, learned, stock
+from soups.streaming import is_pt, iter_ingredient_tensors, load_state
+
+StateDict = dict[str, torch.Tensor]
+Ingredient = Mapping[str, torch.Tensor] | str | os.PathLike
+# A held-out score of a state dict: an accuracy, or (correct, examples) per batch for exact early rejection.
+Score = Callable[[StateDict], "float | Iterable[tuple[int, int]]"]
+
+
+def _tensors(ingredient: Ingredient) -> Iterable[tuple[str, torch.Tensor]] | Mapping[str, torch.Tensor]:
+    if isinstance(ingredient, (str, os.PathLike)):
+        path = Path(ingredient)
+        return load_state(path) if is_pt(path) else iter_ingredient_tensors(path)
+    return ingredient
+
+
+def _state(ingredient: Ingredient) -> StateDict:
+    return load_state(Path(ingredient)) if isinstance(ingredient, (str, os.PathLike)) else dict(ingredient)
+
+
+def uniform_soup(checkpoints: Iterable[Ingredient], *, accumulate: torch.dtype = torch.float32) -> StateDict:
+    """The plain average θ = (1/N) Σ θ_i (paper, Eq. 1), streaming one ingredient at a time.
+
+    >>> a, b = {"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([3.0, 6.0])}
+    >>> uniform_soup([a, b])["w"].tolist()
+    [2.0, 4.0]
+    """
+    return average.uniform_soup((_tensors(c) for c in checkpoints), accumulate)
+
+
+def _batches(result: float | Iterable[tuple[int, int]]) -> tuple[Iterator[tuple[float, int]], int | None]:
+    """A score as (correct, examples) batches; an accuracy is one batch of one "example"."""
+    if isinstance(result, (int, float)):
+        return iter([(float(result), 1)]), 1
+    return iter(result), None
+
+
+def greedy_soup(
+    checkpoints: Sequence[Ingredient],
+    score: Score,
+    *,
+    accept: str = "gt",
+    order: Sequence[int] | None = None,
+    early_rejection: bool = True,
+    accumulate: torch.dtype = torch.float32,
+) -> tuple[StateDict, list[int]]:
+    """The greedy soup (paper, Recipe 1): visit ingredients best first by their own held-out score, keep
+    each one whose addition improves the soup's score. Returns the soup and the chosen indices.
+
+    `score(state_dict)` is the held-out accuracy, or yields (correct, examples) per batch: then a losing
+    candidate is rejected as soon as the remaining examples cannot save it (exact: the same decisions).
+    `accept="gt"` keeps strict improvements (the official code), `"ge"` ties too (the paper's ≥). `order`
+    overrides the sort, which breaks ties as the official code does (later ingredients first).
+
+    >>> states = [{"w": torch.tensor([v])} for v in (0.0, 1.0, 4.0)]
+    >>> soup, chosen = greedy_soup(states, score=lambda s: -abs(float(s["w"]) - 0.6))
+    >>> chosen, soup["w"].tolist()
+    ([1, 0], [0.5])
+    """
+    own: list[float] = []
+    n = None
+    for ingredient in checkpoints:
+        batches, one = _batches(score(_state(ingredient)))
+        pairs = list(batches)
+        n = one or sum(size for _, size in pairs)
+        own.append(sum(correct for correct, _ in pairs))
+    if not own:
+        raise ValueError("greedy_soup needs at least one ingredient")
+    visit = list(order) if order is not None else sorted_by_score(own)
+    running = average.RunningSum(accumulate)
+    pending: dict[int, StateDict] = {}
+
+    def candidate_score(index: int) -> Iterator[tuple[float, int]]:
+        pending.clear()
+        pending[index] = _state(checkpoints[index])
+        return _batches(score(running.mean_with(pending[index], name=f"ingredient {index}")))[0]
+
+    def commit(index: int) -> None:
+        state = pending.pop(index, None)
+        running.add(state if state is not None else _tensors(checkpoints[index]), name=f"ingredient {index}", owned=True)
+
+    steps = greedy.greedy_select(visit, own[visit[0]], n, candidate_score, commit, accept, early_rejection)
+    return running.mean(in_place=True), [step.index for step in steps if step.accepted]
+
+
+def sorted_by_score(scores: Sequence[float]) -> list[int]:
+    """Indices best first, as the official code orders them: an ascending stable sort, then reversed, so
+    tied ingredients come in reverse input order (model_9 before model_4 on equal held-out accuracy)."""
+    return sorted(range(len(scores)), key=lambda i: (scores[i], i), reverse=True)
+
+
+def wise_ft(zeroshot: Ingredient, finetuned: Ingredient, alpha: float) -> StateDict:
+    """WiSE-FT (Wortsman et al. 2022b): (1 − α)·θ_zero-shot + α·θ_fine-tuned, α in [0, 1].
+
+    >>> wise_ft({"w": torch.tensor([0.0])}, {"w": torch.tensor([2.0])}, 0.25)["w"].tolist()
+    [0.5]
+    """
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    return average.interpolate(_state(zeroshot), _state(finetuned), float(alpha))
+
+
+def model_stock(init: Ingredient, checkpoints: Sequence[Ingredient]) -> StateDict:
+    """Model Stock (Jang et al. 2024): per tensor, t·mean_i θ_i + (1 − t)·θ_0 with t from the angle between
+    the task vectors θ_i − θ_0 (soups/stock.py). Needs N ≥ 2 fine-tuned ingredients."""
+    states = [_state(c) for c in checkpoints]
+    layers = ((key, [s[key] for s in states]) for key in states[0])
+    merged, _ = stock.model_stock(_state(init), layers, [f"ingredient {i}" for i in range(len(states))])
+    return merged
+
+
+def learned_soup(
+    checkpoints: Sequence[Ingredient],
+    model: nn.Module,
+    batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    *,
+    by_layer: bool = False,
+    epochs: int = 5,
+    lr: float = 0.05,
+    weight_decay: float = 0.0,
+    device: torch.device | str = "cpu",
+) -> tuple[StateDict, list[float]]:
+    """The learned soup (paper, App. I): mixing weights α = softmax(a) (one per ingredient, or per tensor
+    with `by_layer`) and a temperature, fitted by AdamW on held-out `batches(epoch)` of (images, labels).
+    `model` gives the architecture (its own weights are not used). Returns the soup and the mean α."""
+    soup, _ = fit_learned([_state(c) for c in checkpoints], model, batches, by_layer, epochs, lr, weight_decay, device)
+    return learned.learned_state(soup), soup.ingredient_weights()
+
+
+def fit_learned(
+    states: Sequence[StateDict],
+    model: nn.Module,
+    batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    by_layer: bool,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    device: torch.device | str,
+) -> tuple[learned.LearnedSoup, learned.LearnedHistory]:
+    """The fitted mixing weights and their training history (the stage records both)."""
+    for i, state in enumerate(states[1:], start=1):  # non-float tensors are not mixed: they must agree
+        for key, tensor in state.items():
+            if not tensor.is_floating_point():
+                average.check_equal(key, states[0][key], tensor, f"ingredient {i}")
+    buffers = [name for name, _ in model.named_buffers()]
+    soup = learned.LearnedSoup(states, by_layer=by_layer, device=device, buffers=buffers)
+    history = learned.fit_learned_soup(soup, model, batches, epochs=epochs, lr=lr, weight_decay=weight_decay)
+    return soup, history
+
+
+def ensemble(logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The output-space baseline: the mean of the members' logits (paper, Sec. 3).
+
+    >>> ensemble([torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 3.0]])]).tolist()
+    [[0.5, 1.5]]
+    """
+    return torch.stack([x.float() for x in logits]).mean(dim=0)
