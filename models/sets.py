@@ -47,10 +47,10 @@ class EvalSet:
     dataset: Dataset
     classnames: list[str]
     project_logits: Callable[[torch.Tensor], torch.Tensor] | None = None
-    relabellings: list[Relabelling] = dataclasses.field(default_factory=list)  # scored from the same pass
     # fields every record of this set carries; held-out sets name their split here
     # ({"split": "official" | "seeded:<seed>" | ..., "split_sha256": ...})
     provenance: dict[str, str] = dataclasses.field(default_factory=dict)
+    relabellings: list[Relabelling] = dataclasses.field(default_factory=list)  # scored from the same pass
 
 
 @dataclasses.dataclass(frozen=True)
