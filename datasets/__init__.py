@@ -7,6 +7,8 @@ Every stage reaches data through the three functions below, given the `data` con
 - `train_set(data_cfg, transform)`: the fine-tuning split (train minus the held-out split).
 - `eval_sets(data_cfg, transform, names=None)`: the held-out, id and shift sets as `EvalSet`s.
 - `class_info(data_cfg)`: class names and prompt templates, for zero-shot heads.
+- `relabellings(data_cfg, eval_cfg, eval_set)`: other labellings of the id set, scored from the same
+  forward pass (ImageNet: ReaL, multilabel); the embedded world has none and says so.
 
 Each suite lives in its own module (`datasets.world`, `datasets.imagenet`) that provides the same
 three functions; this module only dispatches on `data_cfg.name`.
@@ -23,7 +25,7 @@ from torch.utils.data import Dataset
 
 from models.checkpoint import CheckpointMeta, is_official_release
 from models.errors import UserError
-from models.sets import EvalSet, UnreadableImage  # noqa: F401 - defined with the runtime that scores them; re-exported
+from models.sets import EvalSet, Relabelling, RelabelScore, UnreadableImage  # noqa: F401 - defined with the runtime that scores them; re-exported
 
 SUITES = {"world": "datasets.world", "imagenet": "datasets.imagenet", "folder": "datasets.folder"}
 
@@ -53,6 +55,14 @@ def eval_sets(data_cfg: Any, transform: Callable, names: Sequence[str] | None = 
 
 def class_info(data_cfg: Any) -> ClassInfo:
     return _suite(data_cfg).class_info(data_cfg)
+
+
+def relabellings(data_cfg: Any, eval_cfg: Any, eval_set: EvalSet) -> list[Relabelling]:
+    """The other labellings of `eval_set` that `eval_cfg` asks for (only the id set has any)."""
+    suite = _suite(data_cfg)
+    if eval_set.role != "id" or not hasattr(suite, "relabellings"):  # a folder of your own has no other labels
+        return []
+    return suite.relabellings(data_cfg, eval_cfg, eval_set)
 
 
 def set_names(data_cfg: Any) -> list[tuple[str, str]]:

@@ -11,6 +11,9 @@ Same interface as the embedded world (see datasets/__init__.py). Layouts are the
 | ImageNetSketch | `<wnid>/*.JPEG`, 1000 folders | sorted wnid index |
 | ImageNetR, ImageNetA | `<wnid>/*.jpg`, the official 200 folders each | index among the 200 (sorted); 1000-way logits projected onto them |
 | ObjectNet | `images/<folder>/*.png` + `mappings/` | 113 mapped classes; max over mapped logits; 2-px border cropped |
+
+ImageNet val's other labellings (ReaL, multilabel; records `ImageNetReaL`, `ImageNetMultilabel`) are in
+datasets/imagenet_relabel.py.
 """
 
 from __future__ import annotations
@@ -207,6 +210,13 @@ BUILDERS: dict[str, Callable[[Any, Callable], tuple[Dataset, list[str], Callable
     "ImageNetA": imagenet_a,
     "ObjectNet": objectnet,
 }
+
+
+def relabellings(data_cfg: Any, eval_cfg: Any, eval_set: EvalSet) -> list:
+    """ImageNet val's ReaL and multilabel scores (datasets/imagenet_relabel.py)."""
+    from datasets.imagenet_relabel import id_relabellings  # it reads imagenet_wnids from this module
+
+    return id_relabellings(eval_cfg, eval_set)
 
 
 def eval_sets(data_cfg: Any, transform: Callable, names: Sequence[str] | None = None) -> list[EvalSet]:

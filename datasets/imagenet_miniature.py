@@ -53,11 +53,15 @@ def make_miniature(
     objectnet_extra_folders: int = 2,
     size: int = 8,
     seed: int = 0,
+    val_indices: Sequence[int] | None = None,
     heldout_per_class: int = 1,
 ) -> Miniature:
     """Write the requested sets under `root` in the layout of docs/data.md (the `DEFAULT_DIRS` names).
 
-    R and A get their official 200 wnids each (or the lists passed). ObjectNet gets `objectnet_classes` mapped folders plus
+    R and A get their official 200 wnids each (or the lists passed). `val_indices` (1-based, at least one per
+    class) gives val the official file names `ILSVRC2012_val_%08d.JPEG` of those images, dealt round the 1000
+    wnid folders in order (ReaL and multilabel find labels by these names); without it val names are not
+    official. ObjectNet gets `objectnet_classes` mapped folders plus
     unmapped ones (the real set has 313 folders, 113 mapped), and mapping files in its `mappings/` format.
     """
     root = Path(root)
@@ -69,6 +73,8 @@ def make_miniature(
         if set_name == "train":
             out.labels[set_name] = _class_tree(base, wnids, range(NUM_CLASSES), train_per_class, "{folder}_{k}.JPEG", rng, size)
             write_split_file(root / SPLIT_FILE, out.labels[set_name], heldout_per_class, rng)
+        elif set_name == "val" and val_indices is not None:
+            out.labels[set_name] = _official_val(base, list(val_indices), rng, size)
         elif set_name == "val":
             out.labels[set_name] = _class_tree(
                 base, wnids, range(NUM_CLASSES), per_class, "ILSVRC2012_val_{folder}_{k:04d}.JPEG", rng, size
@@ -106,6 +112,21 @@ def write_split_file(path: Path, train_labels: dict[str, int], per_class: int, r
         mask[rng.choice(np.flatnonzero(labels == label), size=per_class, replace=False)] = 1
     np.save(path, mask)
     return mask
+
+
+def _official_val(base: Path, indices: list[int], rng, size: int) -> dict[str, int]:
+    """Val image `indices[k]` in wnid folder `k % 1000`, under its official name."""
+    if len(indices) < NUM_CLASSES or len(set(indices)) != len(indices):
+        raise ValueError(f"val_indices: need at least {NUM_CLASSES} distinct indices (one per class folder)")
+    written = {}
+    wnids = imagenet_wnids()
+    for k, index in enumerate(indices):
+        folder = base / wnids[k % NUM_CLASSES]
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"ILSVRC2012_val_{index:08d}.JPEG"
+        _write_image(path, rng, size)
+        written[str(path)] = k % NUM_CLASSES
+    return written
 
 
 def _objectnet(base: Path, per_class: int, n_classes: int, n_extra: int, rng, size: int) -> tuple[dict[str, int], list[list[int]]]:
@@ -165,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     staging = args.root.with_name(args.root.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    make_miniature(staging, per_class=args.per_class, train_per_class=args.train_per_class, size=args.size)
+    official_val = range(1, NUM_CLASSES * args.per_class + 1)  # official val names, as a download has (ReaL needs them)
+    make_miniature(staging, per_class=args.per_class, train_per_class=args.train_per_class, size=args.size, val_indices=official_val)
     (staging / marker.name).write_text("")
     shutil.rmtree(args.root, ignore_errors=True)
     staging.rename(args.root)  # whole tree or nothing

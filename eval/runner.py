@@ -2,6 +2,8 @@
 
 Each checkpoint is loaded once and scored on every requested set. With `eval.share_decoding=true`, up
 to `eval.max_models_per_pass` checkpoints of one architecture run on each decoded batch together.
+The id set's other labellings (ImageNet-ReaL, multilabel: `eval.real`, `eval.multilabel`) are scored from
+the same pass and written as records of their own (role `id_relabel`).
 """
 
 from __future__ import annotations
@@ -65,27 +67,33 @@ def chunks(paths: list[Path], metas: list[CheckpointMeta], size: int) -> list[li
     return [group[start : start + size] for group in by_arch.values() for start in range(0, len(group), size)]
 
 
-def set_record(
+def set_records(
     model_id: str, meta: CheckpointMeta, checkpoint: dict, eval_set: datasets.EvalSet, scores: SetScores, config: list[str], precision: str
-) -> dict:
-    return make_record(
-        model_id=model_id,
-        kind=meta.kind,
+) -> list[dict]:
+    """The set's record, then one per relabelling of it (ImageNetReaL, ImageNetMultilabel) from the same pass."""
+    common = {"model_id": model_id, "kind": meta.kind, "checkpoint": checkpoint, "config": config, "arch": meta.arch}
+    common.update(classes=meta.classes, skipped=len(scores.skipped), precision=precision, **eval_set.provenance)
+    record = make_record(
+        **common,
         dataset=eval_set.name,
         role=eval_set.role,
         correct=scores.correct,
         n=scores.n,
-        checkpoint=checkpoint,
-        config=config,
-        arch=meta.arch,
-        classes=meta.classes,
         per_class_top1=scores.per_class_top1(),
         per_class_n=scores.per_class_n.tolist(),
-        skipped=len(scores.skipped),
         skipped_examples=scores.skipped[:10],
-        precision=precision,
-        **eval_set.provenance,
     )
+    relabelled = [
+        make_record(**common, dataset=name, role="id_relabel", correct=s.correct, n=s.n, top1=s.top1, of_dataset=eval_set.name, **s.extra)
+        for name, s in scores.relabelled.items()
+    ]
+    return [record, *relabelled]
+
+
+def checked_relabellings(data_cfg: Any, eval_cfg: Any, names: Sequence[str]) -> dict[str, list]:
+    """Set name -> its relabellings, built (and their inputs checked) before any set is scored."""
+    id_sets = datasets.eval_sets(data_cfg, None, [data_cfg.id]) if data_cfg.id in names else []
+    return {s.name: datasets.relabellings(data_cfg, eval_cfg, s) for s in id_sets}
 
 
 def save_logits(out: Path, model_id: str, dataset: str, scores: SetScores) -> Path:
@@ -131,11 +139,13 @@ def evaluate_checkpoints(
     dtype_name = str(eval_cfg.get("logits_dtype", "float16"))
     if dtype_name not in LOGITS_DTYPES:
         raise UserError(f"eval.logits_dtype: unknown dtype {dtype_name!r}; expected one of {sorted(LOGITS_DTYPES)}")
+    relabellings = checked_relabellings(data_cfg, eval_cfg, names)
     records = []
     for chunk in chunks(paths, metas, per_pass):
         models = [load_classifier(paths[i], device)[0] for i in chunk]
         provenance = [{"path": str(paths[i]), "sha256": sha256_prefix(paths[i])} for i in chunk]
         for eval_set in datasets.eval_sets(data_cfg, val_transform(models[0]), names):
+            eval_set.relabellings = relabellings.get(eval_set.name, [])
             all_scores = score_models(
                 models,
                 eval_set,
@@ -148,8 +158,9 @@ def evaluate_checkpoints(
                 logits_dtype=LOGITS_DTYPES[dtype_name],
             )
             new = [
-                set_record(ids[i], metas[i], prov, eval_set, s, list(config), precision)
+                r
                 for i, prov, s in zip(chunk, provenance, all_scores)
+                for r in set_records(ids[i], metas[i], prov, eval_set, s, list(config), precision)
             ]
             for record in new if is_main_process() else []:
                 log.info(

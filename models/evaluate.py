@@ -9,6 +9,8 @@ need it too, and stages never import each other.
   of the set and all-reduces the counts, so every rank returns the whole set's numbers.
 - An unreadable image (a dataset returns `datasets.UnreadableImage`) is an error naming its path, or,
   with `skip_bad_images=True`, is skipped and counted.
+- A set's other labellings (`EvalSet.relabellings`: ImageNet-ReaL, multilabel) are scored from the argmax
+  predictions of the same pass; no image is decoded twice.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset, default_collate
 
 from models.errors import UserError
-from models.sets import EvalSet, UnreadableImage
+from models.sets import EvalSet, RelabelScore, UnreadableImage
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -139,6 +141,7 @@ class SetScores:
     skipped: list[str]  # paths of unreadable images that were skipped
     logits: torch.Tensor | None = None  # [n, classes] in set order, when kept
     labels: torch.Tensor | None = None
+    relabelled: dict[str, RelabelScore] = dataclasses.field(default_factory=dict)  # relabelling name -> score
 
     @property
     def correct(self) -> int:
@@ -182,6 +185,8 @@ def score_models(
     skipped: list[str] = []
     kept: list[list[torch.Tensor]] = [[] for _ in models]
     kept_labels: list[torch.Tensor] = []
+    keep_predictions = bool(eval_set.relabellings)
+    predictions: list[list[torch.Tensor]] = [[] for _ in models]
     batches = iter_logits(models, eval_set, batch_size, workers, device, amp, skip_bad_images, lambda bad: skipped.append(bad.path), shard)
     for logits, labels in batches:
         per_class_n += torch.bincount(labels, minlength=num_classes)
@@ -190,29 +195,42 @@ def score_models(
             per_class_correct[i] += torch.bincount(hits, minlength=num_classes)
             if keep_logits:
                 kept[i].append(x.to(logits_dtype))
-        if keep_logits:
+            if keep_predictions:
+                predictions[i].append(x.argmax(dim=-1))
+        if keep_logits or keep_predictions:
             kept_labels.append(labels)
     if shard is not None:
-        per_class_correct, per_class_n, skipped, kept, kept_labels = _all_reduce(
-            per_class_correct, per_class_n, skipped, kept, kept_labels, keep_logits
+        per_class_correct, per_class_n, skipped, kept, kept_labels, predictions = _all_reduce(
+            per_class_correct, per_class_n, skipped, kept, kept_labels, keep_logits, predictions
         )
+    all_labels = torch.cat(kept_labels) if kept_labels else torch.zeros(0, dtype=torch.long)
     results = []
     for i in range(len(models)):
         logits = torch.cat(kept[i]) if keep_logits and kept[i] else None
-        labels = torch.cat(kept_labels) if keep_logits and kept_labels else None
-        results.append(SetScores(per_class_correct[i], per_class_n.clone(), list(skipped), logits, labels))
+        scores = SetScores(per_class_correct[i], per_class_n.clone(), list(skipped), logits, all_labels if keep_logits else None)
+        if keep_predictions:
+            predicted = torch.cat(predictions[i]) if predictions[i] else torch.zeros(0, dtype=torch.long)
+            scored = {r.name: r.score(predicted, all_labels, skipped) for r in eval_set.relabellings}
+            scores.relabelled = {name: score for name, score in scored.items() if score is not None}
+        results.append(scores)
     return results
 
 
-def _all_reduce(per_class_correct, per_class_n, skipped, kept, kept_labels, keep_logits):
-    """Sum counts over ranks; gather skipped paths and (if kept) logits in rank order."""
+def _all_reduce(per_class_correct, per_class_n, skipped, kept, kept_labels, keep_logits, predictions):
+    """Sum counts over ranks; gather skipped paths, labels and (if kept) logits and predictions in rank order."""
     dist.all_reduce(per_class_correct, op=dist.ReduceOp.SUM)
     dist.all_reduce(per_class_n, op=dist.ReduceOp.SUM)
     gathered: list = [None] * dist.get_world_size()
-    local = (skipped, [torch.cat(k) if k else None for k in kept] if keep_logits else None, torch.cat(kept_labels) if kept_labels else None)
+    local = (
+        skipped,
+        [torch.cat(k) if k else None for k in kept] if keep_logits else None,
+        torch.cat(kept_labels) if kept_labels else None,
+        [torch.cat(p) if p else None for p in predictions],
+    )
     dist.all_gather_object(gathered, local)
-    skipped = [path for rank_skipped, _, _ in gathered for path in rank_skipped]
+    skipped = [path for rank_skipped, _, _, _ in gathered for path in rank_skipped]
     if keep_logits:
         kept = [[g[1][i] for g in gathered if g[1] is not None and g[1][i] is not None] for i in range(len(kept))]
-        kept_labels = [g[2] for g in gathered if g[2] is not None]
-    return per_class_correct, per_class_n, skipped, kept, kept_labels
+    kept_labels = [g[2] for g in gathered if g[2] is not None]
+    predictions = [[g[3][i] for g in gathered if g[3][i] is not None] for i in range(len(predictions))]
+    return per_class_correct, per_class_n, skipped, kept, kept_labels, predictions

@@ -26,7 +26,7 @@ from models.errors import UserError
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
-ROLES = ("heldout", "id", "shift")
+ROLES = ("heldout", "id", "shift", "id_relabel")  # id_relabel: the id set under other labels (ImageNet-ReaL, multilabel)
 REQUIRED_FIELDS = ("model_id", "kind", "dataset", "role", "top1", "n")
 
 # The official wide format: column name -> role. Order is the official files' order.
@@ -60,9 +60,11 @@ def make_record(
     n: int,
     checkpoint: Mapping[str, str] | None = None,
     config: Iterable[str] = (),
+    top1: float | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """A results record with `top1 = correct / n` and the provenance fields filled in."""
+    """A results record with `top1 = correct / n` (or the given `top1`, for a metric that is not a plain
+    fraction, e.g. class-balanced multilabel accuracy) and the provenance fields filled in."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     if n <= 0:
@@ -72,7 +74,7 @@ def make_record(
         "kind": kind,
         "dataset": dataset,
         "role": role,
-        "top1": correct / n,
+        "top1": correct / n if top1 is None else top1,
         "n": n,
         "checkpoint": dict(checkpoint or {}),
         "git": git_revision(),

@@ -4,10 +4,33 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch.utils.data import Dataset
+
+
+@dataclasses.dataclass(frozen=True)
+class RelabelScore:
+    """One model's score under another labelling of a set: `top1` is the metric (for most, correct / n)."""
+
+    correct: int
+    n: int
+    top1: float
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # fields for the record (e.g. excluded images)
+
+
+class Relabelling(Protocol):
+    """Another labelling of an evaluation set (ImageNet-ReaL, multilabel), scored from the predictions of
+    the pass that scores the set itself. It knows the set's files in order; `score` gets the argmax
+    prediction and original label of every scored image in that order, and the paths of unreadable images
+    that were skipped (so not scored). None: no image of the set has a label under it."""
+
+    name: str  # the dataset name of its records, e.g. ImageNetReaL
+    role: str  # id_relabel
+
+    def score(self, predictions: torch.Tensor, labels: torch.Tensor, skipped: Sequence[str]) -> RelabelScore | None: ...
 
 
 @dataclasses.dataclass
@@ -27,6 +50,7 @@ class EvalSet:
     # fields every record of this set carries; held-out sets name their split here
     # ({"split": "official" | "seeded:<seed>" | ..., "split_sha256": ...})
     provenance: dict[str, str] = dataclasses.field(default_factory=dict)
+    relabellings: list[Relabelling] = dataclasses.field(default_factory=list)  # scored from the same pass
 
 
 @dataclasses.dataclass(frozen=True)

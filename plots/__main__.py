@@ -7,7 +7,7 @@ from omegaconf import DictConfig
 from models.cli import stage_entry
 from models.errors import UserError
 from plots.inputs import load_any
-from plots.report import record_figures, write_table
+from plots.report import published_table_path, record_figures, write_beside, write_table
 
 RECORD_FIGURES = ("all", "table", "fig1", "greedy", "wise_ft")
 CHECKPOINT_FIGURES = ("checkpoints", "landscape", "angle", "approx", "soup_size")
@@ -19,8 +19,11 @@ def run(cfg: DictConfig) -> None:
         raise UserError(f"figure={figure}: unknown; choose from {', '.join(RECORD_FIGURES + CHECKPOINT_FIGURES)}")
     out = Path(cfg.out)  # tables and figures only; Hydra's own files stay in its run folder
     out.mkdir(parents=True, exist_ok=True)
+    beside = published_table_path(str(cfg.plots.beside), cfg.paths.results) if cfg.plots.get("beside") else None
     records = load_any(cfg.results)
-    models, sets, _ = write_table(records, out, cfg.plots.paper)
+    models, sets, picked = write_table(records, out, cfg.plots.paper)
+    if beside is not None:
+        print(write_beside(models, sets, picked, beside, out), end="")
     skipped: list[str] = []
     if figure in RECORD_FIGURES and figure != "table":
         skipped += record_figures(records, Path(cfg.results), models, sets, out, list(cfg.plots.formats), figure)

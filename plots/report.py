@@ -17,7 +17,7 @@ from plots import figures
 from plots.inputs import preferred_shift_order
 from plots.methods import ROWS
 from plots.render import save_figure
-from plots.table import AVG, ID, SetNames, main_table, model_accuracies, set_names, to_csv, to_latex, to_markdown, to_percent
+from plots.table import AVG, ID, SetNames, main_table, model_accuracies, row_label, set_names, to_csv, to_latex, to_markdown, to_percent
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,59 @@ def write_table(records: pd.DataFrame, out: Path, paper_csv: str | None) -> tupl
     if table.empty:
         raise UserError("results: no record matches a table row (kinds zeroshot, lp, individual, or a soup's model_id)")
     table = with_paper(to_percent(table), paper_csv, sets)
-    caption = f"Top-1 accuracy (%). Held-out: {sets.heldout}; id: {sets.id}; avg_shifts: mean over {', '.join(sets.shifts)}."
+    relabelled = f"; {', '.join(sets.relabels)}: {sets.id} under those labels" if sets.relabels else ""
+    caption = f"Top-1 accuracy (%). Held-out: {sets.heldout}; id: {sets.id}{relabelled}; avg_shifts: mean over {', '.join(sets.shifts)}."
     write_text_atomic(out / "main_table.md", to_markdown(table, picked))
     write_text_atomic(out / "main_table.tex", to_latex(table, picked, caption))
     write_text_atomic(out / "main_table.csv", to_csv(table))
     write_text_atomic(out / "main_table_models.json", json.dumps(picked, indent=1, sort_keys=True) + "\n")
     log.info("wrote %s/main_table.{md,tex,csv} (%d rows)", out, len(table))
     return models, sets, picked
+
+
+PUBLISHED_NOTES = ("label", "checked_against")  # columns of a published table that are not accuracies
+
+
+def published_table_path(beside: str, results_dir: str | os.PathLike) -> Path:
+    """`vit_g14` (a name) -> results/paper/vit_g14_table.csv; anything else is a path to such a CSV."""
+    path = Path(beside) if beside.endswith(".csv") else Path(results_dir) / "paper" / f"{beside}_table.csv"
+    if not path.is_file():
+        raise UserError(f"plots.beside={beside}: {path} not found; pass a name under results/paper/ (e.g. vit_g14) or a CSV path")
+    return path
+
+
+def beside_table(ours: pd.DataFrame, picked: dict[str, str], published: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The published rows, then ours, in the published table's columns (percent). Rows are labelled by origin."""
+    if "method" not in published.columns:
+        raise UserError(
+            f"{source}: no 'method' column; a published table has method, accuracy columns and optional {list(PUBLISHED_NOTES)}"
+        )
+    published = published.set_index("method")
+    columns = [c for c in published.columns if c not in PUBLISHED_NOTES]
+    labels = published["label"] if "label" in published else pd.Series(published.index, index=published.index)
+    rows = [pd.Series(published.loc[m, columns].astype(float).values, index=columns, name=f"paper: {labels[m]}") for m in published.index]
+    rows += [
+        pd.Series(ours.loc[m].reindex(columns).astype(float).values, index=columns, name=f"ours: {row_label(m, picked)}")
+        for m in ours.index
+    ]
+    table = pd.DataFrame(rows)
+    table.index.name = "method"
+    return table
+
+
+def write_beside(models: pd.DataFrame, sets: SetNames, picked: dict[str, str], published_csv: Path, out: Path) -> str:
+    """Write `main_table_beside_<name>.{md,csv}` and return the markdown (the caller prints it)."""
+    table, _ = main_table(models, sets)
+    try:
+        published = pd.read_csv(published_csv)
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise UserError(f"{published_csv}: not a CSV table ({err})") from None
+    joined = beside_table(to_percent(table), picked, published, str(published_csv))
+    stem = f"main_table_beside_{published_csv.stem.removesuffix('_table')}"
+    markdown = to_markdown(joined, {})
+    write_text_atomic(out / f"{stem}.md", markdown)
+    write_text_atomic(out / f"{stem}.csv", to_csv(joined))
+    return markdown
 
 
 def read_trajectory(path: Path) -> pd.DataFrame:

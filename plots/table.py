@@ -16,6 +16,7 @@ from models.results import wide_table
 from plots.methods import INDIVIDUAL_KIND, INIT_KINDS, MODEL_ID_ROWS, ROWS, WISE_FT_DEFAULT_ALPHA, WISE_FT_KIND, style, wise_ft_alpha
 
 HELDOUT, ID, AVG = "heldout", "id", "avg_shifts"
+RELABEL_ORDER = ("ImageNetReaL", "ImageNetMultilabel")  # the id set under other labels, in the paper's ViT-G table order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +26,7 @@ class SetNames:
     heldout: str | None
     id: str | None
     shifts: tuple[str, ...]
+    relabels: tuple[str, ...] = ()  # role id_relabel: e.g. ImageNetReaL, ImageNetMultilabel
 
 
 def _one(names: Sequence[str], role: str) -> str | None:
@@ -35,20 +37,23 @@ def _one(names: Sequence[str], role: str) -> str | None:
 
 def set_names(records: pd.DataFrame, preferred_order: Sequence[str] = ()) -> SetNames:
     """Read the roles from the records; shifts in `preferred_order` first (the data config's order), then by name."""
-    by_role = {role: sorted(records.loc[records["role"] == role, "dataset"].unique()) for role in ("heldout", "id", "shift")}
+    by_role = {role: sorted(records.loc[records["role"] == role, "dataset"].unique()) for role in ("heldout", "id", "shift", "id_relabel")}
     rank = {name: i for i, name in enumerate(preferred_order)}
     shifts = sorted(by_role["shift"], key=lambda name: (rank.get(name, len(rank)), name))
-    return SetNames(_one(by_role["heldout"], "heldout"), _one(by_role["id"], "id"), tuple(shifts))
+    relabel_rank = {name: i for i, name in enumerate(RELABEL_ORDER)}
+    relabels = sorted(by_role["id_relabel"], key=lambda name: (relabel_rank.get(name, len(relabel_rank)), name))
+    return SetNames(_one(by_role["heldout"], "heldout"), _one(by_role["id"], "id"), tuple(shifts), tuple(relabels))
 
 
 def model_accuracies(records: pd.DataFrame, sets: SetNames) -> pd.DataFrame:
-    """One row per model_id: `kind`, `heldout`, `id`, each shift, `avg_shifts` (the unweighted mean of the shifts,
-    NaN unless every shift is there), and `alpha` for WiSE-FT records. Fractions."""
+    """One row per model_id: `kind`, `heldout`, `id`, each relabelling of id (ReaL, multilabel), each shift,
+    `avg_shifts` (the unweighted mean of the shifts, NaN unless every shift is there), and `alpha` for WiSE-FT
+    records. Fractions."""
     wide = wide_table(records)
     columns = {sets.heldout: HELDOUT, sets.id: ID}
     table = pd.DataFrame(index=wide.index)
     table["kind"] = wide["kind"]
-    for name, column in list(columns.items()) + [(s, s) for s in sets.shifts]:
+    for name, column in list(columns.items()) + [(s, s) for s in (*sets.relabels, *sets.shifts)]:
         table[column] = wide[name] if name in wide else math.nan
     table[AVG] = table[list(sets.shifts)].mean(axis=1, skipna=False) if sets.shifts else math.nan
     alphas = (
@@ -103,14 +108,14 @@ def oracle_row(models: pd.DataFrame, sets: SetNames) -> pd.Series | None:
     pool = individuals(models)
     if pool.empty:
         return None
-    row = pool[[HELDOUT, ID, *sets.shifts]].max()
+    row = pool[[HELDOUT, ID, *sets.relabels, *sets.shifts]].max()
     row[AVG] = row[list(sets.shifts)].mean(skipna=False) if sets.shifts else math.nan
     return row
 
 
 def main_table(models: pd.DataFrame, sets: SetNames) -> tuple[pd.DataFrame, dict[str, str]]:
     """The table (rows in the paper's order, where the data exists; fractions) and which model each row shows."""
-    columns = [HELDOUT, ID, *sets.shifts, AVG]
+    columns = [HELDOUT, ID, *sets.relabels, *sets.shifts, AVG]
     picked = pick_rows(models)
     rows = {}
     for row in ROWS:

@@ -68,7 +68,7 @@ def build_context(cfg: Any, eval_sets_fn: EvalSetsFn | None = None) -> SoupConte
     meta = ingredients[0].meta
 
     def make_scorer() -> Scorer:
-        return Scorer(meta, cfg.data, names, device, loader_kwargs(cfg.eval), eval_sets_fn)
+        return Scorer(meta, cfg.data, names, device, loader_kwargs(cfg.eval), eval_sets_fn, cfg.eval if evaluate else None)
 
     hashes = BackgroundHashes([ing.path for ing in ingredients] + ([init.path] if init is not None else []))
     return SoupContext(ingredients, cfg.soup, str(cfg.run_name), int(cfg.seed), device, make_scorer, init, hashes)
@@ -84,11 +84,15 @@ def evaluate_outcome(ctx: SoupContext, outcome: SoupOutcome) -> tuple[list[dict[
     for eval_set in scorer.sets:
         for start in range(0, len(with_state), chunk):
             group = with_state[start : start + chunk]
-            for candidate, (correct, n) in zip(group, scorer.accuracies([c.state for c in group], eval_set)):
-                rows.append(_row(candidate, eval_set, correct, n, scorer.precision))
+            for candidate, scores in zip(group, scorer.set_scores([c.state for c in group], eval_set)):
+                rows.append(_row(candidate, eval_set, scores.correct, scores.n, scorer.precision))
+                rows += _relabel_rows(candidate, eval_set, scores.relabelled, scorer.precision)
         for candidate in (c for c in outcome.candidates if c.state is None):
-            logits, labels = _ensemble_logits(ctx, candidate.members or [], eval_set, chunk)
+            logits, labels, skipped = _ensemble_logits(ctx, candidate.members or [], eval_set, chunk)
             rows.append(_row(candidate, eval_set, count_correct(logits, labels), len(labels), scorer.precision))
+            predicted = logits.argmax(dim=-1)
+            relabelled = {r.name: r.score(predicted, labels, skipped) for r in eval_set.relabellings}
+            rows += _relabel_rows(candidate, eval_set, relabelled, scorer.precision)
             predictions[f"{candidate.model_id}/{eval_set.name}/logits"] = logits.half()
             predictions[f"{candidate.model_id}/{eval_set.name}/labels"] = labels
     return rows, predictions
@@ -107,15 +111,33 @@ def _row(candidate: Candidate, eval_set, correct: int, n: int, precision: str) -
     }
 
 
-def _ensemble_logits(ctx: SoupContext, members: Sequence[int], eval_set, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The members' average logits on a set, loading `chunk` members at a time (one decode per chunk)."""
-    total, labels = None, None
+def _relabel_rows(candidate: Candidate, eval_set, scored: dict[str, Any], precision: str) -> list[dict[str, Any]]:
+    """Rows for the id set's other labellings (ImageNetReaL, ImageNetMultilabel); `top1` is each one's own metric."""
+    return [
+        {
+            **_row(candidate, eval_set, s.correct, s.n, precision),
+            "dataset": name,
+            "role": "id_relabel",
+            "top1": s.top1,
+            "of_dataset": eval_set.name,
+            **s.extra,
+        }
+        for name, s in scored.items()
+        if s is not None
+    ]
+
+
+def _ensemble_logits(ctx: SoupContext, members: Sequence[int], eval_set, chunk: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The members' average logits on a set, loading `chunk` members at a time (one decode per chunk),
+    the labels, and the paths of unreadable images skipped."""
+    total, labels, skipped = None, None, []
     for start in range(0, len(members), chunk):
         group = members[start : start + chunk]
-        logits, labels = ctx.scorer.logits([ctx.load(i) for i in group], eval_set)
+        skipped = []  # each chunk decodes the whole set again; keep one chunk's list
+        logits, labels = ctx.scorer.logits([ctx.load(i) for i in group], eval_set, skipped)
         for x in logits:
             total = x.clone() if total is None else total.add_(x)
-    return total / len(members), labels
+    return total / len(members), labels, skipped
 
 
 def checkpoint_meta(ctx: SoupContext, outcome: SoupOutcome, cfg: Any) -> CheckpointMeta:

@@ -19,7 +19,7 @@ import datasets
 from datasets import EvalSet
 from models.checkpoint import CheckpointMeta
 from models.errors import UserError
-from models.evaluate import accuracies, count_correct, iter_logits, precision_name
+from models.evaluate import SetScores, accuracies, count_correct, iter_logits, precision_name, score_models
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class Scorer:
         device: torch.device,
         loader_kwargs: dict[str, Any],
         eval_sets_fn: EvalSetsFn | None = None,
+        relabel_cfg: Any = None,
     ):
         # Imported here: open_clip adds ~300 MB of RSS, which a plain uniform soup without evaluation never needs.
         from models.classifier import ImageClassifier, clip_for_checkpoint, embed_dim_of
@@ -62,6 +63,8 @@ class Scorer:
         self.loader_kwargs = {**loader_kwargs, "device": device}  # batch_size, workers, amp, ... of models.evaluate.iter_logits
         self.precision = precision_name(loader_kwargs.get("amp", False), device)
         self.sets = (eval_sets_fn or datasets.eval_sets)(data_cfg, preprocess, list(set_names))
+        for eval_set in self.sets if relabel_cfg is not None else []:  # ImageNet-ReaL, multilabel (eval.real, eval.multilabel)
+            eval_set.relabellings = datasets.relabellings(data_cfg, relabel_cfg, eval_set)
         heldout = [s for s in self.sets if s.role == "heldout"]
         if not heldout:
             raise UserError(f"data: the suite {data_cfg.name!r} has no held-out set; greedy and learned soups select on it")
@@ -92,11 +95,18 @@ class Scorer:
         """(correct, n) per state on one set, decoding each image once for all states."""
         return accuracies(self._models_for(states), eval_set, **self.loader_kwargs)
 
-    def logits(self, states: Sequence[Mapping[str, torch.Tensor]], eval_set: EvalSet) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Per state, its logits over the whole set (in order), and the labels."""
+    def set_scores(self, states: Sequence[Mapping[str, torch.Tensor]], eval_set: EvalSet) -> list[SetScores]:
+        """Per state, its counts on one set and its scores under the set's relabellings, from one pass."""
+        return score_models(self._models_for(states), eval_set, **self.loader_kwargs)
+
+    def logits(
+        self, states: Sequence[Mapping[str, torch.Tensor]], eval_set: EvalSet, skipped: list[str] | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per state, its logits over the whole set (in order), and the labels; unreadable images skipped go to `skipped`."""
         per_model: list[list[torch.Tensor]] = [[] for _ in states]
         labels = []
-        for logits, batch_labels in iter_logits(self._models_for(states), eval_set, **self.loader_kwargs):
+        on_skip = None if skipped is None else (lambda bad: skipped.append(bad.path))
+        for logits, batch_labels in iter_logits(self._models_for(states), eval_set, on_skip=on_skip, **self.loader_kwargs):
             for store, x in zip(per_model, logits):
                 store.append(x)
             labels.append(batch_labels)

@@ -10,6 +10,7 @@ The three functions below are the suite interface that `datasets.train_set` etc.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +23,8 @@ from datasets import ClassInfo, EvalSet
 from datasets.world.render import CLASSNAMES
 from datasets.world.sets import SCALES, WorldArrays, load_set
 from models.errors import UserError
+
+log = logging.getLogger(__name__)
 
 CLASSES_ID = "world"
 
@@ -101,6 +104,13 @@ def eval_sets(data_cfg: Any, transform: Callable, names: Sequence[str] | None = 
 
 def class_info(data_cfg: Any) -> ClassInfo:
     return ClassInfo(classnames=list(CLASSNAMES), templates=list(TEMPLATES), classes_id=CLASSES_ID)
+
+
+def relabellings(data_cfg: Any, eval_cfg: Any, eval_set: EvalSet) -> list:
+    """None: the world's photos have one true label each; ReaL and multilabel (ImageNet's) are skipped, saying so."""
+    if str(eval_cfg.get("real", "auto")).lower() != "false" or eval_cfg.get("multilabel"):
+        log.info("ReaL and multilabel: skipped, the embedded world has no relabelled test set (they are ImageNet's)")
+    return []
 
 
 def normalised_batch(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
