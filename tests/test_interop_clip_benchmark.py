@@ -5,11 +5,14 @@ project checkpoint; `eval.runner.evaluate_checkpoints` scores it on miniature Im
 A trees in their public layouts and saves its logits. The same checkpoint is exported as a full open_clip
 checkpoint (`python -m eval.convert export-open-clip`) and run through clip_benchmark's own dataset
 builders and zero-shot code in float32 (its `--no_amp`). Labels, predictions and top-1 must be identical.
+ImageNet2p is clip_benchmark's ImageNet train folder restricted to the images the split file marks, as the
+official code does.
 
 Both sides use open_clip's ImageNet class names and the same two of the OpenAI templates (clip_benchmark
-ships identical names and the same 80 templates; two keep the test fast). ObjectNet is not compared:
+ships identical names and the same 80 templates; two keep the test fast). ObjectNet is not compared here:
 clip_benchmark builds a 113-way head from ObjectNet's class names and does not crop the 2-px border,
-where the paper's protocol projects 1000-way logits (max over mapped classes) - see docs/data.md.
+where the paper's protocol projects 1000-way logits (max over mapped classes) - see docs/data.md; the
+paper's ObjectNet protocol is checked against OpenAI's CLIP code in test_reference_equivalence.py.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import ast
 import inspect
 
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -25,7 +29,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from datasets import eval_sets
-from datasets.imagenet_miniature import make_miniature, register_tiny_vit
+from datasets.imagenet_miniature import SPLIT_FILE, make_miniature, register_tiny_vit
 from eval.convert import main as convert_main
 from eval.runner import evaluate_checkpoints
 from models.checkpoint import CheckpointMeta, save_checkpoint
@@ -40,6 +44,7 @@ from clip_benchmark.models.open_clip import load_open_clip  # noqa: E402
 TEMPLATES = list(open_clip.OPENAI_IMAGENET_TEMPLATES[:2])
 # our set name -> (clip_benchmark dataset name, its root relative to the miniature root)
 PEER_SETS = {
+    "ImageNet2p": ("imagenet1k-unverified", "imagenet"),  # its train split, restricted to the split file's held-out images
     "ImageNet": ("imagenet1k-unverified", "imagenet"),
     "ImageNetV2": ("imagenetv2", "."),
     "ImageNetSketch": ("imagenet_sketch", "sketch"),
@@ -66,7 +71,8 @@ def tiny_arch() -> str:
 def test_predictions_equal_clip_benchmark(tmp_path, tiny_arch, monkeypatch):
     mini = make_miniature(
         tmp_path / "data",
-        sets=("val", "ImageNetV2", "ImageNetSketch", "ImageNetR", "ImageNetA"),
+        sets=("train", "val", "ImageNetV2", "ImageNetSketch", "ImageNetR", "ImageNetA"),
+        train_per_class=2,
         r_wnids=peer_wnid_list("imagenet_r_wnids"),
         a_wnids=peer_wnid_list("imagenet_a_wnids"),
         size=24,
@@ -88,7 +94,16 @@ def test_predictions_equal_clip_benchmark(tmp_path, tiny_arch, monkeypatch):
 
     # ours: the eval stage, logits saved per set
     data_cfg = OmegaConf.create(
-        {"name": "imagenet", "root": str(mini.root), "heldout": "ImageNet2p", "id": "ImageNet", "shifts": list(PEER_SETS)[1:]}
+        {
+            "name": "imagenet",
+            "root": str(mini.root),
+            "heldout": "ImageNet2p",
+            "id": "ImageNet",
+            "shifts": list(PEER_SETS)[2:],
+            "heldout_split": "official",
+            "heldout_index": str(mini.root / SPLIT_FILE),
+            "heldout_per_class": 1,
+        }
     )
     eval_cfg = OmegaConf.create(
         {
@@ -114,7 +129,12 @@ def test_predictions_equal_clip_benchmark(tmp_path, tiny_arch, monkeypatch):
     monkeypatch.setattr(imagenetv2, "V2_DATASET_SIZE", len(mini.labels["ImageNetV2"]))  # else it downloads the real set
     peer_templates = [t("{c}") for t in TEMPLATES]
     for name, (peer_name, sub) in PEER_SETS.items():
-        dataset = builder.build_dataset(peer_name, root=str(mini.root / sub), transform=transform, split="test", download=False)
+        split = "train" if name == "ImageNet2p" else "test"
+        dataset = builder.build_dataset(peer_name, root=str(mini.root / sub), transform=transform, split=split, download=False)
+        if name == "ImageNet2p":  # the official protocol: ImageFolder over train, the images the split file marks
+            held = np.flatnonzero(np.load(mini.root / SPLIT_FILE))
+            dataset.samples = [dataset.samples[i] for i in held]
+            dataset.targets = [dataset.targets[i] for i in held]
         classifier = zero_shot_classifier(model, peer_tokenizer, dataset.classes, peer_templates, "cpu", amp=False)
         logits, targets = run_classification(model, classifier, DataLoader(dataset, batch_size=128), "cpu", amp=False)
         peer_paths = [str(p) for p in dataset.fnames] if name == "ImageNetV2" else [p for p, _ in dataset.samples]
@@ -125,7 +145,10 @@ def test_predictions_equal_clip_benchmark(tmp_path, tiny_arch, monkeypatch):
             path: (int(t), int(p))
             for (path, _), t, p in zip(our_sets[name].dataset.samples, saved["labels"], saved["logits"].argmax(dim=1))
         }
-        written = mini.labels["val" if name == "ImageNet" else name]
+        if name == "ImageNet2p":
+            written = {path: mini.labels["train"][path] for path, _ in dataset.samples}
+        else:
+            written = mini.labels["val" if name == "ImageNet" else name]
         assert len(ours) == len(peer) == len(written), name
         assert ours == peer, f"{name}: {sum(ours[k] != peer[k] for k in ours)} examples differ from clip_benchmark"
         assert {path: label for path, (label, _) in ours.items()} == written, name  # labels as written

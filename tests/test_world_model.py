@@ -85,13 +85,15 @@ def test_committed_foundation_gives_recorded_zero_shot_accuracy(tmp_path):
 
 def test_pretraining_command_reproduces_its_first_steps(tmp_path):
     # The command's first losses are recorded in results/world/pretrain.json; the same config, seed and
-    # thread count must give the same floats bit for bit (this needs the demo-scale corpus: ~20 s).
+    # thread count give the same floats. Bit for bit on one CPU; across CPUs the maths libraries pick other
+    # kernels by instruction set (README, "Reproducibility"), so the recorded floats hold to 1e-5 relative
+    # (an AVX-512 Xeon differs from the recording AMD EPYC in the 7th digit).
     record = json.loads((RESULTS / "pretrain.json").read_text())
     cfg = world_config(f"paths.cache={tmp_path}")
     assert record["pretrain"]["threads"] == cfg.pretrain.threads
     model, _ = init_model(cfg.model.arch, cfg.pretrain.seed)
     losses = first_losses(model, cfg, FIRST_STEPS)
-    assert losses == record["first_losses"]
+    assert losses == pytest.approx(record["first_losses"], rel=1e-5)
 
 
 def test_world_stage_rejects_an_unknown_scale(tmp_path):
