@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from models.atomic import write_text_atomic
-from pipeline.steps import EXPERIMENTS, experiment_steps, time_left
+from pipeline.steps import EXPERIMENTS, experiment_steps, seeds_steps, time_left
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,11 +38,21 @@ def main() -> int:
     parser.add_argument("experiment", choices=EXPERIMENTS, help="which experiment's sequence to run")
     parser.add_argument("--print", action="store_true", help="print the stage commands instead of running them")
     parser.add_argument("--from", dest="start", type=int, default=1, help="start at step N (1-based)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        metavar="S",
+        help="run the experiment once per sweep seed (0 is the plain run), then write mean +- sd of each finding to results/demo_seeds/",
+    )
     args = parser.parse_args()
 
     runs = Path(os.environ.get("MODEL_SOUPS_RUNS", ROOT / "runs"))
     cache = Path(os.environ.get("MODEL_SOUPS_CACHE", ROOT / ".cache"))
-    steps = experiment_steps(args.experiment, _short(runs), _short(cache))
+    if args.seeds:
+        steps = seeds_steps(args.experiment, args.seeds, _short(runs), _short(cache))
+    else:
+        steps = experiment_steps(args.experiment, _short(runs), _short(cache))
     if args.print:
         for number, step in enumerate(steps, start=1):
             print(f"# {number}. {step.name}\n{shlex.join(step.argv)}\n")

@@ -7,9 +7,9 @@ from omegaconf import DictConfig
 from models.cli import stage_entry
 from models.errors import UserError
 from plots.inputs import load_any
-from plots.report import record_figures, write_table
+from plots.report import record_figures, write_findings, write_table
 
-RECORD_FIGURES = ("all", "table", "fig1", "greedy", "wise_ft")
+RECORD_FIGURES = ("all", "table", "findings", "fig1", "greedy", "wise_ft")
 CHECKPOINT_FIGURES = ("checkpoints", "landscape", "angle", "approx", "soup_size")
 
 
@@ -20,8 +20,10 @@ def run(cfg: DictConfig) -> None:
     out = Path(cfg.out)  # tables and figures only; Hydra's own files stay in its run folder
     out.mkdir(parents=True, exist_ok=True)
     records = load_any(cfg.results)
-    models, sets, _ = write_table(records, out, cfg.plots.paper)
+    models, sets, picked = write_table(records, out, cfg.plots.paper)
     skipped: list[str] = []
+    if figure in ("all", "findings"):
+        skipped += write_findings(Path(cfg.results), picked, sets, out, list(cfg.plots.formats))
     if figure in RECORD_FIGURES and figure != "table":
         skipped += record_figures(records, Path(cfg.results), models, sets, out, list(cfg.plots.formats), figure)
     if figure in CHECKPOINT_FIGURES:
