@@ -121,6 +121,15 @@ def measure(finding: Finding, preds: Mapping[str, Predictions], sets: SetNames, 
         else:
             values = [100 * float(np.mean([preds[s].correct[:, i].mean() for s in sets.shifts])) for i in (0, 1)]
     delta, lo, hi = bootstrap_ci(samples, statistic, n_boot, seed)
+    extra = {}
+    if finding.metric == "shift_gain_minus_id_gain":  # the gains themselves, and the shift gain per pp of id gain
+        id_gain = 100 * float(preds[sets.id].correct[:, 0].mean() - preds[sets.id].correct[:, 1].mean())
+        shift_gain = values[0] - values[1]
+        extra = {
+            "id_gain_pp": round(id_gain, 3),
+            "shift_gain_pp": round(shift_gain, 3),
+            "ratio": round(shift_gain / id_gain, 3) if id_gain else None,
+        }
     return {
         "name": finding.name,
         "metric": finding.metric,
@@ -133,6 +142,7 @@ def measure(finding: Finding, preds: Mapping[str, Predictions], sets: SetNames, 
         "claim": finding.claim,
         "holds": holds(finding.claim, lo, hi),
         "paper": finding.paper,
+        **extra,
     }
 
 
@@ -187,3 +197,15 @@ def reliability_figure(files: Mapping[tuple[str, str], Path], picked: Mapping[st
     ax.set_title("Reliability diagram")
     ax.legend(loc="upper left")
     return fig
+
+
+def to_markdown(findings: list[dict]) -> str:
+    """findings.json as a table: the README's "which findings reproduce" quotes it."""
+    lines = ["| finding | a − b | a | b | Δ (pp) | 95% CI (pp) | paper | holds |", "|---|---|---:|---:|---:|---|---|---|"]
+    for f in findings:
+        lo, hi = f["ci95"]
+        lines.append(
+            f"| {f['name']} | {f['a']} − {f['b']} ({f['metric']}) | {f['a_value']:.2f} | {f['b_value']:.2f} | {f['delta_pp']:+.2f} "
+            f"| [{lo:+.2f}, {hi:+.2f}] | {f['paper']} | {'yes' if f['holds'] else 'no'} ({f['claim']}) |"
+        )
+    return "\n".join(lines) + "\n"

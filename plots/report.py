@@ -134,7 +134,7 @@ def write_findings(results_root: Path, picked: dict[str, str], sets: SetNames, o
     """findings.json (the paper's findings with paired-bootstrap 95% intervals) and the reliability diagram,
     from the per-example logits saved under `results_root`; return what was skipped and why."""
     from models.logits import find_logits
-    from plots.findings import compute_findings, reliability_figure
+    from plots.findings import compute_findings, reliability_figure, to_markdown
 
     files = find_logits(results_root)
     if not files:
@@ -142,6 +142,7 @@ def write_findings(results_root: Path, picked: dict[str, str], sets: SetNames, o
     findings, skipped = compute_findings(files, picked, sets)
     if findings:
         write_text_atomic(out / FINDINGS_FILE, json.dumps(findings, indent=1) + "\n")
+        write_text_atomic(out / "findings.md", to_markdown(findings))
         log.info("wrote %s/%s (%d findings)", out, FINDINGS_FILE, len(findings))
     figure = reliability_figure(files, picked, sets)
     if figure is not None:

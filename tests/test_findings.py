@@ -141,8 +141,10 @@ def test_plots_writes_findings_from_saved_logits(tmp_path):
     assert findings["wise_ft_vs_best_shifts"]["delta_pp"] == pytest.approx(100 * (60 / N + 70 / N) / 2)
     # trade-off from zero-shot to m2: shifts gain (0 - 20) / 2 images, id gain 140 images, on 400 each
     assert findings["finetune_tradeoff"]["delta_pp"] == pytest.approx(100 * (-10 / N - 140 / N)) and findings["finetune_tradeoff"]["holds"]
+    assert findings["finetune_tradeoff"]["ratio"] == pytest.approx(round((-10 / N) / (140 / N), 3))
     assert findings["greedy_soup_vs_ensemble_id"]["delta_pp"] == pytest.approx(0.5)
     assert (out / "fig_reliability.png").stat().st_size > 1000
+    assert "| greedy_vs_best_id | greedy_soup − best_individual (top1_id) | 88.00 | 85.00 | +3.00 |" in (out / "findings.md").read_text()
     table = pd.read_csv(out / "main_table.csv", index_col="method")
     assert table.loc["greedy_soup", "id_ci95"] == pytest.approx(round(100 * accuracy_half_width([352 / N], [N]), 2))
 
