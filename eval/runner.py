@@ -15,16 +15,15 @@ from typing import Any
 
 import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
-from safetensors.torch import save_file
 
 import datasets
 from eval.checkpoints import model_ids, resolve_checkpoints
 from eval.distributed import init_distributed, is_main_process
-from models.atomic import atomic_path
 from models.checkpoint import CheckpointMeta, read_meta, sha256_prefix
 from models.classifier import ImageClassifier, load_classifier
 from models.errors import UserError
 from models.evaluate import SetScores, precision_name, score_models
+from models.logits import save_logits
 from models.results import append_records, make_record
 
 log = logging.getLogger(__name__)
@@ -96,17 +95,6 @@ def checked_relabellings(data_cfg: Any, eval_cfg: Any, names: Sequence[str]) -> 
     return {s.name: datasets.relabellings(data_cfg, eval_cfg, s) for s in id_sets}
 
 
-def save_logits(out: Path, model_id: str, dataset: str, scores: SetScores) -> Path:
-    path = out / "logits" / model_id / f"{dataset}.safetensors"
-    with atomic_path(path) as tmp:
-        save_file(
-            {"logits": scores.logits.contiguous(), "labels": scores.labels.contiguous()},
-            str(tmp),
-            metadata={"model_id": model_id, "dataset": dataset},
-        )
-    return path
-
-
 def evaluate_checkpoints(
     checkpoints: str | Sequence[str],
     data_cfg: Any,
@@ -175,7 +163,7 @@ def evaluate_checkpoints(
                 append_records(out, new)
                 if eval_cfg.save_logits:
                     for i, s in zip(chunk, all_scores):
-                        save_logits(out, ids[i], eval_set.name, s)
+                        save_logits(out, ids[i], eval_set.name, s.logits, s.labels)
             records.extend(new)
         del models
     return records

@@ -17,7 +17,7 @@ import open_clip
 import torch
 
 from models.errors import UserError
-from models.world_tokenizer import WorldTokenizer
+from models.world_tokenizer import CHARACTER_WORDS, WorldTokenizer
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 
@@ -25,6 +25,7 @@ MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 # Keyed by architecture name; values build the tokenizer.
 PROJECT_TOKENIZERS: dict[str, Callable[[], Callable]] = {}
 PROJECT_TOKENIZERS["TinyCLIP"] = WorldTokenizer  # the embedded world's word-level tokenizer
+PROJECT_TOKENIZERS["TinyCLIP-Chars"] = functools.partial(WorldTokenizer, words=CHARACTER_WORDS)  # the character world's
 
 
 @functools.cache

@@ -24,23 +24,41 @@ WORDS = (
     "this is it there showing"
 ).split()
 
+# The character world (data.version=5, arch TinyCLIP-Chars) adds its noun and the letters' names.
+CHARACTER_WORDS = tuple(WORDS) + tuple(
+    "character characters letter upper lower "
+    "alfa bravo charlie delta echo foxtrot golf hotel india juliett kilo lima mike november oscar papa quebec romeo sierra "
+    "tango uniform victor whiskey xray yankee zulu".split()
+)
+
 PAD, UNK = 0, 1
-VOCAB = {word: i + 2 for i, word in enumerate(dict.fromkeys(WORDS))}
+
+
+def vocabulary(words: tuple[str, ...] | list[str]) -> dict[str, int]:
+    """Word -> id (ids 0 and 1 are padding and unknown; start and end of text follow the words)."""
+    return {word: i + 2 for i, word in enumerate(dict.fromkeys(words))}
+
+
+VOCAB = vocabulary(WORDS)
 SOT = len(VOCAB) + 2
 EOT = SOT + 1
 VOCAB_SIZE = EOT + 1  # must equal text_cfg.vocab_size in models/model_configs/TinyCLIP.json
+CHARACTER_VOCAB_SIZE = len(vocabulary(CHARACTER_WORDS)) + 4  # ... in TinyCLIP-Chars.json
 
 
 class WorldTokenizer:
     """Callable like open_clip's tokenizers: texts -> LongTensor [n, context_length]."""
 
-    def __init__(self, context_length: int = CONTEXT_LENGTH):
+    def __init__(self, context_length: int = CONTEXT_LENGTH, words: tuple[str, ...] | list[str] = WORDS):
         self.context_length = context_length
-        self.vocab_size = VOCAB_SIZE
+        self.vocab = vocabulary(words)
+        self.sot = len(self.vocab) + 2
+        self.eot = self.sot + 1
+        self.vocab_size = self.eot + 1
 
     def encode(self, text: str) -> list[int]:
         words = re.findall(r"[a-z]+", text.lower())
-        return [VOCAB.get(word, UNK) for word in words]
+        return [self.vocab.get(word, UNK) for word in words]
 
     def unknown_words(self, text: str) -> list[str]:
         """Words of `text` outside the closed vocabulary (they would all become one UNK token)."""
@@ -52,6 +70,6 @@ class WorldTokenizer:
         length = context_length or self.context_length
         out = torch.full((len(texts), length), PAD, dtype=torch.long)
         for row, text in enumerate(texts):
-            ids = [SOT, *self.encode(text)][: length - 1] + [EOT]
+            ids = [self.sot, *self.encode(text)][: length - 1] + [self.eot]
             out[row, : len(ids)] = torch.tensor(ids)
         return out

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from models.atomic import write_text_atomic
-from pipeline.steps import EXPERIMENTS, experiment_steps, split_overrides, time_left
+from pipeline.steps import EXPERIMENTS, experiment_steps, seeds_steps, split_overrides, time_left
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,6 +41,13 @@ def main() -> int:
     parser.add_argument("experiment", choices=EXPERIMENTS, help="which experiment's sequence to run")
     parser.add_argument("--print", action="store_true", help="print the stage commands instead of running them")
     parser.add_argument("--from", dest="start", type=int, default=1, help="start at step N (1-based)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        metavar="S",
+        help="run the experiment once per sweep seed (0 is the plain run), then write mean +- sd of each finding to results/demo_seeds/",
+    )
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides passed to every stage (data.root=..., model=...)")
     args = parser.parse_intermixed_args()
 
@@ -49,7 +56,10 @@ def main() -> int:
     # stages run from the repository root: a dataset folder given relative to here must still be found
     extra = [f"data.root={Path(a.split('=', 1)[1]).resolve()}" if a.startswith("data.root=") else a for a in args.overrides]
     try:
-        steps = experiment_steps(args.experiment, _short(runs), _short(cache), extra)
+        if args.seeds:
+            steps = seeds_steps(args.experiment, args.seeds, _short(runs), _short(cache))
+        else:
+            steps = experiment_steps(args.experiment, _short(runs), _short(cache), extra)
     except KeyError as err:
         print(f"error: {err.args[0]}", file=sys.stderr)
         return 2

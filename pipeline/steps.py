@@ -26,6 +26,10 @@ def _py(*args: str) -> tuple[str, ...]:
     return ("python", "-m", *args)
 
 
+DEMO_SWEEP_SEED = 0  # conf/sweep/demo.yaml's seed
+SEEDS_DIR = "demo_seeds"  # runs/<SEEDS_DIR>/seed<S>/ holds another sweep seed's runs; results/<SEEDS_DIR>/ the summary
+
+
 def split_overrides(extra: Sequence[str]) -> tuple[str | None, str | None, list[str]]:
     """(name=..., sweep=..., the rest) of a user's overrides: the name moves the run folders, a sweep
     choice applies to the sweep step only, the rest goes to every stage."""
@@ -41,15 +45,25 @@ def split_overrides(extra: Sequence[str]) -> tuple[str | None, str | None, list[
     return name, sweep, rest
 
 
-def experiment_steps(experiment: str, runs: str = "runs", cache: str = ".cache", extra: Sequence[str] = ()) -> list[Step]:
+def experiment_steps(
+    experiment: str, runs: str = "runs", cache: str = ".cache", extra: Sequence[str] = (), sweep_seed: int | None = None
+) -> list[Step]:
     """The steps of `experiment`; `runs` and `cache` are the folders paths.runs and paths.cache point to;
-    `extra` are overrides passed to every stage (`name=` and `sweep=` see `split_overrides`)."""
+    `extra` are overrides passed to every stage (`name=` and `sweep=` see `split_overrides`).
+
+    With `sweep_seed`, the random search is drawn with that seed into its own runs folder
+    (`runs/demo_seeds/seed<S>`), whose tables and findings go to its `results/` (the figures from
+    checkpoints are left out): the input of the seeds summary (`seeds_steps`)."""
     if experiment not in EXPERIMENTS:
         raise KeyError(experiment)
     name, sweep_choice, rest = split_overrides(extra)
     if experiment == "folder" and not any(a.startswith("data.root=") for a in rest):
         raise KeyError("the folder experiment needs data.root=ROOT (your dataset's folder)")
     exp = f"experiment={experiment}"
+    relocate: tuple[str, ...] = ()
+    if sweep_seed is not None:
+        runs = f"{runs}/{SEEDS_DIR}/seed{sweep_seed}"
+        relocate = (f"paths.runs={runs}",)
     base = f"{runs}/{name or experiment}"
     inits, sweep = f"{base}/inits", f"{base}/finetune"
     # The fine-tunes start from the LP init (the paper's model_0), so it is θ0 for WiSE-FT and Model Stock.
@@ -64,6 +78,9 @@ def experiment_steps(experiment: str, runs: str = "runs", cache: str = ".cache",
     threads = ("finetune.threads=null",) if experiment in ("demo", "folder") else ()
     # Tables and figures of the committed experiments go to results/<experiment>/; the dry run and your dataset keep their own.
     out = () if experiment in ("paper_vitb32_dryrun", "folder") else (f"out=results/{experiment}",)
+    if sweep_seed is not None:
+        out = (f"out={runs}/results",)
+    seed = (f"sweep.seed={sweep_seed}",) if sweep_seed is not None else ()
     timed = {  # measured seconds on 2 CPU cores (demo, dry run); the paper's run is GPU-hours (docs/experiments.md)
         "demo": (12, 14, 102, 57, 160, 3, 95),  # a clean `make demo`, 7:23 in all
         "paper_vitb32_dryrun": (15, 25, 90, 30, 120, 15, 60),
@@ -90,23 +107,26 @@ def experiment_steps(experiment: str, runs: str = "runs", cache: str = ".cache",
                 "finetune.init=zeroshot,lp",
                 f"hydra.sweep.dir={inits}",
                 "hydra.sweep.subdir=${finetune.init}",
+                *relocate,
                 *launcher,
                 *user,
             ),
             timed[1],
         ),
-        Step("fine-tuning sweep", _py("finetune", "-m", exp, f"sweep={sweep_name}", *threads, *launcher, *user), timed[2]),
+        Step(
+            "fine-tuning sweep", _py("finetune", "-m", exp, f"sweep={sweep_name}", *seed, *threads, *relocate, *launcher, *user), timed[2]
+        ),
         Step(
             "eval of the inits and every fine-tuned model",
-            _py("eval", *multirun, exp, f"checkpoints=[{inits},{sweep}]", "run_name=individuals", *launcher, *user),
+            _py("eval", *multirun, exp, f"checkpoints=[{inits},{sweep}]", "run_name=individuals", *relocate, *launcher, *user),
             timed[3],
         ),
         Step(
             "soups, ensembles, WiSE-FT and Model Stock (+ their eval)",
-            _py("soups", "-m", exp, f"soup={SOUPS}", f"ingredients={ingredients}", f"++soup.init={lp_init}", *launcher, *user),
+            _py("soups", "-m", exp, f"soup={SOUPS}", f"ingredients={ingredients}", f"++soup.init={lp_init}", *relocate, *launcher, *user),
             timed[4],
         ),
-        Step("tables and figures from the records", _py("plots", exp, f"results={base}", *out, *user), timed[5]),
+        Step("tables and figures from the records", _py("plots", exp, f"results={base}", *out, *relocate, *user), timed[5]),
     ]
     if experiment == "folder":  # can the sweep be souped at all, and if not why (docs/your_dataset.md)
         steps.append(
@@ -116,7 +136,7 @@ def experiment_steps(experiment: str, runs: str = "runs", cache: str = ".cache",
                 timed[6],
             )
         )
-    else:  # your dataset gets the table and Fig. 1; `plots figure=checkpoints` adds the rest
+    elif sweep_seed is None:  # your dataset gets the table and Fig. 1; `plots figure=checkpoints` adds the rest
         steps.append(
             Step(
                 "figures from checkpoints (landscape, angles, soup vs ensemble)",
@@ -124,6 +144,20 @@ def experiment_steps(experiment: str, runs: str = "runs", cache: str = ".cache",
                 timed[6],
             )
         )
+    return steps
+
+
+def seeds_steps(experiment: str, seeds: list[int], runs: str = "runs", cache: str = ".cache") -> list[Step]:
+    """The experiment once per sweep seed, then mean +- sd of each finding in results/demo_seeds/.
+
+    The demo's own seed (conf/sweep/demo.yaml, 0) is the plain experiment, results/<experiment>/ included."""
+    steps, findings = [], []
+    for seed in seeds:
+        own = seed == DEMO_SWEEP_SEED
+        for step in experiment_steps(experiment, runs, cache, sweep_seed=None if own else seed):
+            steps.append(dataclasses.replace(step, name=f"seed {seed}: {step.name}"))
+        findings.append(f"results/{experiment}/findings.json" if own else f"{runs}/{SEEDS_DIR}/seed{seed}/results/findings.json")
+    steps.append(Step("mean and sd of each finding over the seeds", _py("plots.seeds", *findings, f"--out=results/{SEEDS_DIR}"), 5))
     return steps
 
 

@@ -7,9 +7,9 @@ from omegaconf import DictConfig
 from models.cli import stage_entry
 from models.errors import UserError
 from plots.inputs import load_any
-from plots.report import published_table_path, record_figures, write_beside, write_table
+from plots.report import published_table_path, record_figures, write_beside, write_findings, write_table
 
-RECORD_FIGURES = ("all", "table", "fig1", "greedy", "wise_ft")
+RECORD_FIGURES = ("all", "table", "findings", "fig1", "greedy", "wise_ft")
 CHECKPOINT_FIGURES = ("checkpoints", "landscape", "angle", "approx", "soup_size")
 
 
@@ -25,6 +25,8 @@ def run(cfg: DictConfig) -> None:
     if beside is not None:
         print(write_beside(models, sets, picked, beside, out), end="")
     skipped: list[str] = []
+    if figure in ("all", "findings"):
+        skipped += write_findings(Path(cfg.results), picked, sets, out, list(cfg.plots.formats))
     if figure in RECORD_FIGURES and figure != "table":
         skipped += record_figures(records, Path(cfg.results), models, sets, out, list(cfg.plots.formats), figure)
     if figure in CHECKPOINT_FIGURES:

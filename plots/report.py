@@ -17,7 +17,20 @@ from plots import figures
 from plots.inputs import preferred_shift_order
 from plots.methods import ROWS
 from plots.render import save_figure
-from plots.table import AVG, ID, SetNames, main_table, model_accuracies, row_label, set_names, to_csv, to_latex, to_markdown, to_percent
+from plots.table import (
+    AVG,
+    ID,
+    SetNames,
+    ci_half_widths,
+    main_table,
+    model_accuracies,
+    row_label,
+    set_names,
+    to_csv,
+    to_latex,
+    to_markdown,
+    to_percent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +60,12 @@ def write_table(records: pd.DataFrame, out: Path, paper_csv: str | None) -> tupl
     table, picked = main_table(models, sets)
     if table.empty:
         raise UserError("results: no record matches a table row (kinds zeroshot, lp, individual, or a soup's model_id)")
-    table = with_paper(to_percent(table), paper_csv, sets)
+    table = with_paper(to_percent(table).join(ci_half_widths(records, picked, sets)), paper_csv, sets)
     relabelled = f"; {', '.join(sets.relabels)}: {sets.id} under those labels" if sets.relabels else ""
-    caption = f"Top-1 accuracy (%). Held-out: {sets.heldout}; id: {sets.id}{relabelled}; avg_shifts: mean over {', '.join(sets.shifts)}."
+    caption = (
+        f"Top-1 accuracy (%). Held-out: {sets.heldout}; id: {sets.id}{relabelled}; avg_shifts: mean over {', '.join(sets.shifts)}; "
+        "*_ci95: half-width of the 95% interval (pp)."
+    )
     write_text_atomic(out / "main_table.md", to_markdown(table, picked))
     write_text_atomic(out / "main_table.tex", to_latex(table, picked, caption))
     write_text_atomic(out / "main_table.csv", to_csv(table))
@@ -155,4 +171,27 @@ def record_figures(
             save_figure(figures.fig6_wise_ft(models, sets), out, "fig6_wise_ft", formats)
         else:
             skipped.append("fig6_wise_ft: fewer than 2 WiSE-FT records")
+    return skipped
+
+
+FINDINGS_FILE = "findings.json"
+
+
+def write_findings(results_root: Path, picked: dict[str, str], sets: SetNames, out: Path, formats: Sequence[str]) -> list[str]:
+    """findings.json (the paper's findings with paired-bootstrap 95% intervals) and the reliability diagram,
+    from the per-example logits saved under `results_root`; return what was skipped and why."""
+    from models.logits import find_logits
+    from plots.findings import compute_findings, reliability_figure, to_markdown
+
+    files = find_logits(results_root)
+    if not files:
+        return [f"findings: no per-example logits under {results_root} (run eval and soups with eval.save_logits=true)"]
+    findings, skipped = compute_findings(files, picked, sets)
+    if findings:
+        write_text_atomic(out / FINDINGS_FILE, json.dumps(findings, indent=1) + "\n")
+        write_text_atomic(out / "findings.md", to_markdown(findings))
+        log.info("wrote %s/%s (%d findings)", out, FINDINGS_FILE, len(findings))
+    figure = reliability_figure(files, picked, sets)
+    if figure is not None:
+        save_figure(figure, out, "fig_reliability", formats)
     return skipped

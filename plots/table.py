@@ -14,6 +14,7 @@ import pandas as pd
 from models.errors import UserError
 from models.results import wide_table
 from plots.methods import INDIVIDUAL_KIND, INIT_KINDS, MODEL_ID_ROWS, ROWS, WISE_FT_DEFAULT_ALPHA, WISE_FT_KIND, style, wise_ft_alpha
+from plots.stats import accuracy_half_width
 
 HELDOUT, ID, AVG = "heldout", "id", "avg_shifts"
 RELABEL_ORDER = ("ImageNetReaL", "ImageNetMultilabel")  # the id set under other labels, in the paper's ViT-G table order
@@ -193,3 +194,23 @@ def to_latex(table: pd.DataFrame, picked: dict[str, str], caption: str) -> str:
 
 def to_csv(table: pd.DataFrame) -> str:
     return table.to_csv(float_format="%.2f", na_rep="")
+
+
+def ci_half_widths(records: pd.DataFrame, picked: dict[str, str], sets: SetNames) -> pd.DataFrame:
+    """Per picked row: the 95% interval half-widths (percentage points) of its `id` and `avg_shifts`
+    accuracies from the records' top-1 and image counts (normal approximation; NaN without counts).
+    Differences between two rows are judged in findings.json, by a paired bootstrap: far tighter."""
+    latest = records.sort_values("time", kind="stable") if "time" in records else records
+    latest = latest.drop_duplicates(["model_id", "dataset"], keep="last").set_index(["model_id", "dataset"])
+    rows = {}
+    for row, model_id in picked.items():
+        cells = {}
+        for column, names in ((f"{ID}_ci95", [sets.id]), (f"{AVG}_ci95", list(sets.shifts))):
+            keys = [(model_id, name) for name in names]
+            if names and all(k in latest.index for k in keys):
+                found = latest.loc[keys]
+                cells[column] = 100 * accuracy_half_width(found["top1"].to_numpy(), pd.to_numeric(found["n"]).to_numpy())
+            else:
+                cells[column] = math.nan
+        rows[row] = cells
+    return pd.DataFrame.from_dict(rows, orient="index", columns=[f"{ID}_ci95", f"{AVG}_ci95"]).round(2)

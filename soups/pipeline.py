@@ -4,7 +4,8 @@ Outputs in the run folder, all written after every computation succeeded (so a f
 - `model.safetensors` (weight-space methods), metadata listing every ingredient (path, sha256, weight);
 - `results.jsonl`: one record per (model, set), `kind` naming the method's row of the main table;
 - method files: `greedy_trajectory.jsonl`, `learned_weights.json`, `model_stock_ratios.json`, ...;
-- `predictions.safetensors` for ensembles (averaged logits, float16, and labels per set).
+- `predictions.safetensors` for ensembles (averaged logits, float16, and labels per set);
+- with `eval.save_logits=true`, `logits/<model_id>/<set>.safetensors` for every candidate (models/logits.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from models.atomic import atomic_path, write_text_atomic
 from models.checkpoint import CheckpointMeta, save_checkpoint, sha256_prefix
 from models.errors import UserError
 from models.evaluate import count_correct, resolve_device
+from models.logits import save_logits
 from models.results import append_records, make_record
 from soups.checks import check_compatible, check_fits_architecture
 from soups.ingredients import architecture_specs, describe, resolve_ingredients
@@ -74,28 +76,33 @@ def build_context(cfg: Any, eval_sets_fn: EvalSetsFn | None = None) -> SoupConte
     return SoupContext(ingredients, cfg.soup, str(cfg.run_name), int(cfg.seed), device, make_scorer, init, hashes)
 
 
-def evaluate_outcome(ctx: SoupContext, outcome: SoupOutcome) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
-    """(correct, n) of every candidate on every set, as record fields; ensembles also give predictions."""
+Logits = dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]  # (model_id, set) -> (logits, labels)
+
+
+def evaluate_outcome(ctx: SoupContext, outcome: SoupOutcome, keep_logits: bool = False) -> tuple[list[dict[str, Any]], Logits]:
+    """(correct, n) of every candidate on every set, as record fields, and the logits of the ensembles
+    (of every candidate with `keep_logits`)."""
     scorer = ctx.scorer
     chunk = int(ctx.options.get("eval_chunk", 8))
     rows: list[dict[str, Any]] = []
-    predictions: dict[str, torch.Tensor] = {}
+    kept: Logits = {}
     with_state = [c for c in outcome.candidates if c.state is not None]
     for eval_set in scorer.sets:
         for start in range(0, len(with_state), chunk):
             group = with_state[start : start + chunk]
-            for candidate, scores in zip(group, scorer.set_scores([c.state for c in group], eval_set)):
+            for candidate, scores in zip(group, scorer.set_scores([c.state for c in group], eval_set, keep_logits)):
                 rows.append(_row(candidate, eval_set, scores.correct, scores.n, scorer.precision))
                 rows += _relabel_rows(candidate, eval_set, scores.relabelled, scorer.precision)
+                if keep_logits:
+                    kept[(candidate.model_id, eval_set.name)] = (scores.logits, scores.labels)
         for candidate in (c for c in outcome.candidates if c.state is None):
             logits, labels, skipped = _ensemble_logits(ctx, candidate.members or [], eval_set, chunk)
             rows.append(_row(candidate, eval_set, count_correct(logits, labels), len(labels), scorer.precision))
             predicted = logits.argmax(dim=-1)
             relabelled = {r.name: r.score(predicted, labels, skipped) for r in eval_set.relabellings}
             rows += _relabel_rows(candidate, eval_set, relabelled, scorer.precision)
-            predictions[f"{candidate.model_id}/{eval_set.name}/logits"] = logits.half()
-            predictions[f"{candidate.model_id}/{eval_set.name}/labels"] = labels
-    return rows, predictions
+            kept[(candidate.model_id, eval_set.name)] = (logits, labels)
+    return rows, kept
 
 
 def _row(candidate: Candidate, eval_set, correct: int, n: int, precision: str) -> dict[str, Any]:
@@ -178,7 +185,14 @@ def run_soup(cfg: Any, out: Path, config_overrides: Sequence[str] = (), eval_set
 def _run(ctx: SoupContext, cfg: Any, out: Path, config_overrides: Sequence[str]) -> SoupOutcome:
     log.info("soup %s over %d ingredient(s) on %s", cfg.soup.name, len(ctx.ingredients), ctx.device)
     outcome = get_method(cfg.soup.name)(ctx)
-    rows, predictions = evaluate_outcome(ctx, outcome) if cfg.soup.get("evaluate", True) else ([], {})
+    keep_logits = bool(cfg.eval.get("save_logits", False))
+    rows, kept = evaluate_outcome(ctx, outcome, keep_logits) if cfg.soup.get("evaluate", True) else ([], {})
+    ensembles = {c.model_id for c in outcome.candidates if c.state is None}
+    predictions = {}
+    for (model_id, dataset), (logits, labels) in kept.items():
+        if model_id in ensembles:
+            predictions[f"{model_id}/{dataset}/logits"] = logits.half()
+            predictions[f"{model_id}/{dataset}/labels"] = labels
 
     # Everything is computed: write the outputs, checkpoint first so records can name its hash.
     checkpoint = None
@@ -190,6 +204,10 @@ def _run(ctx: SoupContext, cfg: Any, out: Path, config_overrides: Sequence[str])
     if predictions:
         with atomic_path(out / PREDICTIONS) as tmp:
             save_file({k: v.contiguous() for k, v in predictions.items()}, str(tmp))
+    if keep_logits:
+        dtype = getattr(torch, str(cfg.eval.get("logits_dtype", "float16")))
+        for (model_id, dataset), (logits, labels) in kept.items():
+            save_logits(out, model_id, dataset, logits.to(dtype), labels)
     saved_alpha = outcome.hparams.get("alpha")
     records = []
     for row in rows:

@@ -95,9 +95,10 @@ class Scorer:
         """(correct, n) per state on one set, decoding each image once for all states."""
         return accuracies(self._models_for(states), eval_set, **self.loader_kwargs)
 
-    def set_scores(self, states: Sequence[Mapping[str, torch.Tensor]], eval_set: EvalSet) -> list[SetScores]:
-        """Per state, its counts on one set and its scores under the set's relabellings, from one pass."""
-        return score_models(self._models_for(states), eval_set, **self.loader_kwargs)
+    def set_scores(self, states: Sequence[Mapping[str, torch.Tensor]], eval_set: EvalSet, keep_logits: bool = False) -> list[SetScores]:
+        """Per state, its counts on one set and its scores under the set's relabellings, from one pass
+        (with its float32 logits and the labels when `keep_logits`)."""
+        return score_models(self._models_for(states), eval_set, keep_logits=keep_logits, logits_dtype=torch.float32, **self.loader_kwargs)
 
     def logits(
         self, states: Sequence[Mapping[str, torch.Tensor]], eval_set: EvalSet, skipped: list[str] | None = None

@@ -1,4 +1,7 @@
-"""The embedded world: a seeded, procedurally generated image-caption world of digit glyphs.
+"""The embedded world: a seeded, procedurally generated image-caption world of glyphs.
+
+Version 4 (the default, `data.version`) draws the ten digits; version 5 draws 62 characters (digits,
+upper and lower case letters) with harder photos (datasets/world/sets.py, VERSIONS).
 
 It plays the paper's data in miniature (DESIGN.md, "Dataset roles"): a broad captioned pretraining
 corpus in every style, labelled photos (train, held-out, test) playing ImageNet, and five shifted
@@ -20,8 +23,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from datasets import ClassInfo, EvalSet
-from datasets.world.render import CLASSNAMES
-from datasets.world.sets import SCALES, WorldArrays, load_set
+from datasets.world.render import CLASSNAMES as CLASSNAMES
+from datasets.world.render import Glyphs
+from datasets.world.sets import SCALES, VERSION, VERSIONS, WorldArrays, load_set
 from models.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,12 @@ TEMPLATES = (
     "a small faint digit {}.",
     "the digit {}.",
 )
+
+
+def templates(g: Glyphs) -> tuple[str, ...]:
+    """The prompt templates for a world's glyphs (the digit world's, with its noun)."""
+    return tuple(t.replace("digit", g.noun) for t in TEMPLATES)
+
 
 ROLE_OF = {"heldout": "heldout", "photo": "id"}
 EVAL_SET_NAMES = ("heldout", "photo", "photo_v2", "rendition", "sketch", "unusual", "hard")
@@ -60,21 +70,34 @@ class WorldDataset(Dataset):
         return (self.transform(image) if self.transform else image), int(self.labels[index])
 
 
-def world_params(data_cfg: Any) -> tuple[str, str, int]:
-    """(cache root, scale, world seed) from the data config, checked."""
+def world_params(data_cfg: Any) -> tuple[str, str, int, int]:
+    """(cache root, scale, world seed, world version) from the data config, checked."""
     scale = str(getattr(data_cfg, "scale", "demo"))
     if scale not in SCALES:
         raise UserError(f"data.scale: unknown world scale {scale!r}; expected one of {sorted(SCALES)}")
+    version = getattr(data_cfg, "version", VERSION)
+    if version not in VERSIONS:
+        raise UserError(f"data.version: unknown world version {version!r}; expected one of {sorted(VERSIONS)}")
     root = getattr(data_cfg, "root", None)
     if not root:
         raise UserError("data.root: the world's cache folder is not set")
-    return str(root), scale, int(getattr(data_cfg, "seed", 0))
+    return str(root), scale, int(getattr(data_cfg, "seed", 0)), int(version)
+
+
+def world_key(data_cfg: Any) -> str:
+    """The world's name in file names: `demo-seed0` (version 4), `demo-seed0-v5`."""
+    _, scale, seed, version = world_params(data_cfg)
+    return f"{scale}-seed{seed}" + ("" if version == VERSION else f"-v{version}")
+
+
+def glyphs(data_cfg: Any) -> Glyphs:
+    return VERSIONS[world_params(data_cfg)[3]].glyphs
 
 
 def arrays(data_cfg: Any, name: str) -> WorldArrays:
     """One set's raw uint8 arrays (generated and cached on first use)."""
-    root, scale, seed = world_params(data_cfg)
-    return load_set(root, scale, seed, name)
+    root, scale, seed, version = world_params(data_cfg)
+    return load_set(root, scale, seed, name, version)
 
 
 def train_set(data_cfg: Any, transform: Callable) -> Dataset:
@@ -89,13 +112,14 @@ def eval_sets(data_cfg: Any, transform: Callable, names: Sequence[str] | None = 
     if unknown:
         raise UserError(f"data: unknown world set(s) {unknown}; the world has {list(EVAL_SET_NAMES)}")
     wanted = [n for n in ordered if names is None or n in names] + [n for n in (names or []) if n not in ordered]
-    split = {"split": f"world:{data_cfg.scale}:seed{data_cfg.seed}"}  # the world generates its held-out photos apart from train
+    names = list(glyphs(data_cfg).names)
+    split = {"split": f"world:v{world_params(data_cfg)[3]}:{data_cfg.scale}:seed{data_cfg.seed}"}  # generated apart from train
     return [
         EvalSet(
             name,
             ROLE_OF.get(name, "shift"),
             WorldDataset(arrays(data_cfg, name), transform),
-            list(CLASSNAMES),
+            names,
             provenance=split if ROLE_OF.get(name) == "heldout" else {},
         )
         for name in wanted
@@ -103,7 +127,9 @@ def eval_sets(data_cfg: Any, transform: Callable, names: Sequence[str] | None = 
 
 
 def class_info(data_cfg: Any) -> ClassInfo:
-    return ClassInfo(classnames=list(CLASSNAMES), templates=list(TEMPLATES), classes_id=CLASSES_ID)
+    g, version = glyphs(data_cfg), world_params(data_cfg)[3]
+    classes_id = CLASSES_ID if version == VERSION else f"{CLASSES_ID}-v{version}"
+    return ClassInfo(classnames=list(g.names), templates=list(templates(g)), classes_id=classes_id)
 
 
 def relabellings(data_cfg: Any, eval_cfg: Any, eval_set: EvalSet) -> list:

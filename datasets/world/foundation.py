@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 import datasets
+from datasets.world import arrays, world_key, world_params
 from datasets.world.pretrain import PretrainConfig, pretrain
 from datasets.world.samples import write_sample_grid
 from datasets.world.sets import build_world, load_set
@@ -45,6 +46,8 @@ def pretrain_config(cfg: Any) -> PretrainConfig:
         warmup_steps=p.warmup_steps,
         seed=p.seed,
         shift_px=p.shift_px,
+        checkpoint=p.get("resume_file"),
+        checkpoint_every=p.get("checkpoint_every", 250),
     )
 
 
@@ -58,8 +61,9 @@ def init_model(arch: str, seed: int):
 def run_pretraining(cfg: Any):
     """Build the world, then pretrain a freshly initialised `model.arch` on its corpus."""
     torch.set_num_threads(int(cfg.pretrain.threads))
-    root = build_world(cfg.data.root, cfg.data.scale, cfg.data.seed)
-    corpus = load_set(cfg.data.root, cfg.data.scale, cfg.data.seed, "corpus")
+    root_dir, scale, seed, version = world_params(cfg.data)
+    root = build_world(root_dir, scale, seed, version=version)
+    corpus = load_set(root_dir, scale, seed, "corpus", version)
     model, tokenizer = init_model(cfg.model.arch, cfg.pretrain.seed)
     pcfg = pretrain_config(cfg)
 
@@ -78,7 +82,7 @@ def first_losses(model: torch.nn.Module, cfg: Any, steps: int = FIRST_STEPS) -> 
     """The losses of the first `steps` steps of the pretraining command (same data, init, schedule)."""
     losses: list[float] = []
     torch.set_num_threads(int(cfg.pretrain.threads))
-    corpus = load_set(cfg.data.root, cfg.data.scale, cfg.data.seed, "corpus")
+    corpus = arrays(cfg.data, "corpus")
     pcfg = pretrain_config(cfg)
 
     def collect(step: int, loss: float) -> None:
@@ -96,11 +100,12 @@ def first_losses(model: torch.nn.Module, cfg: Any, steps: int = FIRST_STEPS) -> 
 def build_foundation(cfg: Any) -> Path:
     """Pretrain the tiny CLIP and write it to `cfg.foundation` (and its log to `cfg.results_dir`)."""
     start = time.time()
+    pcfg = pretrain_config(cfg)
     model, run_log, _ = run_pretraining(cfg)
     out = Path(cfg.foundation)
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    meta = {"arch": cfg.model.arch, "world": f"{cfg.data.scale}-seed{cfg.data.seed}", "steps": str(run_log.steps_done)}
+    meta = {"arch": cfg.model.arch, "world": world_key(cfg.data), "steps": str(run_log.steps_done)}
     with atomic_path(out) as tmp:
         save_file(state, str(tmp), metadata=meta)
     record = {
@@ -108,7 +113,7 @@ def build_foundation(cfg: Any) -> Path:
         "arch": cfg.model.arch,
         "params": sum(p.numel() for p in model.parameters()),
         "pretrain": dict(cfg.pretrain),
-        "world": {"scale": cfg.data.scale, "seed": cfg.data.seed},
+        "world": {"scale": cfg.data.scale, "seed": cfg.data.seed, "version": world_params(cfg.data)[3]},
         "seconds": round(time.time() - start, 1),
         "train_seconds": round(run_log.seconds, 1),
         "threads": torch.get_num_threads(),
@@ -118,6 +123,8 @@ def build_foundation(cfg: Any) -> Path:
         "checkpoint_sha256": sha256_prefix(out),
     }
     write_text_atomic(Path(cfg.results_dir) / "pretrain.json", json.dumps(record, indent=1, default=str))
+    if pcfg.checkpoint:
+        Path(pcfg.checkpoint).unlink(missing_ok=True)
     log.info("foundation written to %s in %.0f s", out, record["seconds"])
     return out
 
@@ -131,11 +138,12 @@ def zero_shot_table(cfg: Any) -> dict[str, float]:
         )
     results_dir = Path(cfg.results_dir)
     checkpoint = {"path": str(foundation), "sha256": sha256_prefix(foundation)}
-    world_key = f"{cfg.data.scale}-seed{cfg.data.seed}"
-    summary_path = results_dir / f"zeroshot_{world_key}.json"
+    key = world_key(cfg.data)
+    summary_path = results_dir / f"zeroshot_{key}.json"
     grid = results_dir / "samples.png"
     if not grid.exists() or cfg.force:
-        write_sample_grid(grid, cfg.data.root, cfg.data.scale, cfg.data.seed)
+        root, scale, seed, version = world_params(cfg.data)
+        write_sample_grid(grid, root, scale, seed, version)
     if summary_path.exists() and not cfg.force:
         cached = json.loads(summary_path.read_text())
         if cached.get("checkpoint_sha256") == checkpoint["sha256"]:
@@ -155,9 +163,9 @@ def zero_shot_table(cfg: Any) -> dict[str, float]:
             )
         )
     shifts = [top1[s] for s in cfg.data.shifts]
-    summary = {"world": world_key, "checkpoint_sha256": checkpoint["sha256"], "top1": top1, "avg_shifts": sum(shifts) / len(shifts)}
-    write_text_atomic(results_dir / f"zeroshot_{world_key}.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-    write_text_atomic(results_dir / f"zeroshot_{world_key}.md", markdown_table(top1, cfg.data))
+    summary = {"world": key, "checkpoint_sha256": checkpoint["sha256"], "top1": top1, "avg_shifts": sum(shifts) / len(shifts)}
+    write_text_atomic(results_dir / f"zeroshot_{key}.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    write_text_atomic(results_dir / f"zeroshot_{key}.md", markdown_table(top1, cfg.data))
     write_text_atomic(summary_path, json.dumps(summary, indent=1))
     return top1
 

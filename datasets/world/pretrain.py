@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -17,6 +18,7 @@ import torch
 
 from datasets.world import CLASSNAMES, TEMPLATES, normalised_batch
 from datasets.world.sets import WorldArrays
+from models.atomic import atomic_path
 from models.classifier import zeroshot_head_weight
 
 
@@ -30,6 +32,8 @@ class PretrainConfig:
     seed: int = 0
     shift_px: int = 2  # random translation augmentation, in pixels (0 = off)
     time_budget_s: float | None = None  # stop early (for quick probes); None = run all steps
+    checkpoint: str | None = None  # resume file: the state is saved there every `checkpoint_every` steps
+    checkpoint_every: int = 250
 
 
 @dataclass
@@ -78,10 +82,18 @@ def pretrain(
     loss_fn = open_clip.ClipLoss()
     log = PretrainLog()
     order = torch.randperm(len(tokens), generator=generator)
-    cursor = 0
+    cursor, first = 0, 0
+    if cfg.checkpoint and Path(cfg.checkpoint).exists():  # resume: the same steps as an uninterrupted run
+        state = torch.load(cfg.checkpoint, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        order, cursor, first = state["order"], int(state["cursor"]), int(state["step"])
+        log.losses = [float(x) for x in state["losses"]]
+        log.steps_done = first
     start = time.time()
     model.train()
-    for step in range(cfg.steps):
+    for step in range(first, cfg.steps):
         if cursor + cfg.batch_size > len(order):  # new epoch, new order
             order, cursor = torch.randperm(len(tokens), generator=generator), 0
         index = order[cursor : cursor + cfg.batch_size]
@@ -100,11 +112,28 @@ def pretrain(
         log.steps_done = step + 1
         if on_step:
             on_step(step, log.losses[-1])
+        if cfg.checkpoint and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            save_resume_state(cfg.checkpoint, model, optimizer, generator, order, cursor, step + 1, log.losses)
         if cfg.time_budget_s and time.time() - start > cfg.time_budget_s:
             break
     log.seconds = time.time() - start
     model.eval()
     return log
+
+
+def save_resume_state(path: str, model, optimizer, generator, order, cursor: int, step: int, losses: list[float]) -> None:
+    """Everything `pretrain` needs to continue from `step` exactly as an uninterrupted run would."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "order": order,
+        "cursor": cursor,
+        "step": step,
+        "losses": torch.tensor(losses, dtype=torch.float64),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 @torch.no_grad()

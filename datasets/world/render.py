@@ -1,4 +1,4 @@
-"""Rendering the embedded world: digit glyphs in several styles, as 32x32 RGB uint8 images.
+"""Rendering the embedded world: glyphs in several styles, as 32x32 RGB uint8 images.
 
 Pure functions of a numpy Generator: the same seed gives the same pixels on any machine. Glyphs come
 from the fonts that ship with matplotlib (no download). Each *style* is a distribution over fonts,
@@ -24,6 +24,46 @@ CANVAS = 96  # glyph masks are rendered at this resolution, then warped down to 
 GLYPH_PX = 64  # glyph height on the canvas
 
 CLASSNAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+NATO = (
+    "alfa bravo charlie delta echo foxtrot golf hotel india juliett kilo lima mike november oscar papa quebec romeo sierra "
+    "tango uniform victor whiskey xray yankee zulu"
+).split()
+
+
+@dataclass(frozen=True)
+class Glyphs:
+    """What a world draws: its classes (one character each), the words that name them, and how hard its photos are.
+
+    `keep_x_height` draws every character of a font at one size on one baseline (as type is set), so
+    lower case is smaller than upper case and c/C, o/O, s/S stay distinguishable; without it each glyph
+    is scaled to the full height (the digit world). `photo_gap` is the least luminance gap between a
+    photo's glyph and background colours; `photo_distractors` is the most glyph fragments drawn behind it.
+    """
+
+    chars: str
+    names: tuple[str, ...]
+    noun: str  # the caption's word before a class name: "a red digit seven", "a red character upper alfa"
+    keep_x_height: bool = False
+    photo_gap: float = 0.3
+    photo_distractors: int = 0
+
+    @property
+    def n(self) -> int:
+        return len(self.chars)
+
+
+DIGITS = Glyphs("0123456789", tuple(CLASSNAMES), "digit")
+# Digits and both cases of the Latin alphabet: O/0/o, l/1/I, S/5/s, Z/2/z, C/c are the fine-grained pairs.
+# Letters are named by NATO words ("upper alfa", "lower zulu"): the single letters would clash with the
+# article "a" in a word-level tokenizer.
+CHARACTERS = Glyphs(
+    "0123456789" + "".join(chr(ord("A") + i) for i in range(26)) + "".join(chr(ord("a") + i) for i in range(26)),
+    tuple(CLASSNAMES) + tuple(f"upper {w}" for w in NATO) + tuple(f"lower {w}" for w in NATO),
+    "character",
+    keep_x_height=True,
+    photo_gap=0.15,
+    photo_distractors=2,
+)
 
 # Named colours: the captions name them, so pretraining sees colour words as nuisances to ignore.
 COLOURS = {
@@ -60,26 +100,36 @@ def font_dir() -> Path:
 
 
 @functools.cache
-def glyph_mask(font: str, digit: int, outline: bool = False) -> np.ndarray:
-    """Alpha mask (float32 in [0, 1], CANVAS x CANVAS) of one digit, its bounding box centred.
+def glyph_mask(font: str, char: str, outline: bool = False, keep_x_height: bool = False) -> np.ndarray:
+    """Alpha mask (float32 in [0, 1], CANVAS x CANVAS) of one character.
 
-    `outline` draws only the glyph's stroke (the sketch style).
+    By default the glyph's bounding box is scaled to GLYPH_PX high and centred. With `keep_x_height`
+    the font size is fixed per font (the box of "Hg", cap top to descender, is GLYPH_PX high) and the
+    glyph keeps its place on the baseline: only its horizontal box is centred. `outline` draws only the
+    glyph's stroke (the sketch style).
     """
-    face = ImageFont.truetype(str(font_dir() / font), size=GLYPH_PX)
-    text = str(digit)
-    left, top, right, bottom = face.getbbox(text)
+    path = str(font_dir() / font)
+    face = ImageFont.truetype(path, size=GLYPH_PX)
+    reference = "Hg" if keep_x_height else char
+    left, top, right, bottom = face.getbbox(reference)
     scale = GLYPH_PX / max(bottom - top, 1)
     if abs(scale - 1) > 0.05:  # normalise glyph height across fonts
-        face = ImageFont.truetype(str(font_dir() / font), size=max(8, round(GLYPH_PX * scale)))
-        left, top, right, bottom = face.getbbox(text)
+        face = ImageFont.truetype(path, size=max(8, round(GLYPH_PX * scale)))
+    ref_top, ref_bottom = face.getbbox(reference)[1::2]
+    left, top, right, bottom = face.getbbox(char)
     image = Image.new("L", (CANVAS, CANVAS), 0)
-    origin = ((CANVAS - (right - left)) / 2 - left, (CANVAS - (bottom - top)) / 2 - top)
+    origin = ((CANVAS - (right - left)) / 2 - left, (CANVAS - (ref_bottom - ref_top)) / 2 - ref_top)
     draw = ImageDraw.Draw(image)
     if outline:
-        draw.text(origin, text, font=face, fill=0, stroke_width=3, stroke_fill=255)
+        draw.text(origin, char, font=face, fill=0, stroke_width=3, stroke_fill=255)
     else:
-        draw.text(origin, text, font=face, fill=255)
+        draw.text(origin, char, font=face, fill=255)
     return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def mask(g: Glyphs, font: str, label: int, outline: bool = False) -> np.ndarray:
+    """The alpha mask of class `label` of `g` in `font`."""
+    return glyph_mask(font, g.chars[label], outline, g.keep_x_height)
 
 
 def warp(mask: np.ndarray, scale: float, angle_deg: float, shear: float, shift: tuple[float, float]) -> np.ndarray:
@@ -183,15 +233,20 @@ def _choice(rng: np.random.Generator, items: list):
     return items[rng.integers(len(items))]
 
 
-def render_photo(rng: np.random.Generator, label: int, fonts: str = "photo", jitter: float = 1.0) -> Sample:
-    """A 'photo': an upright glyph in a solid colour on a textured background of another colour."""
+def render_photo(rng: np.random.Generator, label: int, g: Glyphs = DIGITS, fonts: str = "photo", jitter: float = 1.0) -> Sample:
+    """A 'photo': an upright glyph in a solid colour on a textured background of another colour
+    (behind it, up to `g.photo_distractors` fragments of other glyphs)."""
     font = _choice(rng, FONT_SETS[fonts])
     bg_name = _choice(rng, COLOUR_NAMES)
-    fg_name = pick_contrasting(rng, bg_name, 0.3)
+    fg_name = pick_contrasting(rng, bg_name, g.photo_gap)
     kind = _choice(rng, ["plain", "noisy", "noisy", "striped"])
     background = textured_background(rng, bg_name, kind, rng.uniform(0.1, 0.3))
+    if g.photo_distractors:
+        for _ in range(int(rng.integers(0, g.photo_distractors + 1))):
+            clutter = jitter_colour(rng, _choice(rng, COLOUR_NAMES), 0.1)
+            background = composite(background, clutter[None, None, :], 0.35 * _fragment(rng, _choice(rng, FONT_SETS[fonts]), g))
     alpha = warp(
-        glyph_mask(font, label),
+        mask(g, font, label),
         scale=rng.uniform(0.65, 0.95),
         angle_deg=rng.normal(0, 8 * jitter),
         shear=rng.normal(0, 0.08 * jitter),
@@ -199,23 +254,22 @@ def render_photo(rng: np.random.Generator, label: int, fonts: str = "photo", jit
     )
     image = composite(background, jitter_colour(rng, fg_name, 0.06)[None, None, :], alpha)
     bold = "bold " if "Bold" in font else ""
-    caption = f"a photo of a {bold}{fg_name} digit {CLASSNAMES[label]} on a {kind} {bg_name} background"
+    caption = f"a photo of a {bold}{fg_name} {g.noun} {g.names[label]} on a {kind} {bg_name} background"
     return Sample(to_uint8(image, rng, 0.03), label, caption)
 
 
-def render_v2(rng: np.random.Generator, label: int) -> Sample:
+def render_v2(rng: np.random.Generator, label: int, g: Glyphs = DIGITS) -> Sample:
     """ImageNetV2's analogue: the photo generator with other faces and more jitter."""
-    sample = render_photo(rng, label, fonts="v2", jitter=1.6)
-    return sample
+    return render_photo(rng, label, g, fonts="v2", jitter=1.6)
 
 
-def render_sketch(rng: np.random.Generator, label: int) -> Sample:
+def render_sketch(rng: np.random.Generator, label: int, g: Glyphs = DIGITS) -> Sample:
     """An outline drawing in pencil grey on grey paper."""
     font = _choice(rng, FONT_SETS["photo"] + FONT_SETS["v2"][:2])
     paper = 0.75 + 0.15 * rng.random() + 0.06 * (smooth_noise(rng, 16) - 0.5)
     background = np.repeat(paper[..., None], 3, axis=-1)
     alpha = warp(
-        glyph_mask(font, label, outline=True),
+        mask(g, font, label, outline=True),
         scale=rng.uniform(0.6, 0.95),
         angle_deg=rng.normal(0, 10),
         shear=rng.normal(0, 0.1),
@@ -223,11 +277,11 @@ def render_sketch(rng: np.random.Generator, label: int) -> Sample:
     )
     pencil = np.full(3, rng.uniform(0.05, 0.35), dtype=np.float32)
     image = composite(background, pencil[None, None, :], alpha * rng.uniform(0.7, 1.0))
-    caption = f"a pencil sketch of the digit {CLASSNAMES[label]} on grey paper"
+    caption = f"a pencil sketch of the {g.noun} {g.names[label]} on grey paper"
     return Sample(to_uint8(image, rng, 0.02), label, caption)
 
 
-def render_rendition(rng: np.random.Generator, label: int) -> Sample:
+def render_rendition(rng: np.random.Generator, label: int, g: Glyphs = DIGITS) -> Sample:
     """An artistic rendition: other typefaces, the glyph filled with a two-colour pattern."""
     font = _choice(rng, FONT_SETS["rendition"])
     bg_name = _choice(rng, COLOUR_NAMES)
@@ -245,21 +299,21 @@ def render_rendition(rng: np.random.Generator, label: int) -> Sample:
     )
     background = textured_background(rng, bg_name, _choice(rng, ["plain", "noisy"]), rng.uniform(0.05, 0.2))
     alpha = warp(
-        glyph_mask(font, label),
+        mask(g, font, label),
         scale=rng.uniform(0.65, 0.95),
         angle_deg=rng.normal(0, 10),
         shear=rng.normal(0, 0.1),
         shift=tuple(rng.normal(0, 2, size=2)),
     )
     image = composite(background, fill, alpha)
-    caption = f"a {pattern_kind} rendition of the digit {CLASSNAMES[label]} in {fg_name} and {second}"
+    caption = f"a {pattern_kind} rendition of the {g.noun} {g.names[label]} in {fg_name} and {second}"
     return Sample(to_uint8(image, rng, 0.02), label, caption)
 
 
-def _fragment(rng: np.random.Generator, font: str) -> np.ndarray:
-    """Part of a random glyph (cut by a half-plane): clutter that is not a whole digit."""
+def _fragment(rng: np.random.Generator, font: str, g: Glyphs) -> np.ndarray:
+    """Part of a random glyph (cut by a half-plane): clutter that is not a whole glyph."""
     alpha = warp(
-        glyph_mask(font, int(rng.integers(10))),
+        mask(g, font, int(rng.integers(g.n))),
         scale=rng.uniform(0.4, 0.8),
         angle_deg=rng.uniform(-180, 180),
         shear=0.0,
@@ -270,7 +324,7 @@ def _fragment(rng: np.random.Generator, font: str) -> np.ndarray:
     return alpha * (side > rng.uniform(-4, 4))
 
 
-def render_unusual(rng: np.random.Generator, label: int) -> Sample:
+def render_unusual(rng: np.random.Generator, label: int, g: Glyphs = DIGITS) -> Sample:
     """ObjectNet's analogue: unusual pose (strong rotation and shear), busy background, glyph fragments."""
     font = _choice(rng, FONT_SETS["photo"])
     bg_name = _choice(rng, COLOUR_NAMES)
@@ -278,28 +332,28 @@ def render_unusual(rng: np.random.Generator, label: int) -> Sample:
     background = textured_background(rng, bg_name, _choice(rng, ["noisy", "striped", "checked"]), rng.uniform(0.15, 0.35))
     for _ in range(int(rng.integers(1, 3))):
         clutter = jitter_colour(rng, _choice(rng, COLOUR_NAMES), 0.1)
-        background = composite(background, clutter[None, None, :], 0.45 * _fragment(rng, _choice(rng, FONT_SETS["photo"])))
+        background = composite(background, clutter[None, None, :], 0.45 * _fragment(rng, _choice(rng, FONT_SETS["photo"]), g))
     angle = rng.uniform(35, 100) * (1 if rng.random() < 0.5 else -1)
     alpha = warp(
-        glyph_mask(font, label),
+        mask(g, font, label),
         scale=rng.uniform(0.6, 0.85),
         angle_deg=angle,
         shear=rng.uniform(-0.35, 0.35),
         shift=tuple(rng.uniform(-4, 4, size=2)),
     )
     image = composite(background, jitter_colour(rng, fg_name, 0.06)[None, None, :], alpha)
-    caption = f"a rotated {fg_name} digit {CLASSNAMES[label]} in clutter"
+    caption = f"a rotated {fg_name} {g.noun} {g.names[label]} in clutter"
     return Sample(to_uint8(image, rng, 0.03), label, caption)
 
 
-def render_hard(rng: np.random.Generator, label: int) -> Sample:
+def render_hard(rng: np.random.Generator, label: int, g: Glyphs = DIGITS) -> Sample:
     """ImageNet-A's candidates: small, low-contrast, partly occluded glyphs (filtered later)."""
     font = _choice(rng, FONT_SETS["photo"] + FONT_SETS["v2"])
     bg_name = _choice(rng, COLOUR_NAMES)
     fg_name = pick_contrasting(rng, bg_name, 0.15)
     background = textured_background(rng, bg_name, _choice(rng, ["noisy", "striped"]), rng.uniform(0.15, 0.3))
     alpha = warp(
-        glyph_mask(font, label),
+        mask(g, font, label),
         scale=rng.uniform(0.4, 0.65),
         angle_deg=rng.normal(0, 15),
         shear=rng.normal(0, 0.15),
@@ -313,7 +367,7 @@ def render_hard(rng: np.random.Generator, label: int) -> Sample:
         (int(rng.integers(3, 7)), int(rng.integers(10, 20))) if rng.random() < 0.5 else (int(rng.integers(10, 20)), int(rng.integers(3, 7)))
     )
     image[y0 : y0 + h, x0 : x0 + w] = jitter_colour(rng, _choice(rng, COLOUR_NAMES), 0.1)
-    caption = f"a small faint {fg_name} digit {CLASSNAMES[label]} partly hidden"
+    caption = f"a small faint {fg_name} {g.noun} {g.names[label]} partly hidden"
     return Sample(to_uint8(image, rng, 0.04), label, caption)
 
 
@@ -327,7 +381,9 @@ STYLES = {
 }
 
 
-def render_batch(style_weights: dict[str, float], n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def render_batch(
+    style_weights: dict[str, float], n: int, rng: np.random.Generator, g: Glyphs = DIGITS
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """`n` samples: each picks a style by weight and a uniform label. Returns images, labels, captions."""
     names = list(style_weights)
     probs = np.array([style_weights[s] for s in names], dtype=np.float64)
@@ -337,8 +393,8 @@ def render_batch(style_weights: dict[str, float], n: int, rng: np.random.Generat
     captions = []
     for i in range(n):
         style = names[rng.choice(len(names), p=probs)]
-        label = int(rng.integers(10))
-        sample = STYLES[style](rng, label)
+        label = int(rng.integers(g.n))
+        sample = STYLES[style](rng, label, g)
         images[i], labels[i] = sample.image, label
         captions.append(sample.caption)
     return images, labels, captions

@@ -19,7 +19,10 @@ import numpy as np
 from datasets.world import render
 from models.atomic import atomic_path
 
-VERSION = 4  # bump when the generator changes, so stale caches are not reused
+# World versions: 4 is the digit world (10 classes); 5 the character world (62 classes: digits, upper and
+# lower case letters, harder photos, fewer labelled photos per class, 10,000 images per test set).
+# Add a version when the generator changes, so stale caches are not reused.
+VERSION = 4  # the default (data.version)
 CHUNK = 500
 
 # Every style appears in pretraining (CLIP's web data holds sketches and renditions too);
@@ -56,7 +59,7 @@ SPECS = {
 }
 
 # Images per set at each scale. `demo` is the default; `small` is for tests (a few seconds).
-SCALES = {
+SCALES_V4 = {
     "demo": {
         "corpus": 50_000,
         "train": 10_000,
@@ -82,6 +85,34 @@ SCALES = {
 }
 
 
+# The character world: 250 labelled photos per class for fine-tuning (ImageNet has ~1,280), a held-out
+# split of 50 per class (ImageNet2p has 26), and 10,000 images per test set (0.1 pp = 10 images).
+SCALES_V5 = {
+    "demo": {
+        "corpus": 60_000,
+        "train": 15_500,
+        "heldout": 3_100,
+        "photo": 10_000,
+        "photo_v2": 10_000,
+        "rendition": 10_000,
+        "sketch": 10_000,
+        "unusual": 10_000,
+        "hard": 10_000,
+    },
+    "small": SCALES_V4["small"],
+}
+
+
+@dataclass(frozen=True)
+class WorldVersion:
+    glyphs: render.Glyphs
+    scales: dict[str, dict[str, int]]
+
+
+VERSIONS = {4: WorldVersion(render.DIGITS, SCALES_V4), 5: WorldVersion(render.CHARACTERS, SCALES_V5)}
+SCALES = SCALES_V4  # the scale names, the same in every version
+
+
 @dataclass
 class WorldArrays:
     images: np.ndarray  # N x 32 x 32 x 3 uint8
@@ -89,24 +120,24 @@ class WorldArrays:
     captions: list[str]
 
 
-def render_chunk(name: str, seed: int, chunk: int, n: int) -> WorldArrays:
-    spec = SPECS[name]
+def render_chunk(name: str, seed: int, chunk: int, n: int, version: int = VERSION) -> WorldArrays:
+    spec, glyphs = SPECS[name], VERSIONS[version].glyphs
     rng = np.random.default_rng(np.random.SeedSequence([seed, spec.set_id, chunk]))
-    images, labels, captions = render.render_batch(spec.styles, n, rng)
+    images, labels, captions = render.render_batch(spec.styles, n, rng, glyphs)
     if spec.noisy_captions:
-        captions = [noisy_caption(c, int(y), rng) for c, y in zip(captions, labels)]
+        captions = [noisy_caption(c, int(y), rng, glyphs) for c, y in zip(captions, labels)]
     return WorldArrays(images, labels, captions)
 
 
-def noisy_caption(caption: str, label: int, rng: np.random.Generator) -> str:
-    """Drop the class name (CAPTION_OMIT) or replace it by another digit's (CAPTION_WRONG)."""
-    name = f"digit {render.CLASSNAMES[label]}"
+def noisy_caption(caption: str, label: int, rng: np.random.Generator, g: render.Glyphs = render.DIGITS) -> str:
+    """Drop the class name (CAPTION_OMIT) or replace it by another class's (CAPTION_WRONG)."""
+    name = f"{g.noun} {g.names[label]}"
     u = rng.random()
     if u < CAPTION_OMIT:
-        return caption.replace(name, "digit")
+        return caption.replace(name, g.noun)
     if u < CAPTION_OMIT + CAPTION_WRONG:
-        other = (label + int(rng.integers(1, 10))) % 10
-        return caption.replace(name, f"digit {render.CLASSNAMES[other]}")
+        other = (label + int(rng.integers(1, g.n))) % g.n
+        return caption.replace(name, f"{g.noun} {g.names[other]}")
     return caption
 
 
@@ -133,11 +164,11 @@ def reference_features(images: np.ndarray) -> np.ndarray:
     return np.concatenate([distance, np.ones((len(images), 1))], axis=1)
 
 
-def fit_reference(images: np.ndarray, labels: np.ndarray, ridge: float = 100.0) -> np.ndarray:
+def fit_reference(images: np.ndarray, labels: np.ndarray, n_classes: int = 10, ridge: float = 100.0) -> np.ndarray:
     """Ridge regression onto one-hot labels: closed form, so it is the same classifier on every machine.
     On the demo world it scores 85% on the photo test: a fixed, decent model to filter against."""
     x = reference_features(images)
-    y = np.eye(10)[labels]
+    y = np.eye(n_classes)[labels]
     return np.linalg.solve(x.T @ x + ridge * np.eye(x.shape[1]), x.T @ y)
 
 
@@ -148,8 +179,8 @@ def reference_predict(weights: np.ndarray, images: np.ndarray) -> np.ndarray:
 # --- building and caching -----------------------------------------------------------------------
 
 
-def cache_dir(root: str | os.PathLike, scale: str, seed: int) -> Path:
-    return Path(root) / f"{scale}-seed{seed}-v{VERSION}"
+def cache_dir(root: str | os.PathLike, scale: str, seed: int, version: int = VERSION) -> Path:
+    return Path(root) / f"{scale}-seed{seed}-v{version}"
 
 
 def save_arrays(path: Path, arrays: WorldArrays) -> None:
@@ -163,49 +194,49 @@ def load_arrays(path: Path) -> WorldArrays:
         return WorldArrays(data["images"], data["labels"], [str(c) for c in data["captions"]])
 
 
-def _map(jobs: list[tuple[str, int, int, int]], workers: int) -> list[WorldArrays]:
+def _map(jobs: list[tuple[str, int, int, int, int]], workers: int) -> list[WorldArrays]:
     if workers <= 1 or len(jobs) <= 1:
         return [render_chunk(*job) for job in jobs]
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(render_chunk, *zip(*jobs)))
 
 
-def build_set(root: str | os.PathLike, scale: str, seed: int, name: str, workers: int | None = None) -> Path:
+def build_set(root: str | os.PathLike, scale: str, seed: int, name: str, workers: int | None = None, version: int = VERSION) -> Path:
     """Generate one set into the cache (skipped when present); the hard set needs the train set first."""
-    path = cache_dir(root, scale, seed) / f"{name}.npz"
+    path = cache_dir(root, scale, seed, version) / f"{name}.npz"
     if path.exists():
         return path
-    if scale not in SCALES or name not in SPECS:
-        raise KeyError(f"unknown world scale {scale!r} or set {name!r}")
+    if version not in VERSIONS or scale not in SCALES or name not in SPECS:
+        raise KeyError(f"unknown world version {version!r}, scale {scale!r} or set {name!r}")
     workers = workers if workers is not None else min(2, os.cpu_count() or 1)
-    n = SCALES[scale][name]
+    n = VERSIONS[version].scales[scale][name]
     if name == "hard":
-        train = load_arrays(build_set(root, scale, seed, "train", workers))
-        arrays = build_hard(train, n, seed, workers)
+        train = load_arrays(build_set(root, scale, seed, "train", workers, version))
+        arrays = build_hard(train, n, seed, workers, version)
     else:
-        arrays = _concat(_map([(name, seed, chunk, size) for chunk, size in _chunks(n)], workers))
+        arrays = _concat(_map([(name, seed, chunk, size, version) for chunk, size in _chunks(n)], workers))
     save_arrays(path, arrays)
     return path
 
 
-def build_world(root: str | os.PathLike, scale: str = "demo", seed: int = 0, workers: int | None = None) -> Path:
+def build_world(root: str | os.PathLike, scale: str = "demo", seed: int = 0, workers: int | None = None, version: int = VERSION) -> Path:
     """Generate every set of the world into `root` (each skipped when cached). Returns the cache folder."""
-    folder = cache_dir(root, scale, seed)
+    folder = cache_dir(root, scale, seed, version)
     if (folder / "DONE").exists():
         return folder
-    sizes = {name: len(load_arrays(build_set(root, scale, seed, name, workers)).labels) for name in SCALES[scale]}
+    sizes = {name: len(load_arrays(build_set(root, scale, seed, name, workers, version)).labels) for name in SCALES[scale]}
     with atomic_path(folder / "DONE") as tmp:
-        tmp.write_text(json.dumps({"scale": scale, "seed": seed, "version": VERSION, "sizes": sizes}, indent=1))
+        tmp.write_text(json.dumps({"scale": scale, "seed": seed, "version": version, "sizes": sizes}, indent=1))
     return folder
 
 
-def build_hard(train: WorldArrays, n: int, seed: int, workers: int) -> WorldArrays:
+def build_hard(train: WorldArrays, n: int, seed: int, workers: int, version: int = VERSION) -> WorldArrays:
     """Render hard candidates chunk by chunk (in order) and keep those the reference classifier gets wrong."""
-    weights = fit_reference(train.images, train.labels)
+    weights = fit_reference(train.images, train.labels, VERSIONS[version].glyphs.n)
     kept: list[WorldArrays] = []
     count, chunk = 0, 0
     while count < n:
-        jobs = [("hard", seed, chunk + i, CHUNK) for i in range(max(workers, 1) * 2)]
+        jobs = [("hard", seed, chunk + i, CHUNK, version) for i in range(max(workers, 1) * 2)]
         chunk += len(jobs)
         for part in _map(jobs, workers):
             wrong = reference_predict(weights, part.images) != part.labels
@@ -215,6 +246,6 @@ def build_hard(train: WorldArrays, n: int, seed: int, workers: int) -> WorldArra
     return WorldArrays(hard.images[:n], hard.labels[:n], hard.captions[:n])
 
 
-def load_set(root: str | os.PathLike, scale: str, seed: int, name: str) -> WorldArrays:
+def load_set(root: str | os.PathLike, scale: str, seed: int, name: str, version: int = VERSION) -> WorldArrays:
     """One set's arrays, generated on first use."""
-    return load_arrays(build_set(root, scale, seed, name))
+    return load_arrays(build_set(root, scale, seed, name, version=version))

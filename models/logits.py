@@ -1,0 +1,41 @@
+"""Per-example logits on disk: `<run>/logits/<model_id>/<set>.safetensors` (float logits and int labels).
+
+The eval stage writes them for every checkpoint and the soups stage for every soup and ensemble when
+`eval.save_logits=true`; the plots stage's findings (paired bootstrap, calibration) read them back.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from models.atomic import atomic_path
+
+LOGITS_DIR = "logits"
+
+
+def save_logits(out: str | os.PathLike, model_id: str, dataset: str, logits: torch.Tensor, labels: torch.Tensor) -> Path:
+    path = Path(out) / LOGITS_DIR / model_id / f"{dataset}.safetensors"
+    with atomic_path(path) as tmp:
+        save_file(
+            {"logits": logits.contiguous(), "labels": labels.contiguous()}, str(tmp), metadata={"model_id": model_id, "dataset": dataset}
+        )
+    return path
+
+
+def find_logits(root: str | os.PathLike) -> dict[tuple[str, str], Path]:
+    """(model_id, set) -> file, for the finished runs (their folder holds DONE) under `root`; the latest file wins."""
+    found: dict[tuple[str, str], Path] = {}
+    files = [p for p in Path(root).rglob(f"{LOGITS_DIR}/*/*.safetensors") if (p.parent.parent.parent / "DONE").exists()]
+    for path in sorted(files, key=lambda p: p.stat().st_mtime):
+        found[(path.parent.name, path.stem)] = path
+    return found
+
+
+def load_logits(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float32 logits [n, classes], labels [n])."""
+    tensors = load_file(str(path))
+    return tensors["logits"].float(), tensors["labels"]

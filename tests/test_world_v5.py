@@ -1,0 +1,91 @@
+"""World version 5, the character world: classes, x-height, tokenizer, sizes; and resumable pretraining."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import datasets
+from datasets.world import render, sets, templates
+from datasets.world.foundation import init_model
+from datasets.world.pretrain import PretrainConfig, pretrain
+from models.factory import create_clip, get_tokenizer
+from models.world_tokenizer import UNK
+
+
+def test_classes_are_digits_and_both_cases_named_by_known_words():
+    g = render.CHARACTERS
+    assert g.n == 62 and g.chars[:10] == "0123456789" and g.chars[10] == "A" and g.chars[36] == "a" and g.chars[-1] == "z"
+    assert g.names[0] == "zero" and g.names[10] == "upper alfa" and g.names[61] == "lower zulu" and len(set(g.names)) == 62
+    tokenizer = get_tokenizer("TinyCLIP-Chars")
+    for text in [*g.names, *(t.format(n) for t in templates(g) for n in g.names[:3])]:
+        assert UNK not in tokenizer.encode(text), text
+    model, _, _ = create_clip("TinyCLIP-Chars")
+    assert model.vocab_size == tokenizer.vocab_size  # the JSON config matches the tokenizer
+
+
+def test_x_height_is_kept_so_case_is_visible():
+    # with the x-height kept, lower-case o is shorter than O and sits on the same baseline (same bottom row);
+    # the digit world scales every glyph to the full height instead
+    font = "DejaVuSans.ttf"
+
+    def rows(mask):
+        filled = np.nonzero(mask.max(axis=1) > 0.5)[0]
+        return filled[0], filled[-1]
+
+    (upper_top, upper_bottom), (lower_top, lower_bottom) = (rows(render.glyph_mask(font, c, keep_x_height=True)) for c in "Oo")
+    assert lower_bottom == pytest.approx(upper_bottom, abs=1)
+    assert (lower_bottom - lower_top) < 0.85 * (upper_bottom - upper_top)
+    scaled = [rows(render.glyph_mask(font, c)) for c in "Oo"]
+    assert abs((scaled[0][1] - scaled[0][0]) - (scaled[1][1] - scaled[1][0])) <= 2
+
+
+def test_small_character_world_labels_and_captions(tmp_path):
+    cfg = OmegaConf.create(
+        {"name": "world", "root": str(tmp_path), "scale": "small", "seed": 0, "version": 5, "classes": "world", "heldout": "heldout",
+         "id": "photo", "shifts": ["photo_v2", "rendition", "sketch", "unusual", "hard"], "batch_size": 100, "workers": 0}
+    )  # fmt: skip
+    train = sets.load_set(tmp_path, "small", 0, "train", version=5)
+    assert len(train.labels) == sets.VERSIONS[5].scales["small"]["train"] and train.labels.max() < 62
+    assert len(np.unique(train.labels)) > 55  # 1,000 draws over 62 classes
+    assert all(f"character {render.CHARACTERS.names[y]}" in c for c, y in zip(train.captions, train.labels))
+    info = datasets.class_info(cfg)
+    assert info.classes_id == "world-v5" and info.classnames[36] == "lower alfa"
+    assert info.templates[0] == "a photo of the character {}."
+    assert (tmp_path / "small-seed0-v5" / "train.npz").exists()  # its own cache folder
+    with pytest.raises(Exception, match="data.version"):
+        datasets.class_info(OmegaConf.merge(cfg, {"version": 9}))
+
+
+def test_demo_scale_sizes():
+    demo = sets.VERSIONS[5].scales["demo"]
+    assert demo["train"] == 250 * 62 and demo["heldout"] == 50 * 62
+    assert all(demo[s] >= 10_000 for s in ("photo", "photo_v2", "rendition", "sketch", "unusual", "hard"))
+
+
+def test_killed_pretraining_resumes_to_the_same_model(tmp_path):
+    torch.set_num_threads(1)
+    corpus = sets.load_set(tmp_path, "small", 0, "corpus", version=5)
+    tokenizer = get_tokenizer("TinyCLIP-Chars")
+    plain = PretrainConfig(steps=6, batch_size=32, warmup_steps=2)
+    model, _ = init_model("TinyCLIP-Chars", 0)
+    whole = pretrain(model, corpus, tokenizer, plain)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_step_3(step: int, loss: float) -> None:
+        if step == 3:
+            raise Killed
+
+    resumable = PretrainConfig(steps=6, batch_size=32, warmup_steps=2, checkpoint=str(tmp_path / "resume.pt"), checkpoint_every=2)
+    first, _ = init_model("TinyCLIP-Chars", 0)
+    with pytest.raises(Killed):
+        pretrain(first, corpus, tokenizer, resumable, on_step=kill_after_step_3)  # saved after step 2 (2 steps done)
+    again, _ = init_model("TinyCLIP-Chars", 1)  # another init: the resume file must replace it
+    resumed = pretrain(again, corpus, tokenizer, resumable)
+    assert resumed.losses == whole.losses
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name
