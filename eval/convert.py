@@ -25,7 +25,7 @@ from eval.download import OFFICIAL_BASE_URL, OFFICIAL_COUNT, download_official, 
 from models.atomic import atomic_path
 from models.checkpoint import OFFICIAL_SOURCE, CheckpointMeta, import_checkpoint, save_checkpoint, to_open_clip_state_dict
 from models.classifier import ImageClassifier, embed_dim_of, first_mismatch, load_classifier
-from models.cli import one_line
+from models.cli import exit_code
 from models.errors import UserError
 from models.factory import activation_of, create_clip
 
@@ -155,7 +155,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
+
+    def command() -> None:
         if args.command == "download-official":
             files = download_official(args.out, parse_models(args.models), args.base_url, args.verify, args.jobs, args.retries)
             if args.import_to:
@@ -164,10 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             import_official(args.sources, args.out, args.arch, args.pretrained, args.classes, args.hparams)
         else:
             export_open_clip(args.checkpoint, args.out, args.text_tower)
-    except UserError as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_code(command)
 
 
 if __name__ == "__main__":

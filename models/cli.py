@@ -133,6 +133,16 @@ def one_line(err: BaseException) -> str:
     return text or type(err).__name__
 
 
+def exit_code(action: Callable[[], Any]) -> int:
+    """Run a plain (non-Hydra) command: 0, or a user's mistake as one line on stderr and exit code 2."""
+    try:
+        action()
+    except UserError as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def precheck_overrides(config_name: str, argv: list[str]) -> None:
     """Compose the config once before Hydra does, so a bad option is one clear line, not a report."""
     if any(arg in _HYDRA_FLAGS for arg in argv):

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 
 from datasets.folder import TRAIN, class_info, prepare, sets_on_disk
 from models.classifier import check_prompt_words
-from models.cli import CONF_DIR, one_line, precheck_overrides
+from models.cli import CONF_DIR, exit_code, precheck_overrides
 from models.errors import UserError
 from models.factory import get_tokenizer
 
@@ -39,14 +39,13 @@ def main() -> int:
     precheck_overrides("eval", argv)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("eval", overrides=argv)
-    try:
+
+    def check() -> None:
         if cfg.data.name != "folder":
             raise UserError(f"data={cfg.data.name}: this checks image-folder datasets; add data=folder (or experiment=folder)")
         print(summary(cfg))
-    except UserError as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_code(check)
 
 
 if __name__ == "__main__":
