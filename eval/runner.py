@@ -91,7 +91,8 @@ def set_records(
 
 def checked_relabellings(data_cfg: Any, eval_cfg: Any, names: Sequence[str]) -> dict[str, list]:
     """Set name -> its relabellings, built (and their inputs checked) before any set is scored."""
-    id_sets = datasets.eval_sets(data_cfg, None, [data_cfg.id]) if data_cfg.id in names else []
+    id_names = [name for name, role in datasets.set_names(data_cfg) if role == "id" and name in names]
+    id_sets = datasets.eval_sets(data_cfg, None, id_names) if id_names else []
     return {s.name: datasets.relabellings(data_cfg, eval_cfg, s) for s in id_sets}
 
 
