@@ -51,7 +51,7 @@ def uniform_soup(checkpoints: Iterable[Ingredient], *, accumulate: torch.dtype =
 
 def _batches(result: float | Iterable[tuple[int, int]]) -> tuple[Iterator[tuple[float, int]], int | None]:
     """A score as (correct, examples) batches; an accuracy is one batch of one "example"."""
-    if isinstance(result, (int, float)):
+    if isinstance(result, (int, float)) or (isinstance(result, torch.Tensor) and result.ndim == 0):
         return iter([(float(result), 1)]), 1
     return iter(result), None
 
@@ -98,7 +98,9 @@ def greedy_soup(
 
     def commit(index: int) -> None:
         state = pending.pop(index, None)
-        running.add(state if state is not None else _tensors(checkpoints[index]), name=f"ingredient {index}", owned=True)
+        # the sum may take over tensors read from a file, never the caller's own state dicts
+        fresh = isinstance(checkpoints[index], (str, os.PathLike))
+        running.add(state if state is not None else _tensors(checkpoints[index]), name=f"ingredient {index}", owned=fresh)
 
     steps = greedy.greedy_select(visit, own[visit[0]], n, candidate_score, commit, accept, early_rejection)
     return running.mean(in_place=True), [step.index for step in steps if step.accepted]

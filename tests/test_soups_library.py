@@ -67,6 +67,14 @@ def test_greedy_soup_equals_an_independent_greedy_loop(values, target):
     assert float(soup["w"][0]) == pytest.approx(sum(values[i] for i in expected) / len(expected))
 
 
+def test_a_score_may_be_a_python_number_or_a_scalar_tensor():
+    ingredients = states([0.0, 1.0, 4.0])
+    as_float = soups.greedy_soup(ingredients, score=lambda s: -abs(float(s["w"][0]) - 0.6))[1]
+    as_tensor = soups.greedy_soup(ingredients, score=lambda s: -(s["w"][0] - 0.6).abs())[1]
+    assert as_float == as_tensor == [1, 0]
+    assert [float(s["w"][0]) for s in ingredients] == [0.0, 1.0, 4.0]  # the caller's state dicts are left untouched
+
+
 def test_greedy_soup_breaks_ties_as_the_official_code_and_accepts_ties_with_ge():
     ingredients = states([1.0, 1.0, 5.0])
     score = lambda s: 1.0 if float(s["w"][0]) <= 1.0 else 0.0  # noqa: E731 - the two 1.0s tie, so does their soup
