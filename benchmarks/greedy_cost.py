@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from soups import average
 from soups.greedy import GreedyStep, greedy_select
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,7 +142,6 @@ def capture(root: Path, path: Path = OUTCOMES) -> None:
     from safetensors.torch import load_file
 
     import models.cli  # noqa: F401  (registers the project_root resolver)
-    from soups import average
     from soups.pipeline import build_context
 
     overrides = ["experiment=demo", "soup=greedy", f"ingredients={root}/runs/demo/finetune", f"paths.root={root}", "soup.evaluate=false"]
@@ -161,19 +161,7 @@ def capture(root: Path, path: Path = OUTCOMES) -> None:
     for kind in ("sorted", "random"):
         ctx.options.order = kind
         order = ctx.order(individual)
-        running, members, candidates = average.RunningSum(torch.float32), [], []
-
-        def score(index: int, chunks: list[torch.Tensor]) -> Iterator[tuple[float, int]]:
-            wrong_now = wrong(running.mean_with(ctx.load(index)))
-            candidates.append({"members": list(members), "candidate": index, "wrong": wrong_now})
-            yield float(n - len(wrong_now)), n
-
-        def commit(index: int) -> None:
-            running.add(ctx.load(index), owned=True)
-            members.append(index)
-
-        steps = greedy_select(order, individual[order[0]], n, score, commit, "gt", early_rejection=False)
-        chosen = [s.index for s in steps if s.accepted]
+        chosen, candidates = _official_loop(ctx, order, individual[order[0]], n, wrong)
         recorded["orders"][kind] = {"order": order, "chosen": chosen, "candidates": candidates, "first_wrong": wrong(ctx.load(order[0]))}  # type: ignore[index]
     # each ingredient's own outcomes, from the eval stage's saved held-out logits (float16: a prior only)
     logits_dir = root / "runs" / "demo" / "eval" / "individuals" / "logits"
@@ -182,6 +170,23 @@ def capture(root: Path, path: Path = OUTCOMES) -> None:
         saved = load_file(logits_dir / name / "heldout.safetensors")
         recorded["individual_wrong"][name] = (saved["logits"].float().argmax(-1) != saved["labels"]).nonzero().flatten().tolist()  # type: ignore[index]
     path.write_text(json.dumps(recorded) + "\n")
+
+
+def _official_loop(ctx, order: list[int], first_correct: int, n: int, wrong: Callable) -> tuple[list[int], list[dict[str, object]]]:
+    """The official loop (full evaluation, `gt`) on real soups: the chosen indices and each candidate's wrong examples."""
+    running, members, candidates = average.RunningSum(torch.float32), [], []
+
+    def score(index: int, chunks: list[torch.Tensor]) -> Iterator[tuple[float, int]]:
+        wrong_now = wrong(running.mean_with(ctx.load(index)))
+        candidates.append({"members": list(members), "candidate": index, "wrong": wrong_now})
+        yield float(n - len(wrong_now)), n
+
+    def commit(index: int) -> None:
+        running.add(ctx.load(index), owned=True)
+        members.append(index)
+
+    steps = greedy_select(order, first_correct, n, score, commit, "gt", early_rejection=False)
+    return [s.index for s in steps if s.accepted], candidates
 
 
 def main() -> None:

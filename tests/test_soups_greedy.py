@@ -42,7 +42,9 @@ def run_core(order, outcomes_of, n, accept, *, chunk=256, know_first=False, own=
 
     first = torch.tensor(outcomes_of(frozenset({order[0]})), dtype=torch.float64)
     own_outcomes = {i: torch.tensor(outcomes_of(frozenset({i}))) for i in order} if own else None
-    steps = greedy_select(order, first if know_first else float(first.sum()), n, score, soup.add, accept, chunk=chunk, own_outcomes=own_outcomes)
+    steps = greedy_select(
+        order, first if know_first else float(first.sum()), n, score, soup.add, accept, chunk=chunk, own_outcomes=own_outcomes
+    )
     return steps, log
 
 
@@ -148,17 +150,21 @@ def test_a_scorer_must_return_one_outcome_per_example():
         greedy_select([0, 1], torch.ones(4), 4, score, lambda i: None)
 
 
+def ensemble_outcomes(logits, labels):
+    def outcomes_of(members):
+        mean = sum(logits[m] for m in sorted(members)) / len(members)  # integer sums: exact in any order
+        return (mean.argmax(-1) == labels).long().tolist()
+
+    return outcomes_of
+
+
 def test_greedy_ensemble_equals_the_brute_force_loop_on_random_logits():
     for seed in range(40):
         g = torch.Generator().manual_seed(seed)
         n, count, classes = int(torch.randint(1, 400, (1,), generator=g)), int(torch.randint(2, 7, (1,), generator=g)), 3
         labels = torch.randint(0, classes, (n,), generator=g)
         logits = [torch.randint(-2, 3, (n, classes), generator=g).float() for _ in range(count)]  # small integers: ties
-
-        def outcomes_of(members):
-            mean = sum(logits[m] for m in sorted(members)) / len(members)
-            return (mean.argmax(-1) == labels).long().tolist()
-
+        outcomes_of = ensemble_outcomes(logits, labels)
         order = list(torch.randperm(count, generator=g))
         for accept in ("gt", "ge"):
             members, steps = greedy_ensemble(logits, labels, [int(i) for i in order], accept=accept, batch_size=64)
