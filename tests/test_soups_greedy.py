@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -171,3 +172,15 @@ def test_greedy_ensemble_equals_the_brute_force_loop_on_random_logits():
             chosen, scores = brute_force([int(i) for i in order], outcomes_of, accept)
             assert members == chosen, f"seed {seed} {accept}"
             assert all(s.correct is None or s.correct == full for s, full in zip(steps, scores))
+
+
+def test_the_demo_replay_chooses_what_the_official_loop_chose():
+    # benchmarks/results/greedy_demo_outcomes.json: the real per-example outcomes of every candidate soup of
+    # the official loop on the demo's ingredients; the replay raises if any loop's selection differs.
+    from benchmarks.greedy_cost import OUTCOMES, demo_rows
+
+    recorded = json.loads(OUTCOMES.read_text())
+    rows = demo_rows()
+    for kind, row in rows.items():
+        assert row["chosen"] == recorded["orders"][kind]["chosen"]
+        assert row["lower_bound"] <= row["ordered"] < row["batches"] < 1.0
