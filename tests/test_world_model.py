@@ -73,17 +73,34 @@ def test_zero_shot_head_rows_are_scaled_unit_class_embeddings():
     assert torch.allclose(head[3], torch.nn.functional.normalize(emb, dim=0) * model.logit_scale.exp(), atol=1e-5)
 
 
-def test_committed_foundation_gives_recorded_zero_shot_accuracy(tmp_path):
-    recorded = json.loads((RESULTS / "zeroshot_small-seed0.json").read_text())
-    cfg = world_config("data.scale=small", f"paths.cache={tmp_path}", f"results_dir={tmp_path / 'results'}")
-    assert Path(cfg.model.pretrained) == FOUNDATION
+# The committed foundations: the digit world's (version 4, the tests' default) and the character world's
+# (version 5, the demo's), each with the results folder its command writes.
+FOUNDATIONS = {
+    "v4": ((), FOUNDATION, RESULTS, 0.5),
+    "v5": (
+        ("model=tiny_clip_chars", "data.version=5"),
+        FOUNDATION.with_name("tiny_clip_chars.safetensors"),
+        RESULTS.with_name("world_v5"),
+        0.2,
+    ),
+}
+
+
+@pytest.mark.parametrize("world", FOUNDATIONS)
+def test_committed_foundation_gives_recorded_zero_shot_accuracy(tmp_path, world):
+    overrides, foundation, results, least_photo = FOUNDATIONS[world]
+    recorded = json.loads(next(results.glob("zeroshot_small-seed0*.json")).read_text())
+    cfg = world_config(*overrides, "data.scale=small", f"paths.cache={tmp_path}", f"results_dir={tmp_path / 'results'}")
+    assert Path(cfg.model.pretrained) == foundation
     top1 = zero_shot_table(cfg)
     for name, value in recorded["top1"].items():
         assert abs(top1[name] - value) <= 0.005, name
-    assert top1["photo"] > 0.5
+    assert top1["photo"] > least_photo
 
 
 def test_pretraining_command_reproduces_its_first_steps(tmp_path):
+    # (The version-5 command is pinned by its zero-shot table above and by the resume test in
+    # test_world_v5.py: replaying it here would generate its 60,000-image corpus, minutes in CI.)
     # The command's first losses are recorded in results/world/pretrain.json; the same config, seed and
     # thread count give the same floats. Bit for bit on one CPU; across CPUs the maths libraries pick other
     # kernels by instruction set (README, "Reproducibility"), so the recorded floats hold to 1e-5 relative

@@ -92,3 +92,20 @@ def test_killed_pretraining_resumes_to_the_same_model(tmp_path):
     assert resumed.losses == whole.losses
     for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_foundation_is_written_in_the_configured_dtype():
+    from datasets.world.foundation import foundation_state
+    from models.errors import UserError
+
+    model, _ = init_model("TinyCLIP-Chars", 0)
+    state = foundation_state(model, "float16")
+    original = model.state_dict()
+    for name, tensor in state.items():
+        if original[name].is_floating_point():
+            assert tensor.dtype == torch.float16 and torch.equal(tensor, original[name].half()), name
+        else:  # BatchNorm's step counters stay integers
+            assert torch.equal(tensor, original[name]), name
+    assert any(not t.is_floating_point() for t in state.values())
+    with pytest.raises(UserError, match="save_dtype"):
+        foundation_state(model, "bfloat16")

@@ -97,6 +97,14 @@ def first_losses(model: torch.nn.Module, cfg: Any, steps: int = FIRST_STEPS) -> 
     return losses
 
 
+def foundation_state(model: torch.nn.Module, dtype: str) -> dict[str, torch.Tensor]:
+    """The weights to write: float tensors cast to `dtype` (float32 | float16), the rest as they are."""
+    if dtype not in ("float32", "float16"):
+        raise UserError(f"pretrain.save_dtype: {dtype!r} is not float32 or float16")
+    cast = getattr(torch, dtype)
+    return {k: (v.to(cast) if v.is_floating_point() else v).detach().contiguous() for k, v in model.state_dict().items()}
+
+
 def build_foundation(cfg: Any) -> Path:
     """Pretrain the tiny CLIP and write it to `cfg.foundation` (and its log to `cfg.results_dir`)."""
     start = time.time()
@@ -104,7 +112,7 @@ def build_foundation(cfg: Any) -> Path:
     model, run_log, _ = run_pretraining(cfg)
     out = Path(cfg.foundation)
     out.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = foundation_state(model, str(cfg.pretrain.get("save_dtype", "float32")))
     meta = {"arch": cfg.model.arch, "world": world_key(cfg.data), "steps": str(run_log.steps_done)}
     with atomic_path(out) as tmp:
         save_file(state, str(tmp), metadata=meta)

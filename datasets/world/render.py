@@ -91,6 +91,7 @@ def strip_colours(caption: str) -> str:
     caption = re.sub(rf" in ({colour}) and ({colour})$", "", caption)
     return re.sub(r" +", " ", re.sub(rf"\b({colour})\b", "", caption)).strip()
 
+
 FONT_SETS = {
     # ImageNet's "photo": upright sans and serif faces.
     "photo": ["DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf"],
