@@ -1,0 +1,315 @@
+"""Experiments as data: `python -m pipeline` reads each experiment's steps from the `pipeline:` key of
+conf/experiment/<name>.yaml, and builds exactly the commands the hard-coded sequences built before."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import sys
+
+import pytest
+from conftest import REPO, run_module
+
+import pipeline.__main__ as pipeline_main
+from models.cli import CONF_DIR
+from models.errors import UserError
+from pipeline.steps import experiment_steps, seeds_steps
+
+# Captured from commit cc12bca (pipeline/steps.py with each experiment's steps in `if experiment == ...`
+# branches): (name, estimate_s, command) of every step, for every experiment and the calls below.
+CAPTURED = {
+    "demo": [
+        ("world, foundation and zero-shot table", 12, "python -m datasets.world experiment=demo"),
+        (
+            "zero-shot and LP inits",
+            14,
+            "python -m finetune -m experiment=demo finetune.epochs=0 finetune.init=zeroshot,lp hydra.sweep.dir=runs/demo/inits 'hydra.sweep.subdir=${finetune.init}'",
+        ),
+        ("fine-tuning sweep", 102, "python -m finetune -m experiment=demo sweep=demo finetune.threads=null"),
+        (
+            "eval of the inits and every fine-tuned model",
+            57,
+            "python -m eval experiment=demo 'checkpoints=[runs/demo/inits,runs/demo/finetune]' run_name=individuals",
+        ),
+        (
+            "soups, ensembles, WiSE-FT and Model Stock (+ their eval)",
+            160,
+            "python -m soups -m experiment=demo soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble,wise_ft,model_stock ingredients=runs/demo/finetune ++soup.init=runs/demo/inits/lp/model.safetensors",
+        ),
+        ("tables and figures from the records", 3, "python -m plots experiment=demo results=runs/demo out=results/demo"),
+        (
+            "figures from checkpoints (landscape, angles, soup vs ensemble)",
+            95,
+            "python -m plots experiment=demo results=runs/demo figure=checkpoints out=results/demo",
+        ),
+    ],
+    "demo_user": [
+        ("world, foundation and zero-shot table", 12, "python -m datasets.world experiment=demo"),
+        (
+            "zero-shot and LP inits",
+            14,
+            "python -m finetune -m experiment=demo finetune.epochs=0 finetune.init=zeroshot,lp hydra.sweep.dir=runs/x/inits 'hydra.sweep.subdir=${finetune.init}' name=x finetune.lr=1e-3",
+        ),
+        (
+            "fine-tuning sweep",
+            102,
+            "python -m finetune -m experiment=demo sweep=paper_random finetune.threads=null name=x finetune.lr=1e-3",
+        ),
+        (
+            "eval of the inits and every fine-tuned model",
+            57,
+            "python -m eval experiment=demo 'checkpoints=[runs/x/inits,runs/x/finetune]' run_name=individuals name=x finetune.lr=1e-3",
+        ),
+        (
+            "soups, ensembles, WiSE-FT and Model Stock (+ their eval)",
+            160,
+            "python -m soups -m experiment=demo soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble,wise_ft,model_stock ingredients=runs/x/finetune ++soup.init=runs/x/inits/lp/model.safetensors name=x finetune.lr=1e-3",
+        ),
+        (
+            "tables and figures from the records",
+            3,
+            "python -m plots experiment=demo results=runs/x out=results/demo name=x finetune.lr=1e-3",
+        ),
+        (
+            "figures from checkpoints (landscape, angles, soup vs ensemble)",
+            95,
+            "python -m plots experiment=demo results=runs/x figure=checkpoints out=results/demo name=x finetune.lr=1e-3",
+        ),
+    ],
+    "demo_seed1": [
+        ("world, foundation and zero-shot table", 12, "python -m datasets.world experiment=demo"),
+        (
+            "zero-shot and LP inits",
+            14,
+            "python -m finetune -m experiment=demo finetune.epochs=0 finetune.init=zeroshot,lp hydra.sweep.dir=runs/demo_seeds/seed1/demo/inits 'hydra.sweep.subdir=${finetune.init}' paths.runs=runs/demo_seeds/seed1",
+        ),
+        (
+            "fine-tuning sweep",
+            102,
+            "python -m finetune -m experiment=demo sweep=demo sweep.seed=1 finetune.threads=null paths.runs=runs/demo_seeds/seed1",
+        ),
+        (
+            "eval of the inits and every fine-tuned model",
+            57,
+            "python -m eval experiment=demo 'checkpoints=[runs/demo_seeds/seed1/demo/inits,runs/demo_seeds/seed1/demo/finetune]' run_name=individuals paths.runs=runs/demo_seeds/seed1",
+        ),
+        (
+            "soups, ensembles, WiSE-FT and Model Stock (+ their eval)",
+            160,
+            "python -m soups -m experiment=demo soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble,wise_ft,model_stock ingredients=runs/demo_seeds/seed1/demo/finetune ++soup.init=runs/demo_seeds/seed1/demo/inits/lp/model.safetensors paths.runs=runs/demo_seeds/seed1",
+        ),
+        (
+            "tables and figures from the records",
+            3,
+            "python -m plots experiment=demo results=runs/demo_seeds/seed1/demo out=runs/demo_seeds/seed1/results paths.runs=runs/demo_seeds/seed1",
+        ),
+    ],
+    "paper_vitb32": [
+        (
+            "zero-shot and LP inits",
+            3600,
+            "python -m finetune -m experiment=paper_vitb32 finetune.epochs=0 finetune.init=zeroshot,lp hydra.sweep.dir=runs/paper_vitb32/inits 'hydra.sweep.subdir=${finetune.init}' hydra/launcher=slurm",
+        ),
+        ("fine-tuning sweep", 259200, "python -m finetune -m experiment=paper_vitb32 sweep=paper_random hydra/launcher=slurm"),
+        (
+            "eval of the inits and every fine-tuned model",
+            3600,
+            "python -m eval -m experiment=paper_vitb32 'checkpoints=[runs/paper_vitb32/inits,runs/paper_vitb32/finetune]' run_name=individuals hydra/launcher=slurm",
+        ),
+        (
+            "soups, ensembles, WiSE-FT and Model Stock (+ their eval)",
+            7200,
+            "python -m soups -m experiment=paper_vitb32 soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble,wise_ft,model_stock 'ingredients=[runs/paper_vitb32/inits/lp,runs/paper_vitb32/finetune]' ++soup.init=runs/paper_vitb32/inits/lp/model.safetensors hydra/launcher=slurm",
+        ),
+        (
+            "tables and figures from the records",
+            60,
+            "python -m plots experiment=paper_vitb32 results=runs/paper_vitb32 out=results/paper_vitb32",
+        ),
+        (
+            "figures from checkpoints (landscape, angles, soup vs ensemble)",
+            3600,
+            "python -m plots experiment=paper_vitb32 results=runs/paper_vitb32 figure=checkpoints out=results/paper_vitb32",
+        ),
+    ],
+    "paper_vitb32_elsewhere": [
+        (
+            "zero-shot and LP inits",
+            3600,
+            "python -m finetune -m experiment=paper_vitb32 finetune.epochs=0 finetune.init=zeroshot,lp hydra.sweep.dir=/abs/runs/n/inits 'hydra.sweep.subdir=${finetune.init}' hydra/launcher=slurm name=n",
+        ),
+        ("fine-tuning sweep", 259200, "python -m finetune -m experiment=paper_vitb32 sweep=paper_grid hydra/launcher=slurm name=n"),
+        (
+            "eval of the inits and every fine-tuned model",
+            3600,
+            "python -m eval -m experiment=paper_vitb32 'checkpoints=[/abs/runs/n/inits,/abs/runs/n/finetune]' run_name=individuals hydra/launcher=slurm name=n",
+        ),
+        (
+            "soups, ensembles, WiSE-FT and Model Stock (+ their eval)",
+            7200,
+            "python -m soups -m experiment=paper_vitb32 soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble,wise_ft,model_stock 'ingredients=[/abs/runs/n/inits/lp,/abs/runs/n/finetune]' ++soup.init=/abs/runs/n/inits/lp/model.safetensors hydra/launcher=slurm name=n",
+        ),
+        (
+            "tables and figures from the records",
+            60,
+            "python -m plots experiment=paper_vitb32 results=/abs/runs/n out=results/paper_vitb32 name=n",
+        ),
+        (
+            "figures from checkpoints (landscape, angles, soup vs ensemble)",
+            3600,
+            "python -m plots experiment=paper_vitb32 results=/abs/runs/n figure=checkpoints out=results/paper_vitb32 name=n",
+        ),
+    ],
+    "paper_vitb32_dryrun": [
+        ("miniature ImageNet-layout data", 15, "python -m datasets.imagenet_miniature .cache/imagenet_miniature"),
+        (
+            "zero-shot and LP inits",
+            25,
+            "python -m finetune -m experiment=paper_vitb32_dryrun finetune.epochs=0 finetune.init=zeroshot,lp hydra.sweep.dir=runs/paper_vitb32_dryrun/inits 'hydra.sweep.subdir=${finetune.init}'",
+        ),
+        ("fine-tuning sweep", 90, "python -m finetune -m experiment=paper_vitb32_dryrun sweep=paper_random"),
+        (
+            "eval of the inits and every fine-tuned model",
+            30,
+            "python -m eval experiment=paper_vitb32_dryrun 'checkpoints=[runs/paper_vitb32_dryrun/inits,runs/paper_vitb32_dryrun/finetune]' run_name=individuals",
+        ),
+        (
+            "soups, ensembles, WiSE-FT and Model Stock (+ their eval)",
+            120,
+            "python -m soups -m experiment=paper_vitb32_dryrun soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble,wise_ft,model_stock 'ingredients=[runs/paper_vitb32_dryrun/inits/lp,runs/paper_vitb32_dryrun/finetune]' ++soup.init=runs/paper_vitb32_dryrun/inits/lp/model.safetensors",
+        ),
+        ("tables and figures from the records", 15, "python -m plots experiment=paper_vitb32_dryrun results=runs/paper_vitb32_dryrun"),
+        (
+            "figures from checkpoints (landscape, angles, soup vs ensemble)",
+            60,
+            "python -m plots experiment=paper_vitb32_dryrun results=runs/paper_vitb32_dryrun figure=checkpoints",
+        ),
+    ],
+    "folder": [
+        ("check the dataset folder, draw its held-out split", 5, "python -m datasets.folder experiment=folder data.root=/data/mine"),
+        (
+            "zero-shot and LP inits",
+            15,
+            "python -m finetune -m experiment=folder finetune.epochs=0 finetune.init=zeroshot,lp hydra.sweep.dir=runs/folder/inits 'hydra.sweep.subdir=${finetune.init}' data.root=/data/mine",
+        ),
+        ("fine-tuning sweep", 60, "python -m finetune -m experiment=folder sweep=demo finetune.threads=null data.root=/data/mine"),
+        (
+            "eval of the inits and every fine-tuned model",
+            20,
+            "python -m eval experiment=folder 'checkpoints=[runs/folder/inits,runs/folder/finetune]' run_name=individuals data.root=/data/mine",
+        ),
+        (
+            "soups, ensembles, WiSE-FT and Model Stock (+ their eval)",
+            90,
+            "python -m soups -m experiment=folder soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble,wise_ft,model_stock ingredients=runs/folder/finetune ++soup.init=runs/folder/inits/lp/model.safetensors data.root=/data/mine",
+        ),
+        ("tables and figures from the records", 10, "python -m plots experiment=folder results=runs/folder data.root=/data/mine"),
+        (
+            "basin check of the LP init and the sweep",
+            10,
+            "python -m soups diagnose experiment=folder 'ingredients=[runs/folder/inits/lp,runs/folder/finetune]' data.root=/data/mine",
+        ),
+    ],
+    "folder_user": [
+        (
+            "check the dataset folder, draw its held-out split",
+            5,
+            "python -m datasets.folder experiment=folder name=mine data.root=/data/mine model=vit_b32 sweep.n=2",
+        ),
+        (
+            "zero-shot and LP inits",
+            15,
+            "python -m finetune -m experiment=folder finetune.epochs=0 finetune.init=zeroshot,lp hydra.sweep.dir=runs/mine/inits 'hydra.sweep.subdir=${finetune.init}' name=mine data.root=/data/mine model=vit_b32 sweep.n=2",
+        ),
+        (
+            "fine-tuning sweep",
+            60,
+            "python -m finetune -m experiment=folder sweep=paper_random finetune.threads=null name=mine data.root=/data/mine model=vit_b32 sweep.n=2",
+        ),
+        (
+            "eval of the inits and every fine-tuned model",
+            20,
+            "python -m eval experiment=folder 'checkpoints=[runs/mine/inits,runs/mine/finetune]' run_name=individuals name=mine data.root=/data/mine model=vit_b32 sweep.n=2",
+        ),
+        (
+            "soups, ensembles, WiSE-FT and Model Stock (+ their eval)",
+            90,
+            "python -m soups -m experiment=folder soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble,wise_ft,model_stock ingredients=runs/mine/finetune ++soup.init=runs/mine/inits/lp/model.safetensors name=mine data.root=/data/mine model=vit_b32 sweep.n=2",
+        ),
+        (
+            "tables and figures from the records",
+            10,
+            "python -m plots experiment=folder results=runs/mine name=mine data.root=/data/mine model=vit_b32 sweep.n=2",
+        ),
+        (
+            "basin check of the LP init and the sweep",
+            10,
+            "python -m soups diagnose experiment=folder 'ingredients=[runs/mine/inits/lp,runs/mine/finetune]' name=mine data.root=/data/mine model=vit_b32 sweep.n=2",
+        ),
+    ],
+}
+
+
+CALLS = {  # how each captured list was made: experiment_steps(**CALLS[key])
+    "demo": {"experiment": "demo"},
+    "demo_user": {"experiment": "demo", "extra": ["name=x", "finetune.lr=1e-3", "sweep=paper_random"]},
+    "demo_seed1": {"experiment": "demo", "sweep_seed": 1},
+    "paper_vitb32": {"experiment": "paper_vitb32"},
+    "paper_vitb32_elsewhere": {
+        "experiment": "paper_vitb32", "runs": "/abs/runs", "cache": "/abs/cache", "extra": ["name=n", "sweep=paper_grid"],
+    },
+    "paper_vitb32_dryrun": {"experiment": "paper_vitb32_dryrun"},
+    "folder": {"experiment": "folder", "extra": ["data.root=/data/mine"]},
+    "folder_user": {
+        "experiment": "folder", "extra": ["data.root=/data/mine", "name=mine", "model=vit_b32", "sweep=paper_random", "sweep.n=2"],
+    },
+}  # fmt: skip
+
+# The one intended change (issue 18): the figures from checkpoints go through the launcher like every
+# other GPU step, so on the cluster they are a SLURM job (`-m` with no sweep submits one job).
+LAUNCHED_FIGURES = {
+    "paper_vitb32": (
+        "python -m plots experiment=paper_vitb32 results=runs/paper_vitb32 figure=checkpoints out=results/paper_vitb32",
+        "python -m plots -m experiment=paper_vitb32 results=runs/paper_vitb32 figure=checkpoints out=results/paper_vitb32"
+        " hydra/launcher=slurm",
+    ),
+    "paper_vitb32_elsewhere": (
+        "python -m plots experiment=paper_vitb32 results=/abs/runs/n figure=checkpoints out=results/paper_vitb32 name=n",
+        "python -m plots -m experiment=paper_vitb32 results=/abs/runs/n figure=checkpoints out=results/paper_vitb32"
+        " hydra/launcher=slurm name=n",
+    ),
+}
+
+
+def expected(key: str) -> list[tuple[str, float, str]]:
+    old, new = LAUNCHED_FIGURES.get(key, (None, None))
+    return [(name, estimate, new if command == old else command) for name, estimate, command in CAPTURED[key]]
+
+
+def listed(steps) -> list[tuple[str, float, str]]:
+    return [(s.name, s.estimate_s, shlex.join(s.argv)) for s in steps]
+
+
+@pytest.mark.parametrize("key", sorted(CAPTURED))
+def test_every_experiment_builds_the_commands_the_hard_coded_sequences_built(key):
+    assert listed(experiment_steps(**CALLS[key])) == expected(key)
+
+
+def test_the_figures_from_checkpoints_go_through_the_launcher():
+    old, new = LAUNCHED_FIGURES["paper_vitb32"]
+    assert old in [command for _, _, command in CAPTURED["paper_vitb32"]]  # the change is to a captured command
+    assert new in [command for _, _, command in listed(experiment_steps("paper_vitb32"))]
+
+
+def test_seeds_run_the_plain_demo_then_each_seed_then_the_summary():
+    seed2 = [(name, estimate, command.replace("seed1", "seed2").replace("sweep.seed=1", "sweep.seed=2"))
+             for name, estimate, command in CAPTURED["demo_seed1"]]  # fmt: skip
+    want = [(f"seed {seed}: {name}", estimate, command) for seed, steps in ((0, CAPTURED["demo"]), (1, CAPTURED["demo_seed1"]), (2, seed2))
+            for name, estimate, command in steps]  # fmt: skip
+    want.append((
+        "mean and sd of each finding over the seeds", 5,
+        "python -m plots.seeds results/demo/findings.json runs/demo_seeds/seed1/results/findings.json"
+        " runs/demo_seeds/seed2/results/findings.json --out=results/demo_seeds",
+    ))  # fmt: skip
+    assert listed(seeds_steps("demo", [0, 1, 2])) == want
