@@ -313,3 +313,89 @@ def test_seeds_run_the_plain_demo_then_each_seed_then_the_summary():
         " runs/demo_seeds/seed2/results/findings.json --out=results/demo_seeds",
     ))  # fmt: skip
     assert listed(seeds_steps("demo", [0, 1, 2])) == want
+
+
+NEW_EXPERIMENT = """\
+# @package _global_
+name: seeds_summary
+pipeline:
+  steps:
+    - name: mean and sd of two seeds' findings
+      module: plots.seeds
+      args: ["${paths.runs}/a.json", "${paths.runs}/b.json", "--out=${paths.runs}/${name}/summary"]
+      overrides: false
+      estimate_s: 2
+"""
+
+
+@pytest.fixture
+def conf_copy(tmp_path, monkeypatch):
+    """A copy of conf/ that the pipeline reads instead (a user's own experiments dropped into it)."""
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf)
+    monkeypatch.setattr("pipeline.steps.CONF_DIR", conf)
+    return conf
+
+
+def test_a_new_experiment_is_a_yaml_file(conf_copy, tmp_path, monkeypatch, capsys):
+    (conf_copy / "experiment/seeds_summary.yaml").write_text(NEW_EXPERIMENT)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for seed, delta in (("a", 1.0), ("b", 3.0)):  # one finding, +1 pp in one seed and +3 pp in the other
+        findings = [{"name": "g", "metric": "top1_id", "delta_pp": delta, "holds": delta > 2}]  # findings.json's form
+        (runs / f"{seed}.json").write_text(json.dumps(findings))
+    monkeypatch.setenv("MODEL_SOUPS_RUNS", str(runs))
+    assert pipeline_main.main(["seeds_summary", "--print"]) == 0
+    command = f"python -m plots.seeds {runs}/a.json {runs}/b.json --out={runs}/seeds_summary/summary"
+    assert command in capsys.readouterr().out.splitlines()
+    assert pipeline_main.main(["seeds_summary"]) == 0
+    summary = json.loads((runs / "seeds_summary/summary/findings_seeds.json").read_text())["findings"][0]
+    assert summary["mean_pp"] == 2.0 and summary["sd_pp"] == pytest.approx(2**0.5, abs=1e-3) and summary["held"] == 1
+    timings = json.loads((runs / "seeds_summary/pipeline_timings.json").read_text())
+    assert list(timings) == ["mean and sd of two seeds' findings"]
+
+
+STEP = {"name": "s", "module": "plots", "args": ["figure=table"]}
+
+
+@pytest.mark.parametrize(
+    "pipeline,message",
+    [
+        ({"steps": [{k: v for k, v in STEP.items() if k != "module"}]}, "pipeline.steps[0]: missing field 'module'"),
+        ({"steps": [{**STEP, "stage": "plots"}]}, "pipeline.steps[0]: unknown field 'stage'"),
+        ({"steps": [STEP, {**STEP, "args": "figure=table"}]}, "pipeline.steps[1].args: 'figure=table' is not a list[str]"),
+        ({"steps": [{**STEP, "args": [["a"]]}]}, "pipeline.steps[0].args: every argument must be a string"),
+        ({"steps": [{**STEP, "launch": "yes"}]}, "pipeline.steps[0].launch: 'yes' is not a bool"),
+        ({"steps": [{**STEP, "estimate_s": True}]}, "pipeline.steps[0].estimate_s: True is not a float"),
+        ({"steps": ["python -m plots"]}, "pipeline.steps[0]: a step is a mapping"),
+        ({"steps": []}, "pipeline.steps: a list of steps is needed"),
+        ({"step": [STEP]}, "pipeline: unknown key 'step'"),
+        ({"steps": [{**STEP, "args": ["out=${pipeline.nowhere}"]}]}, "pipeline: "),
+    ],
+)
+def test_a_malformed_pipeline_is_one_line_naming_the_field(conf_copy, capsys, pipeline, message):
+    (conf_copy / "experiment/bad.yaml").write_text("# @package _global_\n" + json.dumps({"pipeline": pipeline}))
+    assert pipeline_main.main(["bad", "--print"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: conf/experiment/bad.yaml: {message}") and err.count("\n") == 1, err
+    with pytest.raises(UserError):
+        experiment_steps("bad")
+
+
+def test_an_unknown_experiment_is_one_line_listing_the_known_ones():
+    result = run_module("pipeline", "no_such_experiment")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: unknown experiment 'no_such_experiment'; choose from demo, folder, paper_vitb32,")
+    seeds = run_module("pipeline", "demo", "name=x", "--seeds", "0", "1", "--print")
+    assert seeds.returncode == 2 and seeds.stderr == "error: --seeds runs the plain demo once per seed; it takes no overrides (name=x)\n"
+
+
+def test_a_run_folder_does_not_depend_on_the_pipeline_steps():
+    from hydra import compose, initialize_config_dir
+
+    from models.cli import identity_config
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("eval", overrides=["experiment=demo"])
+    assert cfg.pipeline.steps[0].module == "datasets.world"  # every stage sees it; none is named by it
+    assert "pipeline" not in identity_config(cfg)
