@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
-import sys
 
 import pytest
-from conftest import REPO, run_module
+from conftest import run_module
 
 import pipeline.__main__ as pipeline_main
 from models.cli import CONF_DIR
