@@ -25,7 +25,7 @@ from pathlib import Path
 
 from models.atomic import write_text_atomic
 from models.errors import UserError
-from pipeline.steps import experiment_steps, experiments, seeds_steps, split_overrides, time_left
+from pipeline.steps import experiment_steps, seeds_steps, split_overrides, time_left
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,7 +41,7 @@ def _short(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
-    parser.add_argument("experiment", help=f"which experiment's sequence to run: {', '.join(experiments())} (conf/experiment/)")
+    parser.add_argument("experiment", help="which experiment's sequence to run: conf/experiment/EXPERIMENT.yaml, its pipeline: key")
     parser.add_argument("--print", action="store_true", help="print the stage commands instead of running them")
     parser.add_argument("--from", dest="start", type=int, default=1, help="start at step N (1-based)")
     parser.add_argument(

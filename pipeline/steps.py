@@ -43,8 +43,13 @@ class StepSpec:
 
 
 PIPELINE_KEYS = {"steps", "launcher", "sweep", "results", "needs"}
-SPEC_FIELDS = {f.name: f.type for f in dataclasses.fields(StepSpec)}
+SPEC_FIELDS = {f.name: f.type for f in dataclasses.fields(StepSpec)}  # name -> the annotation, as text
 TYPES = {"str": (str,), "list[str]": (list,), "float": (int, float), "bool": (bool,)}
+
+
+def seed_runs(runs: str, seed: int) -> str:
+    """The runs folder of the experiment drawn with another sweep seed."""
+    return f"{runs}/{SEEDS_DIR}/seed{seed}"
 
 
 def experiments(conf_dir: Path | None = None) -> list[str]:
@@ -83,7 +88,9 @@ def _compose(experiment: str, conf_dir: Path | None, overrides: Sequence[str] = 
             cfg = compose("base", overrides=[f"experiment={experiment}", *overrides])
     except Exception as err:  # a broken experiment file: Hydra's message names it
         raise UserError(f"conf/experiment/{experiment}.yaml: {one_line(err)}") from err
-    OmegaConf.set_struct(cfg, False)  # the pipeline fills in folders and the user's choices below
+    if not isinstance(cfg.get("pipeline"), DictConfig):
+        raise UserError(f"conf/experiment/{experiment}.yaml: pipeline: a mapping with steps: [...] is needed")
+    OmegaConf.set_struct(cfg, False)  # the pipeline fills in folders and the user's choices
     return cfg
 
 
@@ -147,7 +154,7 @@ def experiment_steps(
     cfg.paths.runs, cfg.paths.cache = runs, cache
     relocate: list[str] = []
     if sweep_seed is not None:
-        cfg.paths.runs = f"{runs}/{SEEDS_DIR}/seed{sweep_seed}"
+        cfg.paths.runs = seed_runs(runs, sweep_seed)
         cfg.pipeline.results = f"{cfg.paths.runs}/results"
         relocate = [f"paths.runs={cfg.paths.runs}"]
     if name:
@@ -191,7 +198,7 @@ def seeds_steps(experiment: str, seeds: list[int], runs: str = "runs", cache: st
         own = seed == own_seed
         for step in experiment_steps(experiment, runs, cache, sweep_seed=None if own else seed, conf_dir=conf_dir):
             steps.append(dataclasses.replace(step, name=f"seed {seed}: {step.name}"))
-        results = cfg.pipeline.results if own else f"{runs}/{SEEDS_DIR}/seed{seed}/results"
+        results = cfg.pipeline.results if own else f"{seed_runs(runs, seed)}/results"
         findings.append(f"{results}/findings.json")
     steps.append(
         Step("mean and sd of each finding over the seeds", ("python", "-m", "plots.seeds", *findings, f"--out=results/{SEEDS_DIR}"), 5)

@@ -369,6 +369,7 @@ STEP = {"name": "s", "module": "plots", "args": ["figure=table"]}
         ({"steps": ["python -m plots"]}, "pipeline.steps[0]: a step is a mapping"),
         ({"steps": []}, "pipeline.steps: a list of steps is needed"),
         ({"step": [STEP]}, "pipeline: unknown key 'step'"),
+        ([STEP], "pipeline: a mapping with steps: [...] is needed"),
         ({"steps": [{**STEP, "args": ["out=${pipeline.nowhere}"]}]}, "pipeline: "),
     ],
 )
@@ -387,6 +388,15 @@ def test_an_unknown_experiment_is_one_line_listing_the_known_ones():
     assert result.stderr.startswith("error: unknown experiment 'no_such_experiment'; choose from demo, folder, paper_vitb32,")
     seeds = run_module("pipeline", "demo", "name=x", "--seeds", "0", "1", "--print")
     assert seeds.returncode == 2 and seeds.stderr == "error: --seeds runs the plain demo once per seed; it takes no overrides (name=x)\n"
+
+
+def test_seeds_need_an_experiment_whose_findings_have_a_home(capsys):
+    # the dry run keeps its tables in its runs folder (no pipeline.results): no seed-0 findings.json to summarise
+    assert pipeline_main.main(["paper_vitb32_dryrun", "--seeds", "0", "1", "--print"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --seeds: the paper_vitb32_dryrun experiment needs pipeline.sweep and pipeline.results"
+        " (conf/experiment/paper_vitb32_dryrun.yaml)\n"
+    )
 
 
 def test_a_run_folder_does_not_depend_on_the_pipeline_steps():
