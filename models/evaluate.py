@@ -63,12 +63,15 @@ def shard_range(n: int, rank: int, world_size: int) -> range:
     return range(start, start + base + (rank < extra))
 
 
-def make_loader(eval_set: EvalSet, batch_size: int, workers: int, shard: tuple[int, int] | None = None) -> DataLoader:
+def make_loader(
+    eval_set: EvalSet, batch_size: int, workers: int, shard: tuple[int, int] | None = None, batches: Sequence[Sequence[int]] | None = None
+) -> DataLoader:
+    """Consecutive batches of `batch_size` (of one shard), or the given `batches` of example indices."""
     dataset = eval_set.dataset if shard is None else Subset(eval_set.dataset, shard_range(len(eval_set.dataset), *shard))
+    order = {"batch_size": batch_size, "shuffle": False} if batches is None else {"batch_sampler": [[int(i) for i in b] for b in batches]}
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=False,
+        **order,
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         collate_fn=collate_readable,
@@ -93,14 +96,16 @@ def iter_logits(
     skip_bad_images: bool = False,
     on_skip: Callable[[UnreadableImage], None] | None = None,
     shard: tuple[int, int] | None = None,
+    batches: Sequence[Sequence[int]] | None = None,
 ) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
     """Per batch: the float32 logits of every model (projected onto the set's classes) and the labels.
 
-    Each image is decoded and transformed once, whatever the number of models.
+    Each image is decoded and transformed once, whatever the number of models. `batches` (lists of
+    example indices) replaces the consecutive batches of `batch_size`.
     """
     device = torch.device(device)
     autocast = torch.autocast(device.type, dtype=torch.float16) if resolve_amp(amp, device) else contextlib.nullcontext()
-    for images, labels, bad in make_loader(eval_set, batch_size, workers, shard):
+    for images, labels, bad in make_loader(eval_set, batch_size, workers, shard, batches):
         for item in bad:
             if not skip_bad_images:
                 raise bad_image_error(item)

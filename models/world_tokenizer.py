@@ -62,7 +62,7 @@ class WorldTokenizer:
 
     def unknown_words(self, text: str) -> list[str]:
         """Words of `text` outside the closed vocabulary (they would all become one UNK token)."""
-        return [word for word in re.findall(r"[a-z]+", text.lower()) if word not in VOCAB]
+        return [word for word in re.findall(r"[a-z]+", text.lower()) if word not in self.vocab]
 
     def __call__(self, texts: str | list[str], context_length: int | None = None) -> torch.Tensor:
         if isinstance(texts, str):

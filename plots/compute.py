@@ -149,7 +149,7 @@ def greedy_indices(evaluator: CombinationEvaluator, candidates: list[int], heldo
     own = evaluator.accuracy([single(i) for i in candidates], heldout)
     soup: list[int] = []
 
-    def score(position: int) -> Iterator[tuple[float, int]]:
+    def score(position: int, chunks: list) -> Iterator[tuple[float, int]]:  # one "example": the accuracy
         (accuracy,) = evaluator.accuracy([average([*soup, candidates[position]])], heldout)
         return iter([(accuracy, 1)])
 

@@ -91,7 +91,7 @@ def greedy_soup(
     running = average.RunningSum(accumulate)
     pending: dict[int, StateDict] = {}
 
-    def candidate_score(index: int) -> Iterator[tuple[float, int]]:
+    def candidate_score(index: int, chunks: list[torch.Tensor]) -> Iterator[tuple[float, int]]:  # counts in the scorer's order
         pending.clear()
         pending[index] = _state(checkpoints[index])
         return _batches(score(running.mean_with(pending[index], name=f"ingredient {index}")))[0]

@@ -168,10 +168,10 @@ def greedy_method(ctx: SoupContext) -> SoupOutcome:
     running = average.RunningSum(_accumulate_dtype(ctx))
     pending: dict[int, StateDict] = {}
 
-    def score(index: int) -> Iterator[tuple[int, int]]:
+    def score(index: int, chunks: list[torch.Tensor]) -> Iterator[torch.Tensor]:
         pending.clear()
         pending[index] = ctx.load(index)
-        return scorer.heldout_batches(running.mean_with(pending[index], name=ctx.ingredients[index].name))
+        return scorer.heldout_outcomes(running.mean_with(pending[index], name=ctx.ingredients[index].name), chunks)
 
     def commit(index: int) -> None:
         state = pending.pop(index, None)

@@ -11,7 +11,6 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from models.evaluate import count_correct
 from soups.greedy import GreedyStep, greedy_select
 
 
@@ -35,13 +34,12 @@ def greedy_ensemble(
         running["sum"] += heldout_logits[index].float()
         running["members"].append(index)
 
-    def score(index: int) -> Iterator[tuple[int, int]]:
+    def score(index: int, chunks: list[torch.Tensor]) -> Iterator[torch.Tensor]:
         size = len(running["members"]) + 1
-        for start in range(0, n, batch_size):
-            rows = slice(start, start + batch_size)
+        for rows in chunks:
             candidate = (running["sum"][rows] + heldout_logits[index][rows].float()) / size
-            yield count_correct(candidate, labels[rows]), len(labels[rows])
+            yield (candidate.argmax(dim=-1) == labels[rows]).long()
 
-    first_correct = count_correct(heldout_logits[order[0]].float(), labels)
-    steps = greedy_select(order, first_correct, n, score, commit, accept, early_rejection)
+    own = {i: (x.float().argmax(dim=-1) == labels).long() for i, x in enumerate(heldout_logits)}
+    steps = greedy_select(order, own[order[0]], n, score, commit, accept, early_rejection, chunk=batch_size, own_outcomes=own)
     return list(running["members"]), steps

@@ -19,7 +19,7 @@ import datasets
 from datasets import EvalSet
 from models.checkpoint import CheckpointMeta
 from models.errors import UserError
-from models.evaluate import SetScores, accuracies, count_correct, iter_logits, precision_name, score_models
+from models.evaluate import SetScores, accuracies, iter_logits, precision_name, score_models
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +85,20 @@ class Scorer:
             model.load_state_dict(state, strict=True)
         return models
 
-    def heldout_batches(self, state: Mapping[str, torch.Tensor]) -> Iterator[tuple[int, int]]:
-        """(correct, examples) per held-out batch, lazily, so a caller can stop early."""
+    def heldout_outcomes(self, state: Mapping[str, torch.Tensor], chunks: Sequence[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Per chunk of held-out example indices, each example's outcome (1 right, 0 wrong), lazily, so a
+        caller can stop early. A chunk larger than the eval batch is scored in several batches."""
         (model,) = self._models_for([state])
-        for (logits,), labels in iter_logits([model], self.heldout, **self.loader_kwargs):
-            yield count_correct(logits, labels), len(labels)
+        size = int(self.loader_kwargs.get("batch_size", 256))
+        batches = [piece for chunk in chunks for piece in torch.split(chunk, size)]
+        kwargs = {key: value for key, value in self.loader_kwargs.items() if key != "batch_size"}
+        scored = iter_logits([model], self.heldout, batches=batches, **kwargs)
+        for chunk in chunks:
+            outcomes = []
+            for _ in range(-(-len(chunk) // size)):
+                (logits,), labels = next(scored)
+                outcomes.append((logits.argmax(dim=-1) == labels).long())
+            yield torch.cat(outcomes)
 
     def accuracies(self, states: Sequence[Mapping[str, torch.Tensor]], eval_set: EvalSet) -> list[tuple[int, int]]:
         """(correct, n) per state on one set, decoding each image once for all states."""

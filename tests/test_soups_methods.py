@@ -77,7 +77,7 @@ def run_greedy(order: list[str], accept: str, early_rejection: bool = True, batc
     names = list(weights)
     running = RunningSum(torch.float64)
 
-    def score(i):
+    def score(i, chunks):  # counts in set order: batch-level rejection
         w = running.mean_with({"w": torch.tensor([weights[names[i]]])})["w"].item()
         hits = correct_of(w)
         for start in range(0, len(hits), batch):
@@ -147,7 +147,7 @@ def random_greedy_case(seed: int, accept: str, early_rejection: bool):
     soup: set[int] = set()
     evaluated = 0
 
-    def score(i):
+    def score(i, chunks):  # counts in set order: batch-level rejection
         nonlocal evaluated
         hits = hits_of(frozenset(soup | {i}))
         for start in range(0, n, batch):

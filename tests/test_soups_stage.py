@@ -28,7 +28,7 @@ from models.factory import create_clip
 from models.results import read_records
 from soups.checks import IngredientSpec, check_compatible
 from soups.ingredients import resolve_paths
-from soups.pipeline import run_soup
+from soups.pipeline import build_context, run_soup
 from soups.streaming import iter_safetensors, load_state
 
 ARCH = "SoupTestViT"
@@ -418,3 +418,16 @@ def test_soup_outputs_get_the_mode_a_plain_open_gets(tmp_path, base_state, umask
     assert expected == 0o666 & ~umask
     for name in (written, "results.jsonl"):
         assert stat.S_IMODE((tmp_path / "out" / name).stat().st_mode) == expected, name
+
+
+def test_heldout_outcomes_come_per_chunk_in_the_chunks_order(tmp_path, base_state):
+    # The greedy soup scores held-out examples in its own order (hardest first); chunks larger than the
+    # eval batch (8 here) are scored in several batches but reported as one.
+    (path,) = write_sweep(tmp_path / "sweep", base_state, 1, scale=0.5)
+    cfg = soup_cfg("greedy", tmp_path / "sweep")
+    scorer = build_context(cfg, fake_sets).scorer
+    chunks = [torch.tensor([23, 5, 0]), torch.tensor([*range(1, 5), *range(6, 23)])]
+    outcomes = list(scorer.heldout_outcomes(load_state(path), chunks))
+    (heldout,) = fake_sets(cfg.data, None, ["heldout"])
+    expected = (classifier_logits(path, heldout).argmax(1) == heldout.dataset.tensors[1]).long()
+    assert [x.tolist() for x in outcomes] == [expected[c].tolist() for c in chunks]

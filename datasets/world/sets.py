@@ -126,6 +126,9 @@ def render_chunk(name: str, seed: int, chunk: int, n: int, version: int = VERSIO
     images, labels, captions = render.render_batch(spec.styles, n, rng, glyphs)
     if spec.noisy_captions:
         captions = [noisy_caption(c, int(y), rng, glyphs) for c, y in zip(captions, labels)]
+        if glyphs.caption_colours < 1:  # drawn after the digit world's stream, which stays as it was
+            keep = rng.random(len(captions)) < glyphs.caption_colours
+            captions = [c if k else render.strip_colours(c) for c, k in zip(captions, keep)]
     return WorldArrays(images, labels, captions)
 
 
