@@ -46,8 +46,9 @@ CONF_DIR = PROJECT_ROOT / "conf"
 DONE_FILE = "DONE"
 FAILED_FILE = "FAILED"
 RUN_CONFIG_FILE = "run_config.json"  # the resolved config a run folder belongs to
-# Not part of a run's identity: where things live (a moved checkout still matches) and the rerun switch.
-IDENTITY_IGNORES = ("force", "paths", "out")
+# Not part of a run's identity: where things live (a moved checkout still matches), the rerun switch, and
+# the experiment's sequence of stage commands (python -m pipeline), which no stage reads.
+IDENTITY_IGNORES = ("force", "paths", "out", "pipeline")
 # Set by SweepNaming in the launching process: the keys the multirun sweeps over (comma-separated).
 SWEPT_KEYS_ENV = "MODEL_SOUPS_SWEPT_KEYS"
 MAX_NAME = 96

@@ -1,5 +1,7 @@
 """`python -m pipeline EXPERIMENT [--print] [--from N] [OVERRIDE ...]`: run an experiment's stages in order.
 
+The steps are the `pipeline:` key of conf/experiment/EXPERIMENT.yaml (pipeline/steps.py reads them).
+
 Overrides (`data.root=ROOT`, `model=vit_b32`, `name=mydata`, ...) go to every stage; `sweep=...` to the
 sweep step only. `python -m pipeline folder data.root=ROOT` runs the whole pipeline on your own dataset.
 
@@ -22,7 +24,8 @@ import time
 from pathlib import Path
 
 from models.atomic import write_text_atomic
-from pipeline.steps import EXPERIMENTS, experiment_steps, seeds_steps, split_overrides, time_left
+from models.errors import UserError
+from pipeline.steps import experiment_steps, seeds_steps, split_overrides, time_left
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,9 +39,9 @@ def _short(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
-    parser.add_argument("experiment", choices=EXPERIMENTS, help="which experiment's sequence to run")
+    parser.add_argument("experiment", help="which experiment's sequence to run: conf/experiment/EXPERIMENT.yaml, its pipeline: key")
     parser.add_argument("--print", action="store_true", help="print the stage commands instead of running them")
     parser.add_argument("--from", dest="start", type=int, default=1, help="start at step N (1-based)")
     parser.add_argument(
@@ -49,19 +52,21 @@ def main() -> int:
         help="run the experiment once per sweep seed (0 is the plain run), then write mean +- sd of each finding to results/demo_seeds/",
     )
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides passed to every stage (data.root=..., model=...)")
-    args = parser.parse_intermixed_args()
+    args = parser.parse_intermixed_args(argv)
 
     runs = Path(os.environ.get("MODEL_SOUPS_RUNS", ROOT / "runs"))
     cache = Path(os.environ.get("MODEL_SOUPS_CACHE", ROOT / ".cache"))
     # stages run from the repository root: a dataset folder given relative to here must still be found
     extra = [f"data.root={Path(a.split('=', 1)[1]).resolve()}" if a.startswith("data.root=") else a for a in args.overrides]
     try:
+        if args.seeds and extra:
+            raise UserError(f"--seeds runs the plain {args.experiment} once per seed; it takes no overrides ({extra[0]})")
         if args.seeds:
             steps = seeds_steps(args.experiment, args.seeds, _short(runs), _short(cache))
         else:
             steps = experiment_steps(args.experiment, _short(runs), _short(cache), extra)
-    except KeyError as err:
-        print(f"error: {err.args[0]}", file=sys.stderr)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     if args.print:
         for number, step in enumerate(steps, start=1):

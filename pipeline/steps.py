@@ -1,18 +1,25 @@
-"""The documented sequence of stage commands for each experiment.
+"""Each experiment's sequence of stage commands, read from the `pipeline:` key of its config.
 
-Each step is a plain stage command line (what a user would type), so `python -m pipeline NAME --print`
-is also the cluster guide. `estimate_s` is the duration measured on a 2-core CPU, used for the time
-left until this machine has timed the step itself.
+`conf/experiment/<name>.yaml` lists the steps (`python -m <module> <args>`, fields documented in
+conf/experiment/demo.yaml), so a new experiment is a YAML file. Each step is a plain command line (what a
+user would type), so `python -m pipeline NAME --print` is also the cluster guide. `estimate_s` is the
+recorded duration, used for the time left until this machine has timed the step itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-EXPERIMENTS = ("demo", "paper_vitb32", "paper_vitb32_dryrun", "folder")
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
 
-SOUPS = "uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble,wise_ft,model_stock"
+from models.cli import CONF_DIR, one_line
+from models.errors import UserError
+
+SEEDS_DIR = "demo_seeds"  # runs/<SEEDS_DIR>/seed<S>/ holds another sweep seed's runs; results/<SEEDS_DIR>/ the summary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,12 +29,39 @@ class Step:
     estimate_s: float = 60.0
 
 
-def _py(*args: str) -> tuple[str, ...]:
-    return ("python", "-m", *args)
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """One entry of `pipeline.steps`: `python -m <module> <args>`, then the launcher's and the user's overrides."""
+
+    name: str
+    module: str
+    args: list[str]
+    estimate_s: float = 60.0
+    launch: bool = False  # a cluster job: `-m` and `pipeline.launcher` (every GPU step)
+    overrides: bool = True  # takes the user's overrides (data.root=..., model=..., name=...)
+    per_seed: bool = True  # runs again for each extra sweep seed (--seeds)
 
 
-DEMO_SWEEP_SEED = 0  # conf/sweep/demo.yaml's seed
-SEEDS_DIR = "demo_seeds"  # runs/<SEEDS_DIR>/seed<S>/ holds another sweep seed's runs; results/<SEEDS_DIR>/ the summary
+PIPELINE_KEYS = {"steps", "launcher", "sweep", "results", "needs"}
+SPEC_FIELDS = {f.name: f.type for f in dataclasses.fields(StepSpec)}  # name -> the annotation, as text
+TYPES = {"str": (str,), "list[str]": (list,), "float": (int, float), "bool": (bool,)}
+
+
+def seed_runs(runs: str, seed: int) -> str:
+    """The runs folder of the experiment drawn with another sweep seed."""
+    return f"{runs}/{SEEDS_DIR}/seed{seed}"
+
+
+def experiments(conf_dir: Path | None = None) -> list[str]:
+    """The experiments the pipeline can run: conf/experiment/*.yaml with a `pipeline:` key."""
+    found = []
+    for path in sorted(((conf_dir or CONF_DIR) / "experiment").glob("*.yaml")):
+        try:
+            if "pipeline" in (OmegaConf.load(path) or {}):
+                found.append(path.stem)
+        except Exception as err:  # not YAML: say which file
+            raise UserError(f"conf/experiment/{path.name}: {one_line(err)}") from err
+    return found
 
 
 def split_overrides(extra: Sequence[str]) -> tuple[str | None, str | None, list[str]]:
@@ -45,119 +79,130 @@ def split_overrides(extra: Sequence[str]) -> tuple[str | None, str | None, list[
     return name, sweep, rest
 
 
+def _compose(experiment: str, conf_dir: Path | None, overrides: Sequence[str] = ()) -> DictConfig:
+    known = experiments(conf_dir)
+    if experiment not in known:
+        raise UserError(f"unknown experiment {experiment!r}; choose from {', '.join(known)} (conf/experiment/*.yaml with a pipeline: key)")
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir or CONF_DIR), version_base="1.3"):
+            cfg = compose("base", overrides=[f"experiment={experiment}", *overrides])
+    except Exception as err:  # a broken experiment file: Hydra's message names it
+        raise UserError(f"conf/experiment/{experiment}.yaml: {one_line(err)}") from err
+    if not isinstance(cfg.get("pipeline"), DictConfig):
+        raise UserError(f"conf/experiment/{experiment}.yaml: pipeline: a mapping with steps: [...] is needed")
+    OmegaConf.set_struct(cfg, False)  # the pipeline fills in folders and the user's choices
+    return cfg
+
+
+def _spec(entry: Any, where: str) -> StepSpec:
+    """A `pipeline.steps` entry, checked field by field."""
+    if not isinstance(entry, dict):
+        raise UserError(f"{where}: a step is a mapping with {', '.join(SPEC_FIELDS)}")
+    unknown = sorted(set(entry) - set(SPEC_FIELDS))
+    missing = [f.name for f in dataclasses.fields(StepSpec) if f.default is dataclasses.MISSING and f.name not in entry]
+    if unknown or missing:
+        wrong = f"unknown field {unknown[0]!r}" if unknown else f"missing field {missing[0]!r}"
+        raise UserError(f"{where}: {wrong} (a step has {', '.join(SPEC_FIELDS)})")
+    for field, value in entry.items():
+        kinds = TYPES[SPEC_FIELDS[field]]
+        if not isinstance(value, kinds) or (bool in kinds) != isinstance(value, bool):
+            raise UserError(f"{where}.{field}: {value!r} is not a {SPEC_FIELDS[field]}")
+        if field == "args" and not all(isinstance(a, str) for a in value):
+            raise UserError(f"{where}.args: every argument must be a string, got {value!r}")
+    return StepSpec(**entry)
+
+
+def _pipeline(experiment: str, cfg: DictConfig) -> dict[str, Any]:
+    """The experiment's resolved `pipeline:` key, its steps checked."""
+    where = f"conf/experiment/{experiment}.yaml: pipeline"
+    try:
+        pipeline = OmegaConf.to_container(cfg.pipeline, resolve=True)
+    except Exception as err:  # an interpolation that names no key
+        raise UserError(f"{where}: {one_line(err)}") from err
+    unknown = sorted(set(pipeline) - PIPELINE_KEYS)
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r} (expected {', '.join(sorted(PIPELINE_KEYS))})")
+    steps = pipeline.get("steps")
+    if not isinstance(steps, list) or not steps:
+        raise UserError(f"{where}.steps: a list of steps is needed")
+    if not isinstance(pipeline.get("launcher") or [], list):
+        raise UserError(f"{where}.launcher: a list of overrides is needed")
+    pipeline["steps"] = [_spec(entry, f"{where}.steps[{i}]") for i, entry in enumerate(steps)]
+    return pipeline
+
+
 def experiment_steps(
-    experiment: str, runs: str = "runs", cache: str = ".cache", extra: Sequence[str] = (), sweep_seed: int | None = None
+    experiment: str,
+    runs: str = "runs",
+    cache: str = ".cache",
+    extra: Sequence[str] = (),
+    sweep_seed: int | None = None,
+    conf_dir: Path | None = None,
 ) -> list[Step]:
     """The steps of `experiment`; `runs` and `cache` are the folders paths.runs and paths.cache point to;
     `extra` are overrides passed to every stage (`name=` and `sweep=` see `split_overrides`).
 
     With `sweep_seed`, the random search is drawn with that seed into its own runs folder
-    (`runs/demo_seeds/seed<S>`), whose tables and findings go to its `results/` (the figures from
-    checkpoints are left out): the input of the seeds summary (`seeds_steps`)."""
-    if experiment not in EXPERIMENTS:
-        raise KeyError(experiment)
+    (`runs/demo_seeds/seed<S>`), whose tables and findings go to its `results/` (steps with
+    `per_seed: false` are left out): the input of the seeds summary (`seeds_steps`)."""
     name, sweep_choice, rest = split_overrides(extra)
-    if experiment == "folder" and not any(a.startswith("data.root=") for a in rest):
-        raise KeyError("the folder experiment needs data.root=ROOT (your dataset's folder)")
-    exp = f"experiment={experiment}"
-    relocate: tuple[str, ...] = ()
+    cfg = _compose(experiment, conf_dir)
+    missing = [need for need in cfg.pipeline.get("needs") or [] if not any(a.startswith(need.split("=")[0] + "=") for a in rest)]
+    if missing:
+        raise UserError(f"the {experiment} experiment needs {missing[0]}")
+    # What the steps' ${...} read: the folders as this caller names them, the user's name and sweep.
+    cfg.paths.runs, cfg.paths.cache = runs, cache
+    relocate: list[str] = []
     if sweep_seed is not None:
-        runs = f"{runs}/{SEEDS_DIR}/seed{sweep_seed}"
-        relocate = (f"paths.runs={runs}",)
-    base = f"{runs}/{name or experiment}"
-    inits, sweep = f"{base}/inits", f"{base}/finetune"
-    # The fine-tunes start from the LP init (the paper's model_0), so it is θ0 for WiSE-FT and Model Stock.
-    lp_init = f"{inits}/lp/model.safetensors"
-    # The official soups are over all 72 released models: the LP init (model_0) and the 71 fine-tunes.
-    ingredients = sweep if experiment in ("demo", "folder") else f"[{inits}/lp,{sweep}]"
-    # On the cluster every GPU step goes through SLURM: `-m` with no sweep submits a single job.
-    launcher = ("hydra/launcher=slurm",) if experiment == "paper_vitb32" else ()
-    multirun = ("-m",) if launcher else ()
-    sweep_name = sweep_choice or ("demo" if experiment in ("demo", "folder") else "paper_random")
-    # The demo's jobs run one after another (basic launcher), so each may use every core.
-    threads = ("finetune.threads=null",) if experiment in ("demo", "folder") else ()
-    # Tables and figures of the committed experiments go to results/<experiment>/; the dry run and your dataset keep their own.
-    out = () if experiment in ("paper_vitb32_dryrun", "folder") else (f"out=results/{experiment}",)
-    if sweep_seed is not None:
-        out = (f"out={runs}/results",)
-    seed = (f"sweep.seed={sweep_seed}",) if sweep_seed is not None else ()
-    timed = {  # measured seconds on 2 CPU cores (demo, dry run); the paper's run is GPU-hours (docs/experiments.md)
-        "demo": (12, 14, 102, 57, 160, 3, 95),  # a clean `make demo`, 7:23 in all
-        "paper_vitb32_dryrun": (15, 25, 90, 30, 120, 15, 60),
-        "paper_vitb32": (0, 3600, 72 * 3600, 3600, 7200, 60, 3600),
-        "folder": (5, 15, 60, 20, 90, 10, 10),  # a few hundred images with the tiny CLIP
-    }[experiment]
-    # Every stage gets the user's overrides (data.root=..., model=..., name=...) after the step's own.
-    user = (*([f"name={name}"] if name else []), *rest)
+        cfg.paths.runs = seed_runs(runs, sweep_seed)
+        cfg.pipeline.results = f"{cfg.paths.runs}/results"
+        relocate = [f"paths.runs={cfg.paths.runs}"]
+    if name:
+        cfg.name = name
+    if sweep_choice:
+        if "sweep" not in cfg.pipeline:
+            raise UserError(f"sweep={sweep_choice}: the {experiment} experiment has no sweep step (no pipeline.sweep)")
+        cfg.pipeline.sweep = sweep_choice
+    pipeline = _pipeline(experiment, cfg)
+    launcher = pipeline.get("launcher") or []
+    # Every step that takes them gets the user's overrides after its own (and after the launcher's).
+    user = [*([f"name={name}"] if name else []), *rest]
     steps = []
-    if experiment == "demo":
-        steps.append(Step("world, foundation and zero-shot table", _py("datasets.world", exp), timed[0]))
-    elif experiment == "paper_vitb32_dryrun":
-        steps.append(Step("miniature ImageNet-layout data", _py("datasets.imagenet_miniature", f"{cache}/imagenet_miniature"), timed[0]))
-    elif experiment == "folder":
-        steps.append(Step("check the dataset folder, draw its held-out split", _py("datasets.folder", exp, *user), timed[0]))
-    steps += [
-        Step(
-            "zero-shot and LP inits",
-            _py(
-                "finetune",
-                "-m",
-                exp,
-                "finetune.epochs=0",
-                "finetune.init=zeroshot,lp",
-                f"hydra.sweep.dir={inits}",
-                "hydra.sweep.subdir=${finetune.init}",
-                *relocate,
-                *launcher,
-                *user,
-            ),
-            timed[1],
-        ),
-        Step(
-            "fine-tuning sweep", _py("finetune", "-m", exp, f"sweep={sweep_name}", *seed, *threads, *relocate, *launcher, *user), timed[2]
-        ),
-        Step(
-            "eval of the inits and every fine-tuned model",
-            _py("eval", *multirun, exp, f"checkpoints=[{inits},{sweep}]", "run_name=individuals", *relocate, *launcher, *user),
-            timed[3],
-        ),
-        Step(
-            "soups, ensembles, WiSE-FT and Model Stock (+ their eval)",
-            _py("soups", "-m", exp, f"soup={SOUPS}", f"ingredients={ingredients}", f"++soup.init={lp_init}", *relocate, *launcher, *user),
-            timed[4],
-        ),
-        Step("tables and figures from the records", _py("plots", exp, f"results={base}", *out, *relocate, *user), timed[5]),
-    ]
-    if experiment == "folder":  # can the sweep be souped at all, and if not why (docs/your_dataset.md)
-        steps.append(
-            Step(
-                "basin check of the LP init and the sweep",
-                _py("soups", "diagnose", exp, f"ingredients=[{inits}/lp,{sweep}]", *user),
-                timed[6],
-            )
-        )
-    elif sweep_seed is None:  # your dataset gets the table and Fig. 1; `plots figure=checkpoints` adds the rest
-        steps.append(
-            Step(
-                "figures from checkpoints (landscape, angles, soup vs ensemble)",
-                _py("plots", exp, f"results={base}", "figure=checkpoints", *out, *user),
-                timed[6],
-            )
-        )
+    for spec in pipeline["steps"]:
+        if sweep_seed is not None and not spec.per_seed:
+            continue
+        args = list(spec.args)
+        if sweep_seed is not None:  # the sweep step draws with the seed, every stage in the seed's runs folder
+            args = [a for arg in args for a in ([arg, f"sweep.seed={sweep_seed}"] if arg.startswith("sweep=") else [arg])]
+            args += relocate if spec.overrides else []
+        if spec.launch and launcher:
+            args = [*(["-m"] if "-m" not in args else []), *args, *launcher]
+        argv = ("python", "-m", spec.module, *args, *(user if spec.overrides else []))
+        steps.append(Step(spec.name, argv, spec.estimate_s))
     return steps
 
 
-def seeds_steps(experiment: str, seeds: list[int], runs: str = "runs", cache: str = ".cache") -> list[Step]:
+def seeds_steps(experiment: str, seeds: list[int], runs: str = "runs", cache: str = ".cache", conf_dir: Path | None = None) -> list[Step]:
     """The experiment once per sweep seed, then mean +- sd of each finding in results/demo_seeds/.
 
-    The demo's own seed (conf/sweep/demo.yaml, 0) is the plain experiment, results/<experiment>/ included."""
+    The seed of the experiment's own sweep (conf/sweep/demo.yaml: 0) is the plain experiment, its
+    `pipeline.results` folder included."""
+    cfg = _compose(experiment, conf_dir)
+    if not cfg.pipeline.get("results") or not cfg.pipeline.get("sweep"):
+        raise UserError(
+            f"--seeds: the {experiment} experiment needs pipeline.sweep and pipeline.results (conf/experiment/{experiment}.yaml)"
+        )
+    own_seed = _compose(experiment, conf_dir, [f"sweep={cfg.pipeline.sweep}"]).sweep.seed
     steps, findings = [], []
     for seed in seeds:
-        own = seed == DEMO_SWEEP_SEED
-        for step in experiment_steps(experiment, runs, cache, sweep_seed=None if own else seed):
+        own = seed == own_seed
+        for step in experiment_steps(experiment, runs, cache, sweep_seed=None if own else seed, conf_dir=conf_dir):
             steps.append(dataclasses.replace(step, name=f"seed {seed}: {step.name}"))
-        findings.append(f"results/{experiment}/findings.json" if own else f"{runs}/{SEEDS_DIR}/seed{seed}/results/findings.json")
-    steps.append(Step("mean and sd of each finding over the seeds", _py("plots.seeds", *findings, f"--out=results/{SEEDS_DIR}"), 5))
+        results = cfg.pipeline.results if own else f"{seed_runs(runs, seed)}/results"
+        findings.append(f"{results}/findings.json")
+    steps.append(
+        Step("mean and sd of each finding over the seeds", ("python", "-m", "plots.seeds", *findings, f"--out=results/{SEEDS_DIR}"), 5)
+    )
     return steps
 
 

@@ -10,8 +10,6 @@ import textwrap
 import pytest
 from conftest import REPO, run_module
 
-STAGES = ["finetune", "eval", "soups", "plots"]
-
 TOY_STAGE = textwrap.dedent(
     """
     import sys
@@ -54,12 +52,22 @@ def toy(tmp_path):
     return run
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_help_explains_the_stage(stage):
-    result = run_module(stage, "--help")
+@pytest.mark.parametrize(
+    "module,own_text",
+    [
+        ("finetune", "fine-tune a CLIP image tower plus a linear head"),
+        ("eval", "python -m eval data=imagenet checkpoints="),
+        ("soups", "python -m soups diagnose ingredients=...   (the basin check"),
+        ("plots", "regenerate the paper's tables and figures from results records"),
+        ("datasets.world", "Usage: python -m datasets.world [task=zeroshot|pretrain]"),
+    ],
+)
+def test_help_explains_the_stage(module, own_text):
+    result = run_module(module, "--help")
     assert result.returncode == 0
-    assert f"python -m {stage}:" in result.stdout
-    assert "Config groups" in result.stdout and "experiment:" in result.stdout
+    assert result.stdout.startswith(f"python -m {module}: ") and own_text in result.stdout
+    assert "Config groups" in result.stdout and "experiment:" in result.stdout and "Examples:" in result.stdout
+    assert result.stdout.count("Runs go to ") == 1  # the shared part (conf/base.yaml), once
 
 
 @pytest.mark.parametrize(

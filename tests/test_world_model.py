@@ -103,7 +103,7 @@ def test_pretraining_command_reproduces_its_first_steps(tmp_path):
     # test_world_v5.py: replaying it here would generate its 60,000-image corpus, minutes in CI.)
     # The command's first losses are recorded in results/world/pretrain.json; the same config, seed and
     # thread count give the same floats. Bit for bit on one CPU; across CPUs the maths libraries pick other
-    # kernels by instruction set (README, "Reproducibility"), so the recorded floats hold to 1e-5 relative
+    # kernels by instruction set (docs/benchmarks.md, "Reproducibility"), so the recorded floats hold to 1e-5 relative
     # (an AVX-512 Xeon differs from the recording AMD EPYC in the 7th digit).
     record = json.loads((RESULTS / "pretrain.json").read_text())
     cfg = world_config(f"paths.cache={tmp_path}")
