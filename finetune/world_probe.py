@@ -39,27 +39,13 @@ class ProbeRun:
     seed: int = 0
 
 
+# The probe's fixed recipe: batch 128, weight decay 0.1, 30 warmup steps, no clipping, no mixup, fp32, BN frozen.
+FIXED = dict(init="zeroshot", weight_decay=0.1, batch_size=128, grad_accum=1, warmup_steps=30, grad_clip=None, mixup=0.0)
+FIXED.update(randaug=None, precision="fp32", compile=False, workers=0, save_every_steps=0, save_every_minutes=0, freeze_bn=True)
+
+
 def probe_recipe(lr: float, label_smoothing: float = 0.0, epochs: int = 4) -> Recipe:
-    """The probe's fixed recipe: batch 128, weight decay 0.1, 30 warmup steps, no clipping, fp32, BN frozen."""
-    return Recipe(
-        init="zeroshot",
-        lr=lr,
-        weight_decay=0.1,
-        epochs=epochs,
-        batch_size=128,
-        grad_accum=1,
-        warmup_steps=30,
-        grad_clip=None,
-        label_smoothing=label_smoothing,
-        mixup=0.0,
-        randaug=None,
-        precision="fp32",
-        compile=False,
-        workers=0,
-        save_every_steps=0,
-        save_every_minutes=0,
-        freeze_bn=True,
-    )
+    return Recipe(lr=lr, label_smoothing=label_smoothing, epochs=epochs, **FIXED)
 
 
 def train_data(train: WorldArrays, preprocess: Callable, shift_px: int, seed: int) -> SeededExamples:

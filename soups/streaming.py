@@ -29,19 +29,13 @@ def is_pt(path: Path) -> bool:
     return path.suffix in (".pt", ".pth", ".bin")
 
 
-def read_header(path: str | os.PathLike) -> tuple[dict[str, dict], int]:
-    """The safetensors header (without `__metadata__`) and the byte offset where tensor data starts."""
-    header, _, data_start = read_safetensors_header(path)
-    return header, data_start
-
-
 def tensor_specs(path: str | os.PathLike) -> dict[str, TensorSpec]:
     """Shapes and dtypes of every tensor, read from the header alone (safetensors) or a load (.pt)."""
     path = Path(path)
     if is_pt(path):
         state, _ = import_checkpoint(path)
         return {k: (tuple(v.shape), str(v.dtype)) for k, v in state.items()}
-    header, _ = read_header(path)
+    header, _, _ = read_safetensors_header(path)
     return {key: (tuple(entry["shape"]), str(SAFETENSORS_DTYPES[entry["dtype"]])) for key, entry in header.items()}
 
 
@@ -75,7 +69,7 @@ def iter_layers(paths: list[Path]) -> Iterator[tuple[str, list[torch.Tensor]]]:
     for path in map(Path, paths):
         sources.append(load_state(path) if is_pt(path) else None)
     first = Path(paths[0])
-    keys = list(sources[0]) if sources[0] is not None else list(read_header(first)[0])
+    keys = list(sources[0]) if sources[0] is not None else list(read_safetensors_header(first)[0])
     for key in keys:
         tensors = []
         for path, source in zip(map(Path, paths), sources):
