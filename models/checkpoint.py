@@ -223,14 +223,17 @@ def is_official_release(meta: CheckpointMeta) -> bool:
 
 
 def iter_tensors(path: str | os.PathLike) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield a checkpoint's (key, tensor) one at a time, so callers can stream without holding the whole file."""
+    """Yield a checkpoint's (key, tensor) one at a time, so callers can stream without holding the whole file.
+
+    In sorted key order, as `safetensors.safe_open(...).keys()` lists them (what this function used before)."""
     path = Path(path)
     _check_suffix(path)
-    yield from iter_safetensors(path)
+    yield from iter_safetensors(path, sorted(read_safetensors_header(path)[0]))
 
 
 def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Every tensor of a safetensors file (a checkpoint, a logits file, cached features), in file order."""
+    """Every tensor of a safetensors file (a logits file, cached features), in file order as safetensors'
+    own `load_file` gives them."""
     return dict(iter_safetensors(path))
 
 

@@ -254,7 +254,7 @@ def test_the_one_reader_returns_what_safetensors_itself_reads(tmp_path):
     save_file(tensors, str(tmp_path / "t.safetensors"), metadata={"note": "x" * 13})
     reference = load_file(str(tmp_path / "t.safetensors"))
     ours = read_tensors(tmp_path / "t.safetensors")
-    assert set(ours) == set(reference)
+    assert list(ours) == list(reference)  # key order too (a dict's order reaches every loop over it)
     for key, tensor in reference.items():
         assert ours[key].dtype == tensor.dtype and ours[key].shape == tensor.shape, key
         assert torch.equal(ours[key], tensor), key
@@ -287,3 +287,18 @@ def test_logits_files_round_trip_through_the_one_reader(tmp_path):
     path = save_logits(tmp_path, "model_0", "photo", logits, labels)
     got_logits, got_labels = load_logits(path)
     assert torch.equal(got_logits, logits) and torch.equal(got_labels, labels)
+
+
+def test_a_checkpoint_streams_in_sorted_key_order(tmp_path):
+    """Key order reaches every loop over a loaded state dict; checkpoints come back sorted by key (as
+    safetensors' `safe_open(...).keys()` lists them), whatever the order in the file."""
+    from safetensors import safe_open
+
+    state = {"visual.b": torch.zeros(3, dtype=torch.float16), "head.weight": torch.ones(3, 4), "head.bias": torch.zeros(3)}
+    state["visual.a"] = torch.zeros(2, dtype=torch.int64)
+    path = save_checkpoint(tmp_path / "m.safetensors", state, meta())
+    with safe_open(str(path), "pt") as handle:
+        expected = list(handle.keys())
+    assert expected == sorted(state)
+    assert [key for key, _ in iter_tensors(path)] == expected
+    assert list(load_checkpoint(path)[0]) == expected
