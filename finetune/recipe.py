@@ -1,11 +1,12 @@
 """The fine-tuning recipe's math as pure functions: schedule, label smoothing, mixup, RandAugment strings.
 
+The warmup-cosine schedule lives in `models.schedule` (the world's CLIP pretraining steps by it too).
+
 Nothing here touches files or global random state, so tests can check each piece by hand.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -14,27 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from models.errors import UserError
+from models.schedule import warmup_cosine_lr as warmup_cosine_lr  # the recipe's schedule
 
 # timm's RandAugment grammar: "rand" followed by dash-separated settings, e.g. rand-m9-n2, rand-m9-n2-mstd0.5.
 _RANDAUG_PART = re.compile(r"^(m|n|mstd|mmax|inc|w|p)(\d+(\.\d+)?)$")
 OFF_VALUES = (None, "", "none", "None", "null")
-
-
-def warmup_cosine_lr(step: int, base_lr: float, warmup_steps: int, total_steps: int) -> float:
-    """Learning rate at optimizer step `step` (0-based), stepped per batch.
-
-    Linear warmup to `base_lr` over `warmup_steps`, then half a cosine down to 0 at `total_steps`.
-    This is the official model-soups/WiSE-FT `cosine_lr`: warmup gives base_lr * (step + 1) / warmup,
-    the cosine phase 0.5 * (1 + cos(pi * e / es)) * base_lr with e = step - warmup, es = total - warmup.
-    """
-    warmup_steps = min(warmup_steps, total_steps)
-    if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    decay_steps = total_steps - warmup_steps
-    if decay_steps <= 0:
-        return base_lr
-    progress = min(step - warmup_steps, decay_steps) / decay_steps
-    return 0.5 * (1.0 + math.cos(math.pi * progress)) * base_lr
 
 
 def soft_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -194,15 +195,20 @@ def train_loop(
     num_classes: int,
     seed: int,
     device: torch.device,
-    ranks: Ranks,
-    run_dir: Path,
-    logbook: Logbook,
+    ranks: Ranks | None = None,
+    run_dir: Path | None = None,
+    logbook: Logbook | None = None,
     show_progress: bool = True,
+    after_step: Callable[[int], None] | None = None,
 ) -> int:
     """Train `model` (the classifier, maybe DDP-wrapped or compiled) from its saved state, if any, to the end.
 
-    Returns the number of optimizer steps taken in this call.
+    The stage gives a run folder (resumable state, periodic saves) and a logbook (per-epoch metrics);
+    without them this is the plain loop over `train_data`, in memory (the world probe calls it so).
+    `after_step(step)`, if given, runs after each optimizer step (e.g. a held-out curve); the loop puts
+    the model back in training mode afterwards. Returns the number of optimizer steps taken in this call.
     """
+    ranks = ranks or Ranks()
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     amp_dtype = autocast_dtype(hp.precision, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -212,7 +218,7 @@ def train_loop(
     total_steps = hp.epochs * per_epoch
 
     step, sums = 0, {"loss": 0.0, "steps": 0, "seconds": 0.0}
-    saved = state.load_state(run_dir)
+    saved = state.load_state(run_dir) if run_dir is not None else None
     if saved is not None:  # resume: weights, optimizer moments, position, RNG
         classifier.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -221,7 +227,8 @@ def train_loop(
         step, sums = int(saved["step"]), dict(saved["epoch_sums"])
         state.set_rng_states(saved["rng"])
         log.info("resuming from %s at step %d of %d", run_dir / state.STATE_FILE, step, total_steps)
-    logbook.rewind(step)  # a fresh start (step 0) also clears the metrics of an earlier forced run
+    if logbook is not None:
+        logbook.rewind(step)  # a fresh start (step 0) also clears the metrics of an earlier forced run
 
     guard = PreemptionGuard().install()
     bar = tqdm(
@@ -233,9 +240,7 @@ def train_loop(
         dynamic_ncols=True,
     )
     last_save, taken = time.monotonic(), 0
-    model.train()
-    if hp.freeze_bn:
-        recipe.freeze_batchnorm(model)
+    train_mode(model, hp.freeze_bn)
     while step < total_steps:
         epoch, start = divmod(step, per_epoch)
         sampler = StepBatchSampler(len(train_data), hp.batch_size, hp.grad_accum, seed, epoch, ranks.rank, ranks.world, start_step=start)
@@ -286,13 +291,14 @@ def train_loop(
 
             epoch_end = step % per_epoch == 0
             if epoch_end:
-                logbook.log_epoch(epoch_metrics(epoch, step, lr, sums, hp.batch_size, ranks, device))
+                if logbook is not None:
+                    logbook.log_epoch(epoch_metrics(epoch, step, lr, sums, hp.batch_size, ranks, device))
                 sums = {"loss": 0.0, "steps": 0, "seconds": 0.0}
             timed = hp.save_every_minutes and time.monotonic() - last_save > 60 * hp.save_every_minutes
             periodic = hp.save_every_steps and step % hp.save_every_steps == 0
             preempted = stop_requested(guard, ranks, device)
             if (timed or periodic or preempted or epoch_end) and step < total_steps:
-                if ranks.main:
+                if ranks.main and run_dir is not None:
                     state.save_state(run_dir, classifier, optimizer, step, sums, scaler)
                 last_save = time.monotonic()
             if preempted:
@@ -300,9 +306,19 @@ def train_loop(
                 bar.close()
                 guard.hand_over()  # submitit: checkpoint() + requeue + exit
                 raise SystemExit(-1)  # ranks other than 0: submitit's handler returns without exiting
+            if after_step is not None:
+                after_step(step)
+                train_mode(model, hp.freeze_bn)
     bar.close()
     guard.uninstall()
     return taken
+
+
+def train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    """Training mode, with BatchNorm statistics kept fixed when the recipe says so."""
+    model.train()
+    if freeze_bn:
+        recipe.freeze_batchnorm(model)
 
 
 def stop_requested(guard: PreemptionGuard, ranks: Ranks, device: torch.device) -> bool:

@@ -13,10 +13,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import pickle
 import pickletools
 import re
+import struct
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -24,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from models.atomic import atomic_path
@@ -88,23 +89,112 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]
     return path
 
 
-def _open(path: Path):
+# safetensors dtype names -> torch dtypes
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], dict[str, str], int]:
+    """A safetensors file's tensor entries, its `__metadata__` and the byte offset where tensor data starts.
+
+    Reads the header alone, and checks that every entry has a known dtype, a byte range that fits its
+    shape, and that the file holds every byte the header promises: a truncated file fails here, before
+    any tensor is read.
+    """
+    path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: checkpoint not found")
-    if path.suffix != ".safetensors":
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        raw = handle.read(8)
+        if len(raw) < 8:
+            raise UserError(f"{path}: unreadable checkpoint (truncated, {size} bytes); re-create it")
+        (header_len,) = struct.unpack("<Q", raw)
+        if 8 + header_len > size:
+            raise UserError(f"{path}: unreadable checkpoint (truncated: header needs {header_len} bytes, file has {size}); re-create it")
+        try:
+            header = json.loads(handle.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"{path}: unreadable checkpoint (not a safetensors header); re-create it") from None
+    if not isinstance(header, dict):
+        raise UserError(f"{path}: unreadable checkpoint (not a safetensors header); re-create it")
+    metadata = header.pop("__metadata__", None) or {}
+    for key, entry in header.items():
+        try:
+            dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+            begin, end = (int(x) for x in entry["data_offsets"])
+            numel = math.prod(int(n) for n in entry["shape"])
+        except KeyError:
+            raise UserError(f"{path}: tensor '{key}' has an unsupported dtype or a malformed header entry {entry}") from None
+        except (TypeError, ValueError):
+            raise UserError(f"{path}: unreadable checkpoint (malformed header entry for '{key}'); re-create it") from None
+        if end - begin != numel * dtype.itemsize:
+            raise UserError(
+                f"{path}: unreadable checkpoint (tensor '{key}' holds {end - begin} bytes, its shape needs {numel * dtype.itemsize})"
+            )
+    data_start = 8 + header_len
+    end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
+    if data_start + end > size:
+        raise UserError(f"{path}: unreadable checkpoint (truncated: expected {data_start + end} bytes, found {size}); re-create it")
+    return header, metadata, data_start
+
+
+def iter_safetensors(path: str | os.PathLike, keys: list[str] | None = None, borrowed: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (key, tensor) in file order (or `keys` order), each read straight into its own tensor: the one
+    reader of safetensors files (checkpoints, soup ingredients, logits, cached features).
+
+    Plain `readinto` calls into memory torch allocated (64-byte aligned), not a memory map: pages of a
+    mapped file count in the process's RSS for as long as the map lives, and a mapped tensor sits at the
+    file's data offset, which depends on the header's length (and so on paths in the metadata); MKL's
+    matrix products round differently at different alignments, so a result could change with where the
+    checkout lives. `borrowed=True` reads every tensor into one reused scratch buffer instead: a yielded
+    tensor is only valid until the next one is read. It spares a fresh allocation per tensor, whose page
+    faults cost more than the read itself when the file is in the page cache.
+    """
+    path = Path(path)
+    header, _, data_start = read_safetensors_header(path)
+    order = keys if keys is not None else sorted(header, key=lambda k: header[k]["data_offsets"][0])
+    scratch = torch.empty(0, dtype=torch.uint8)
+    if borrowed and order:
+        scratch = torch.empty(max(header[k]["data_offsets"][1] - header[k]["data_offsets"][0] for k in order), dtype=torch.uint8)
+    with open(path, "rb", buffering=0) as handle:
+        for key in order:
+            entry = header[key]
+            begin, end = entry["data_offsets"]
+            dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+            if borrowed:
+                tensor = scratch[: end - begin].view(dtype).view(entry["shape"])
+            else:
+                tensor = torch.empty(entry["shape"], dtype=dtype)
+            view = memoryview(tensor.view(-1).view(torch.uint8).numpy()) if tensor.numel() else memoryview(b"")
+            handle.seek(data_start + begin)
+            got = handle.readinto(view) if len(view) else 0
+            if got != end - begin:
+                raise UserError(f"{path}: cannot read tensor '{key}' (got {got} of {end - begin} bytes); the file may be truncated")
+            yield key, tensor
+
+
+def _check_suffix(path: Path) -> None:
+    if path.exists() and path.suffix != ".safetensors":
         raise UserError(f"{path}: expected a .safetensors checkpoint; import .pt files with models.checkpoint.import_checkpoint")
-    try:
-        return safe_open(str(path), framework="pt", device="cpu")
-    except (SafetensorError, OSError, ValueError) as err:
-        raise UserError(f"{path}: unreadable checkpoint ({err}); it may be truncated, re-create it") from None
 
 
 def read_meta(path: str | os.PathLike) -> CheckpointMeta:
     """Read only the metadata (no tensors), checked against the head's shape."""
     path = Path(path)
-    with _open(path) as handle:
-        metadata = handle.metadata() or {}
-        head_shape = handle.get_slice("head.weight").get_shape() if "head.weight" in handle.keys() else None
+    _check_suffix(path)
+    header, metadata, _ = read_safetensors_header(path)
+    head_shape = header["head.weight"]["shape"] if "head.weight" in header else None
     if METADATA_KEY not in metadata:
         raise UserError(f"{path}: safetensors file has no '{METADATA_KEY}' metadata; is it a model-soups checkpoint?")
     meta = CheckpointMeta.from_json(metadata[METADATA_KEY], str(path))
@@ -132,26 +222,19 @@ def is_official_release(meta: CheckpointMeta) -> bool:
     return meta.hparams.get("source") == OFFICIAL_SOURCE
 
 
-def owned(tensor: torch.Tensor) -> torch.Tensor:
-    """A copy in memory torch allocated (64-byte aligned), of a tensor read from a safetensors file.
-
-    Tensors read from a file sit at the file's data offset, which depends on the header's length (and
-    so on paths in the metadata). MKL's matrix products round differently at different alignments, so
-    without the copy a result could change with where the checkout lives.
-    """
-    return tensor.clone(memory_format=torch.contiguous_format)
-
-
 def iter_tensors(path: str | os.PathLike) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (key, tensor) one at a time, so callers can stream without holding the whole file."""
+    """Yield a checkpoint's (key, tensor) one at a time, so callers can stream without holding the whole file.
+
+    In sorted key order, as `safetensors.safe_open(...).keys()` lists them (what this function used before)."""
     path = Path(path)
-    with _open(path) as handle:
-        keys = list(handle.keys())
-        for key in keys:
-            try:
-                yield key, owned(handle.get_tensor(key))
-            except (SafetensorError, OSError, ValueError) as err:
-                raise UserError(f"{path}: cannot read tensor '{key}' ({err}); the file may be truncated") from None
+    _check_suffix(path)
+    yield from iter_safetensors(path, sorted(read_safetensors_header(path)[0]))
+
+
+def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file (a logits file, cached features), in file order as safetensors'
+    own `load_file` gives them."""
+    return dict(iter_safetensors(path))
 
 
 # --- import / export -------------------------------------------------------------------------------

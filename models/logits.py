@@ -10,9 +10,10 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from models.atomic import atomic_path
+from models.checkpoint import read_tensors
 
 LOGITS_DIR = "logits"
 
@@ -37,5 +38,5 @@ def find_logits(root: str | os.PathLike) -> dict[tuple[str, str], Path]:
 
 def load_logits(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
     """(float32 logits [n, classes], labels [n])."""
-    tensors = load_file(str(path))
+    tensors = read_tensors(path)
     return tensors["logits"].float(), tensors["labels"]

@@ -18,6 +18,7 @@ from models.checkpoint import (
     iter_tensors,
     load_checkpoint,
     read_meta,
+    read_tensors,
     save_checkpoint,
     sha256_prefix,
     to_open_clip_state_dict,
@@ -230,3 +231,74 @@ def test_tensors_read_back_are_aligned_wherever_the_header_ends(tmp_path):
         for key, tensor in iter_tensors(path):
             assert tensor.data_ptr() % 64 == 0, (pad, key)
             assert torch.equal(tensor, state[key])
+
+
+def test_the_one_reader_returns_what_safetensors_itself_reads(tmp_path):
+    """`read_tensors` (readinto, no memory map) against safetensors' own `load_file`, for every dtype the
+    project writes, a scalar and an empty tensor: same keys, dtypes, shapes and bytes, and aligned."""
+    from safetensors.torch import load_file, save_file
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "f32": torch.randn(5, 3, generator=g),
+        "f64": torch.randn(4, generator=g, dtype=torch.float64),
+        "f16": torch.randn(7, generator=g).half(),
+        "bf16": torch.randn(2, 3, generator=g).bfloat16(),
+        "i64": torch.arange(6).view(2, 3),
+        "i32": torch.arange(5, dtype=torch.int32),
+        "u8": torch.arange(9, dtype=torch.uint8),
+        "bool": torch.tensor([True, False, True]),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 4),
+    }
+    save_file(tensors, str(tmp_path / "t.safetensors"), metadata={"note": "x" * 13})
+    reference = load_file(str(tmp_path / "t.safetensors"))
+    ours = read_tensors(tmp_path / "t.safetensors")
+    assert list(ours) == list(reference)  # key order too (a dict's order reaches every loop over it)
+    for key, tensor in reference.items():
+        assert ours[key].dtype == tensor.dtype and ours[key].shape == tensor.shape, key
+        assert torch.equal(ours[key], tensor), key
+        assert ours[key].numel() == 0 or ours[key].data_ptr() % 64 == 0, key
+
+
+@pytest.mark.parametrize(
+    "header, phrase",
+    [
+        ({"x": {"dtype": "F32", "shape": [4], "data_offsets": [0, 12]}}, "holds 12 bytes, its shape needs 16"),
+        ({"x": {"dtype": "F8_E4M3", "shape": [4], "data_offsets": [0, 4]}}, "unsupported dtype"),
+        ({"x": {"dtype": "F32", "shape": [8], "data_offsets": [0, 32]}}, "truncated: expected"),
+        ([1, 2], "not a safetensors header"),
+    ],
+)
+def test_a_malformed_safetensors_file_is_one_clear_error(tmp_path, header, phrase):
+    import json
+    import struct
+
+    raw = json.dumps(header).encode()
+    (tmp_path / "bad.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(16))
+    with pytest.raises(UserError, match=rf"bad.safetensors: .*{phrase}"):
+        read_tensors(tmp_path / "bad.safetensors")
+
+
+def test_logits_files_round_trip_through_the_one_reader(tmp_path):
+    from models.logits import load_logits, save_logits
+
+    logits, labels = torch.randn(6, 4, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 3, 1, 2, 2, 0])
+    path = save_logits(tmp_path, "model_0", "photo", logits, labels)
+    got_logits, got_labels = load_logits(path)
+    assert torch.equal(got_logits, logits) and torch.equal(got_labels, labels)
+
+
+def test_a_checkpoint_streams_in_sorted_key_order(tmp_path):
+    """Key order reaches every loop over a loaded state dict; checkpoints come back sorted by key (as
+    safetensors' `safe_open(...).keys()` lists them), whatever the order in the file."""
+    from safetensors import safe_open
+
+    state = {"visual.b": torch.zeros(3, dtype=torch.float16), "head.weight": torch.ones(3, 4), "head.bias": torch.zeros(3)}
+    state["visual.a"] = torch.zeros(2, dtype=torch.int64)
+    path = save_checkpoint(tmp_path / "m.safetensors", state, meta())
+    with safe_open(str(path), "pt") as handle:
+        expected = list(handle.keys())
+    assert expected == sorted(state)
+    assert [key for key, _ in iter_tensors(path)] == expected
+    assert list(load_checkpoint(path)[0]) == expected

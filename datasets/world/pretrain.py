@@ -20,6 +20,7 @@ from datasets.world import CLASSNAMES, TEMPLATES, normalised_batch
 from datasets.world.sets import WorldArrays
 from models.atomic import atomic_path
 from models.classifier import zeroshot_head_weight
+from models.schedule import warmup_cosine_lr
 
 
 @dataclass
@@ -41,16 +42,6 @@ class PretrainLog:
     losses: list[float] = field(default_factory=list)
     steps_done: int = 0
     seconds: float = 0.0
-
-
-def lr_at(step: int, cfg: PretrainConfig) -> float:
-    """Linear warmup, then cosine decay to 0 (as CLIP and open_clip's default schedule).
-
-    `cfg` needs only `lr`, `warmup_steps` and `steps` (the probe's config has them too)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return 0.5 * cfg.lr * (1 + math.cos(math.pi * progress))
 
 
 def random_shift(images: torch.Tensor, max_px: int, generator: torch.Generator) -> torch.Tensor:
@@ -100,7 +91,7 @@ def pretrain(
         cursor += cfg.batch_size
         images = random_shift(normalised_batch(corpus.images[index.numpy()], mean, std), cfg.shift_px, generator)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
+            group["lr"] = warmup_cosine_lr(step, cfg.lr, cfg.warmup_steps, cfg.steps)
         image_features, text_features, logit_scale = model(images, tokens[index])
         loss = loss_fn(image_features, text_features, logit_scale)
         optimizer.zero_grad(set_to_none=True)
