@@ -10,8 +10,9 @@ Outputs in the run folder, all written after every computation succeeded (so a f
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,11 @@ from safetensors.torch import save_file
 import datasets
 from models.atomic import atomic_path, write_text_atomic
 from models.checkpoint import CheckpointMeta, save_checkpoint, sha256_prefix
+from models.cli import DONE_FILE, RUN_CONFIG_FILE, identity_config
 from models.errors import UserError
 from models.evaluate import count_correct, resolve_device
-from models.logits import save_logits
-from models.results import append_records, make_record
+from models.logits import LOGITS_DIR, load_logits, save_logits
+from models.results import RESULTS_FILE, append_records, make_record, read_records
 from soups.checks import check_compatible, check_fits_architecture
 from soups.ingredients import architecture_specs, describe, resolve_ingredients
 from soups.methods import Candidate, SoupContext, SoupOutcome, check_options, get_method
@@ -79,9 +81,12 @@ def build_context(cfg: Any, eval_sets_fn: EvalSetsFn | None = None) -> SoupConte
 Logits = dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]  # (model_id, set) -> (logits, labels)
 
 
-def evaluate_outcome(ctx: SoupContext, outcome: SoupOutcome, keep_logits: bool = False) -> tuple[list[dict[str, Any]], Logits]:
+def evaluate_outcome(
+    ctx: SoupContext, outcome: SoupOutcome, keep_logits: bool = False, recorded: RecordedLogits | None = None
+) -> tuple[list[dict[str, Any]], Logits]:
     """(correct, n) of every candidate on every set, as record fields, and the logits of the ensembles
-    (of every candidate with `keep_logits`)."""
+    (of every candidate with `keep_logits`). `recorded`: an eval run's saved logits, which stand in
+    for the ensemble members' forward passes (`eval.logits_from`)."""
     scorer = ctx.scorer
     chunk = int(ctx.options.get("eval_chunk", 8))
     rows: list[dict[str, Any]] = []
@@ -96,7 +101,7 @@ def evaluate_outcome(ctx: SoupContext, outcome: SoupOutcome, keep_logits: bool =
                 if keep_logits:
                     kept[(candidate.model_id, eval_set.name)] = (scores.logits, scores.labels)
         for candidate in (c for c in outcome.candidates if c.state is None):
-            logits, labels, skipped = _ensemble_logits(ctx, candidate.members or [], eval_set, chunk)
+            logits, labels, skipped = _ensemble_logits(ctx, candidate.members or [], eval_set, chunk, recorded)
             rows.append(_row(candidate, eval_set, count_correct(logits, labels), len(labels), scorer.precision))
             predicted = logits.argmax(dim=-1)
             relabelled = {r.name: r.score(predicted, labels, skipped) for r in eval_set.relabellings}
@@ -134,16 +139,57 @@ def _relabel_rows(candidate: Candidate, eval_set, scored: dict[str, Any], precis
     ]
 
 
-def _ensemble_logits(ctx: SoupContext, members: Sequence[int], eval_set, chunk: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """The members' average logits on a set, loading `chunk` members at a time (one decode per chunk),
-    the labels, and the paths of unreadable images skipped."""
-    total, labels, skipped = None, None, []
-    for start in range(0, len(members), chunk):
-        group = members[start : start + chunk]
+class RecordedLogits:
+    """The float32 logits an eval run saved (`eval.save_logits=true eval.logits_dtype=float32`), for the
+    members of an ensemble: the same forward pass, so the same floats, without running it again.
+
+    A member's file is used only when the eval run evaluated the same data config, at the same
+    precision, and its record of that set names this checkpoint's sha256; otherwise the member is
+    run (and the log says how many were)."""
+
+    def __init__(self, folder: str | Path, data: dict[str, Any], precision: str, sha256: Callable[[Path], str]):
+        self.folder, self.sha256 = Path(folder), sha256
+        run_config = self.folder / RUN_CONFIG_FILE
+        if not (self.folder / DONE_FILE).exists() or not run_config.exists():
+            raise UserError(f"eval.logits_from: {self.folder} is not a finished eval run (no {DONE_FILE}); run the eval stage first or set it to null")
+        recorded = json.loads(run_config.read_text())
+        same_data = recorded.get("data") == data  # as run_config.json writes it (models.cli.identity_config)
+        self.model_ids: dict[tuple[str, str, int], str] = {}  # (sha256, set, n) -> the eval run's model_id
+        if same_data and (recorded.get("eval") or {}).get("logits_dtype") == "float32":
+            for record in read_records(self.folder / RESULTS_FILE):
+                sha = (record.get("checkpoint") or {}).get("sha256")
+                if sha and record.get("precision") == precision:
+                    self.model_ids[(sha, record["dataset"], record["n"])] = record["model_id"]
+
+    def get(self, path: Path, dataset: str, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        model_id = self.model_ids.get((self.sha256(path), dataset, n))
+        file = self.folder / LOGITS_DIR / str(model_id) / f"{dataset}.safetensors"
+        if model_id is None or not file.exists():
+            return None
+        return load_logits(file)
+
+
+def _ensemble_logits(
+    ctx: SoupContext, members: Sequence[int], eval_set, chunk: int, recorded: RecordedLogits | None = None
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The members' average logits on a set, the labels, and the paths of unreadable images skipped.
+    Members with `recorded` logits are read; the others are run, `chunk` at a time (one decode per chunk)."""
+    n = len(eval_set.dataset)
+    found = {i: recorded.get(ctx.ingredients[i].path, eval_set.name, n) for i in members} if recorded is not None else {}
+    member_logits = {i: x for i, (x, _) in ((i, f) for i, f in found.items() if f is not None)}
+    labels = next((y for x, y in (f for f in found.values() if f is not None)), None)
+    missing = [i for i in members if i not in member_logits]
+    if recorded is not None:
+        log.info("ensemble on %s: %d of %d members read from %s", eval_set.name, len(member_logits), len(members), recorded.folder)
+    skipped: list[str] = []
+    for start in range(0, len(missing), chunk):
+        group = missing[start : start + chunk]
         skipped = []  # each chunk decodes the whole set again; keep one chunk's list
         logits, labels = ctx.scorer.logits([ctx.load(i) for i in group], eval_set, skipped)
-        for x in logits:
-            total = x.clone() if total is None else total.add_(x)
+        member_logits.update(zip(group, logits))
+    total = None
+    for i in members:  # in member order, as one forward pass per member would sum them
+        total = member_logits[i].clone() if total is None else total.add_(member_logits[i])
     return total / len(members), labels, skipped
 
 
@@ -186,7 +232,10 @@ def _run(ctx: SoupContext, cfg: Any, out: Path, config_overrides: Sequence[str])
     log.info("soup %s over %d ingredient(s) on %s", cfg.soup.name, len(ctx.ingredients), ctx.device)
     outcome = get_method(cfg.soup.name)(ctx)
     keep_logits = bool(cfg.eval.get("save_logits", False))
-    rows, kept = evaluate_outcome(ctx, outcome, keep_logits) if cfg.soup.get("evaluate", True) else ([], {})
+    recorded = None
+    if cfg.eval.get("logits_from") and any(c.state is None for c in outcome.candidates):
+        recorded = RecordedLogits(cfg.eval.logits_from, identity_config(cfg).get("data"), ctx.scorer.precision, ctx.sha256)
+    rows, kept = evaluate_outcome(ctx, outcome, keep_logits, recorded) if cfg.soup.get("evaluate", True) else ([], {})
     ensembles = {c.model_id for c in outcome.candidates if c.state is None}
     predictions = {}
     for (model_id, dataset), (logits, labels) in kept.items():
