@@ -2,6 +2,7 @@
 
 from omegaconf import DictConfig
 
+from finetune.config import register_configs
 from models.cli import stage_entry
 
 
@@ -11,7 +12,14 @@ def run(cfg: DictConfig) -> None:
     finetune(cfg)
 
 
-main = stage_entry("finetune", run)
+def check(cfg: DictConfig) -> None:
+    from finetune.train import resolve_recipe
+
+    resolve_recipe(cfg)  # refuse settings that cannot train before the run folder is touched
+
+
+register_configs()  # finetune.* is typed: Hydra refuses a typo or a wrong type while composing
+main = stage_entry("finetune", run, check=check)
 
 if __name__ == "__main__":
     main()

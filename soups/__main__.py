@@ -6,6 +6,7 @@ import sys
 from omegaconf import DictConfig
 
 from models.cli import output_dir, overrides, stage_entry
+from soups.config import register_configs, soup_params
 from soups.diagnose import run_diagnose
 from soups.pipeline import run_soup
 
@@ -19,13 +20,14 @@ def diagnose(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    register_configs()  # soup.* is typed: Hydra refuses a typo or a wrong type while composing
     if sys.argv[1:2] == ["diagnose"]:
         del sys.argv[1]
         if not any(arg.startswith("run_name=") for arg in sys.argv[1:]):
             sys.argv.append("run_name=diagnose")
         stage_entry("soups", diagnose)()
     else:
-        stage_entry("soups", run)()
+        stage_entry("soups", run, check=lambda cfg: soup_params(cfg.soup))()
 
 
 if __name__ == "__main__":

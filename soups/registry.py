@@ -1,0 +1,45 @@
+"""The soup methods, each declared once: name, paper reference, parameters (a soups.params dataclass).
+
+`python -m soups soup=<option>` picks a method by `soup.name`; the stage reads its typed parameters from
+here, soups.config registers them as Hydra structured configs, and the docs list them from here. A
+method is added with the `register` decorator on its `(SoupContext) -> SoupOutcome` function
+(soups/methods.py), as mergekit's merge methods declare themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from models.errors import UserError
+from soups.params import SoupParams
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    name: str  # soup.name
+    reference: str  # where the paper (or the method's own paper) defines it
+    params: type[SoupParams]
+    run: Callable[[Any], Any]  # (SoupContext) -> SoupOutcome, soups/methods.py
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, reference: str, params: type[SoupParams] = SoupParams) -> Callable[[Callable], Callable]:
+    def add(run: Callable) -> Callable:
+        if name in METHODS:
+            raise ValueError(f"soup method {name!r} is registered twice")
+        METHODS[name] = Method(name, reference, params, run)
+        return run
+
+    return add
+
+
+def get_method(name: str) -> Method:
+    import soups.methods  # noqa: F401  (registers the methods)
+
+    if name not in METHODS:
+        raise UserError(f"soup.name: unknown soup method {name!r}; choose one of {sorted(METHODS)}")
+    return METHODS[name]
