@@ -207,7 +207,9 @@ def _learned(ctx: SoupContext, by_layer: bool) -> SoupOutcome:
 
     def batches(epoch: int):
         generator = torch.Generator().manual_seed(ctx.seed * 1000 + epoch)
-        return DataLoader(scorer.heldout.dataset, batch_size=params.batch_size, shuffle=True, generator=generator, num_workers=params.workers)
+        return DataLoader(
+            scorer.heldout.dataset, batch_size=params.batch_size, shuffle=True, generator=generator, num_workers=params.workers
+        )
 
     states = [ctx.load(i) for i in range(len(ctx.ingredients))]
     options = (params.epochs, params.lr, params.weight_decay)
@@ -313,4 +315,3 @@ def model_stock_method(ctx: SoupContext) -> SoupOutcome:
         init_weight=1.0 - mean_t,
         files=files,
     )
-

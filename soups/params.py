@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from soups.greedy import ACCEPT_RULES
+
 MISSING = "???"  # OmegaConf's marker of a value the YAML file must set (name, run_name, loader settings)
 ACCUMULATE = ("float32", "float64")
 ORDERS = ("sorted", "random")
-ACCEPT = ("gt", "ge")
 
 
 def _one_of(field: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -54,7 +55,7 @@ class GreedyParams(SoupParams):
     def __post_init__(self) -> None:
         super().__post_init__()
         _one_of("order", self.order, ORDERS)
-        _one_of("accept", self.accept, ACCEPT)
+        _one_of("accept", self.accept, ACCEPT_RULES)
 
 
 @dataclasses.dataclass

@@ -27,8 +27,8 @@ from models.evaluate import count_correct, resolve_device
 from models.logits import save_logits
 from models.results import append_records, make_record
 from soups.checks import check_compatible, check_fits_architecture
-from soups.ingredients import architecture_specs, describe, resolve_ingredients
 from soups.config import soup_params
+from soups.ingredients import architecture_specs, describe, resolve_ingredients
 from soups.methods import Candidate, SoupContext, SoupOutcome
 from soups.registry import get_method
 from soups.scoring import EvalSetsFn, Scorer, selected_set_names
