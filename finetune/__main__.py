@@ -2,7 +2,6 @@
 
 from omegaconf import DictConfig
 
-from finetune.config import register_configs
 from models.cli import stage_entry
 
 
@@ -18,7 +17,6 @@ def check(cfg: DictConfig) -> None:
     resolve_recipe(cfg)  # refuse settings that cannot train before the run folder is touched
 
 
-register_configs()  # finetune.* is typed: Hydra refuses a typo or a wrong type while composing
 main = stage_entry("finetune", run, check=check)
 
 if __name__ == "__main__":

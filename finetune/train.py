@@ -27,7 +27,6 @@ from tqdm import tqdm
 
 import datasets
 from finetune import linear_probe, recipe, state, sweeps
-from finetune.config import Recipe
 from finetune.data import SeededExamples, StepBatchSampler, counter_seed, steps_per_epoch
 from finetune.logbook import Logbook
 from finetune.preemption import PreemptionGuard
@@ -40,6 +39,7 @@ from models.errors import UserError
 from models.evaluate import precision_name
 from models.factory import activation_of, create_clip
 from models.results import append_records, make_record
+from models.schemas import Recipe
 
 log = logging.getLogger(__name__)
 

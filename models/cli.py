@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from models.atomic import write_text_atomic
 from models.errors import UserError
+from models.schemas import register_configs
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ if not OmegaConf.has_resolver("plus"):  # ${plus:${sweep.n},1}: sweeps whose ind
     OmegaConf.register_new_resolver("plus", lambda a, b: int(a) + int(b))
 if not OmegaConf.has_resolver("job_name"):
     OmegaConf.register_new_resolver("job_name", job_name)
+register_configs()  # the structured configs conf/finetune and conf/soup start from (models/schemas.py)
 
 # Arguments after which we let Hydra itself handle the command line (help, info, sweeps).
 _HYDRA_FLAGS = (

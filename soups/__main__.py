@@ -6,7 +6,7 @@ import sys
 from omegaconf import DictConfig
 
 from models.cli import output_dir, overrides, stage_entry
-from soups.config import register_configs, soup_params
+from soups.config import soup_params
 from soups.diagnose import run_diagnose
 from soups.pipeline import run_soup
 
@@ -20,7 +20,6 @@ def diagnose(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    register_configs()  # soup.* is typed: Hydra refuses a typo or a wrong type while composing
     if sys.argv[1:2] == ["diagnose"]:
         del sys.argv[1]
         if not any(arg.startswith("run_name=") for arg in sys.argv[1:]):

@@ -1,10 +1,7 @@
-"""The soup methods' parameters as Hydra structured configs, and `cfg.soup` as typed parameters.
+"""`cfg.soup` as its method's typed, checked parameters (the dataclass soups.registry names).
 
-`register_configs()` stores each method's dataclass (soups.registry) in Hydra's ConfigStore as
-`schema/soup/<method>`; every `conf/soup/<option>.yaml` starts from it (`defaults:`), so the dataclass
-is the one place the defaults live and Hydra refuses a typo or a wrong type while composing, before
-any work. `soup_params(cfg.soup)` gives the stage the typed, checked parameters, composed with the
-schema or not (a config built by hand, a test).
+Hydra has already typed `cfg.soup` while composing (models/schemas.py); this also checks the values
+(`__post_init__`) and takes a config built by hand (a dict, a test) the same way.
 """
 
 from __future__ import annotations
@@ -16,20 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from models.errors import UserError
-from soups.params import SoupParams
-from soups.registry import METHODS, get_method
-
-SCHEMA_GROUP = "schema/soup"
-
-
-def register_configs() -> None:
-    """Store every method's parameters in Hydra's ConfigStore (call before Hydra composes)."""
-    from hydra.core.config_store import ConfigStore
-
-    get_method("uniform")  # imports soups.methods, which registers every method
-    store = ConfigStore.instance()
-    for method in METHODS.values():
-        store.store(group=SCHEMA_GROUP, name=method.name, node=method.params)
+from models.schemas import SoupParams
+from soups.registry import get_method
 
 
 def soup_params(options: DictConfig | dict[str, Any]) -> SoupParams:

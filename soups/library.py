@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.schemas import GreedyParams, LearnedParams, SoupParams, check_alpha
 from soups import average, greedy, learned, stock
-from soups.params import GreedyParams, LearnedParams, SoupParams, check_alpha
 from soups.streaming import is_pt, iter_ingredient_tensors, load_state
 
 StateDict = dict[str, torch.Tensor]
@@ -80,7 +80,7 @@ def greedy_soup(
     >>> chosen, soup["w"].tolist()
     ([1, 0], [0.5])
     """
-    GreedyParams(accept=accept, early_rejection=early_rejection)  # the stage's checks (soups.params), before any work
+    GreedyParams(accept=accept, early_rejection=early_rejection)  # the stage's checks (models/schemas.py), before any work
     own: list[float] = []
     n = None
     for ingredient in checkpoints:
@@ -148,7 +148,7 @@ def learned_soup(
     """The learned soup (paper, App. I): mixing weights α = softmax(a) (one per ingredient, or per tensor
     with `by_layer`) and a temperature, fitted by AdamW on held-out `batches(epoch)` of (images, labels).
     `model` gives the architecture (its own weights are not used). Returns the soup and the mean α."""
-    LearnedParams(lr=lr, weight_decay=weight_decay, epochs=epochs)  # the stage's checks (soups.params)
+    LearnedParams(lr=lr, weight_decay=weight_decay, epochs=epochs)  # the stage's checks (models/schemas.py)
     soup, _ = fit_learned([_state(c) for c in checkpoints], model, batches, by_layer, epochs, lr, weight_decay, device)
     return learned.learned_state(soup), soup.ingredient_weights()
 

@@ -20,9 +20,9 @@ from torch.utils.data import DataLoader
 
 from models.checkpoint import sha256_prefix
 from models.errors import UserError
+from models.schemas import GreedyParams, LearnedParams, SoupParams, WiseFTParams
 from soups import average, greedy, learned, library, output_space, stock
 from soups.ingredients import Ingredient, recorded_heldout
-from soups.params import GreedyParams, LearnedParams, SoupParams, WiseFTParams
 from soups.registry import register
 from soups.scoring import Scorer
 from soups.streaming import BackgroundHashes, iter_ingredient_tensors, iter_layers, load_state
@@ -56,7 +56,7 @@ class SoupOutcome:
 @dataclasses.dataclass
 class SoupContext:
     ingredients: list[Ingredient]
-    params: Any  # cfg.soup as its method's dataclass (soups.params, through soups.config.soup_params)
+    params: Any  # cfg.soup as its method's dataclass (models/schemas.py, through soups.config.soup_params)
     run_name: str
     seed: int
     device: torch.device

@@ -1,8 +1,8 @@
-"""The soup methods, each declared once: name, paper reference, parameters (a soups.params dataclass).
+"""The soup methods, each declared once: name, paper reference, parameters (a models/schemas.py dataclass).
 
-`python -m soups soup=<option>` picks a method by `soup.name`; the stage reads its typed parameters from
-here, soups.config registers them as Hydra structured configs, and the docs list them from here. A
-method is added with the `register` decorator on its `(SoupContext) -> SoupOutcome` function
+`python -m soups soup=<option>` picks a method by `soup.name`; the stage reads its parameters as the
+method's dataclass (models/schemas.py, the Hydra structured config its YAML file starts from). A method
+is added with the `register` decorator on its `(SoupContext) -> SoupOutcome` function
 (soups/methods.py), as mergekit's merge methods declare themselves.
 """
 
@@ -13,14 +13,14 @@ from collections.abc import Callable
 from typing import Any
 
 from models.errors import UserError
-from soups.params import SoupParams
+from models.schemas import SoupParams
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
     name: str  # soup.name
     reference: str  # where the paper (or the method's own paper) defines it
-    params: type[SoupParams]
+    params: type[SoupParams]  # its conf/soup/*.yaml starts from the same class (tests/test_typed_configs.py)
     run: Callable[[Any], Any]  # (SoupContext) -> SoupOutcome, soups/methods.py
 
 

@@ -10,16 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import finetune.config
-import soups.config
-
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO.parent / "shared" / "reference" / "model-soups-official"
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
-# The typed configs, as `python -m finetune` and `python -m soups` register them, for tests that compose configs.
-finetune.config.register_configs()
-soups.config.register_configs()
 
 
 @pytest.fixture

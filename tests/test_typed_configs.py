@@ -1,7 +1,7 @@
 """The soup method registry and the typed (structured) configs of soup.* and finetune.*.
 
 The expected defaults below are the values conf/soup/*.yaml and conf/finetune/default.yaml held before the
-dataclasses (soups/params.py, finetune/config.py) became their one source: the documented defaults.
+dataclasses (models/schemas.py) became their one source: the documented defaults.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import soups
+import soups.greedy
 from models.cli import CONF_DIR
 from models.errors import UserError
+from models.schemas import ACCEPT, Recipe, SoupParams
 from soups.config import soup_params
-from soups.params import SoupParams
 from soups.registry import METHODS
 
 COMMON = {"evaluate": True, "eval_chunk": 8, "accumulate": "float32"}
@@ -71,8 +72,13 @@ def composed(stage: str, *overrides: str):
 def test_every_soup_option_runs_a_registered_method_and_every_method_has_an_option():
     options = sorted(p.stem for p in (REPO / "conf/soup").glob("*.yaml"))
     assert options == sorted(OLD_SOUP_YAML)
-    names = {str(composed("soups", f"soup={option}").soup.name) for option in options}
+    names = set()
+    for option in options:
+        soup = composed("soups", f"soup={option}").soup
+        names.add(str(soup.name))
+        assert OmegaConf.get_type(soup) is METHODS[str(soup.name)].params  # the YAML starts from the method's own class
     assert names == set(METHODS)
+    assert ACCEPT == soups.greedy.ACCEPT_RULES  # the config accepts exactly the rules greedy_select knows
     for method in METHODS.values():
         assert method.reference and issubclass(method.params, SoupParams) and callable(method.run)
 
@@ -87,8 +93,8 @@ def test_soup_defaults_are_the_documented_ones(option):
     assert dataclasses.asdict(params) == resolved  # what the stage reads and records as hparams.options
 
 
-def test_soup_params_without_the_schema_fill_the_same_defaults():
-    """A config built by hand (no ConfigStore) gets the dataclass's defaults and checks, not silent gaps."""
+def test_soup_params_of_a_hand_built_config_fill_the_same_defaults():
+    """A config built by hand (a dict, not composed) gets the dataclass's defaults and checks, not silent gaps."""
     params = soup_params({"name": "greedy", "run_name": "g", "order": "random"})
     assert (params.order, params.accept, params.early_rejection, params.eval_chunk) == ("random", "gt", True, 8)
 
@@ -111,11 +117,11 @@ def test_soup_params_refuse_bad_options_naming_the_key(options, phrase):
 
 
 def test_finetune_recipe_defaults_are_the_documented_ones():
-    from finetune.config import Recipe
     from finetune.train import resolve_recipe
 
+    for stage in ("finetune", "eval", "soups", "plots"):  # every stage composes the same finetune node (run identity)
+        assert OmegaConf.to_container(composed(stage).finetune, resolve=True) == OLD_FINETUNE_YAML
     cfg = composed("finetune")
-    assert OmegaConf.to_container(cfg.finetune, resolve=True) == OLD_FINETUNE_YAML
     recipe, merged = resolve_recipe(cfg)
     assert isinstance(recipe, Recipe) and dataclasses.asdict(recipe) == OLD_FINETUNE_YAML == merged
 
