@@ -24,7 +24,7 @@ class Method:
     run: Callable[[Any], Any]  # (SoupContext) -> SoupOutcome, soups/methods.py
 
 
-METHODS: dict[str, Method] = {}
+METHODS: dict[str, Method] = {}  # filled by soups/methods.py; read it through all_methods()
 
 
 def register(name: str, reference: str, params: type[SoupParams] = SoupParams) -> Callable[[Callable], Callable]:
@@ -37,9 +37,13 @@ def register(name: str, reference: str, params: type[SoupParams] = SoupParams) -
     return add
 
 
-def get_method(name: str) -> Method:
+def all_methods() -> dict[str, Method]:
     import soups.methods  # noqa: F401  (registers the methods)
 
-    if name not in METHODS:
+    return METHODS
+
+
+def get_method(name: str) -> Method:
+    if name not in all_methods():
         raise UserError(f"soup.name: unknown soup method {name!r}; choose one of {sorted(METHODS)}")
     return METHODS[name]

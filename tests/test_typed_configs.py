@@ -21,7 +21,7 @@ from models.cli import CONF_DIR
 from models.errors import UserError
 from models.schemas import ACCEPT, Recipe, SoupParams
 from soups.config import soup_params
-from soups.registry import METHODS
+from soups.registry import all_methods
 
 COMMON = {"evaluate": True, "eval_chunk": 8, "accumulate": "float32"}
 GREEDY = {"order": "sorted", "accept": "gt", "early_rejection": True}
@@ -62,6 +62,9 @@ OLD_FINETUNE_YAML = {  # conf/finetune/default.yaml before this change (workers:
     "heldout_eval": True,
     "progress": True,
 }
+
+
+METHODS = all_methods()
 
 
 def composed(stage: str, *overrides: str):
