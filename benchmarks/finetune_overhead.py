@@ -71,7 +71,7 @@ def bare_loop(model: torch.nn.Module, data: Dataset, batch: int) -> float:
 
 def our_loop(model: torch.nn.Module, data: Dataset, batch: int) -> float:
     """Seconds for one epoch of `train_loop` with the same optimizer, lr, clipping and batches."""
-    recipe = Recipe("zeroshot", 1e-5, 0.1, 1, batch, 1, 0, 1.0, 0.0, 0.0, None, "auto", False, 0, 0, 0)
+    recipe = Recipe(lr=1e-5, epochs=1, batch_size=batch, warmup_steps=0, workers=0, save_every_minutes=0)
     with tempfile.TemporaryDirectory() as run_dir:
         start = time.perf_counter()
         book = Logbook(Path(run_dir), {"name": "none"}, "bench", {})

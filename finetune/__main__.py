@@ -11,7 +11,13 @@ def run(cfg: DictConfig) -> None:
     finetune(cfg)
 
 
-main = stage_entry("finetune", run)
+def check(cfg: DictConfig) -> None:
+    from finetune.train import resolve_recipe
+
+    resolve_recipe(cfg)  # refuse settings that cannot train before the run folder is touched
+
+
+main = stage_entry("finetune", run, check=check)
 
 if __name__ == "__main__":
     main()

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -39,6 +40,7 @@ from models.errors import UserError
 from models.evaluate import precision_name
 from models.factory import activation_of, create_clip
 from models.results import append_records, make_record
+from models.schemas import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -57,36 +59,16 @@ class Ranks:
         return self.rank == 0
 
 
-@dataclasses.dataclass
-class Recipe:
-    """The finetune config with the sweep's overrides applied, as plain values."""
-
-    init: str
-    lr: float
-    weight_decay: float
-    epochs: int
-    batch_size: int
-    grad_accum: int
-    warmup_steps: int
-    grad_clip: float | None
-    label_smoothing: float
-    mixup: float
-    randaug: str | None
-    precision: str
-    compile: bool
-    workers: int
-    save_every_steps: int
-    save_every_minutes: float
-    freeze_bn: bool = True
-
-
 def resolve_recipe(cfg: DictConfig) -> tuple[Recipe, dict[str, Any]]:
-    """The job's recipe (finetune.* with the sweep job's values on top) and the raw merged dict."""
+    """The job's recipe (finetune.* with the sweep job's values on top, typed by `Recipe`) and the raw merged dict."""
     merged = OmegaConf.to_container(cfg.finetune, resolve=True)
     merged.update(sweeps.job_hparams(OmegaConf.to_container(cfg.sweep, resolve=True)))
+    try:
+        typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Recipe), merged))
+    except OmegaConfBaseException as err:  # a sweep's value of the wrong type, or a key the recipe lacks
+        raise UserError(f"finetune.{err.full_key}: {str(err).splitlines()[0]}") from None
     recipe.check_hparams(merged, world_size=int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))))
-    fields = {f.name for f in dataclasses.fields(Recipe)}
-    return Recipe(**{k: v for k, v in merged.items() if k in fields}), merged
+    return typed, merged  # type: ignore[return-value]
 
 
 # --- set-up ------------------------------------------------------------------------------------------
@@ -363,10 +345,10 @@ def finetune(cfg: DictConfig) -> Path:
     device = pick_device(cfg.device, ranks)
     autocast_dtype(hp.precision, device)  # refuse a bad precision before any work
     torch.manual_seed(cfg.seed)
-    if cfg.finetune.get("threads"):
-        torch.set_num_threads(int(cfg.finetune.threads))
+    if hp.threads:
+        torch.set_num_threads(hp.threads)
 
-    lp_from = cfg.finetune.lp.get("init_from") if hp.init == "lp" else None
+    lp_from = hp.lp.init_from if hp.init == "lp" else None
     if lp_from and not Path(str(lp_from)).is_file():
         raise UserError(f"finetune.lp.init_from: {lp_from}: no such checkpoint; run the LP init first (finetune.init=lp finetune.epochs=0)")
     clip_model, preprocess, tokenizer = create_clip(cfg.model.arch, cfg.model.pretrained)

@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from models.atomic import write_text_atomic
 from models.errors import UserError
+from models.schemas import register_configs
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ if not OmegaConf.has_resolver("plus"):  # ${plus:${sweep.n},1}: sweeps whose ind
     OmegaConf.register_new_resolver("plus", lambda a, b: int(a) + int(b))
 if not OmegaConf.has_resolver("job_name"):
     OmegaConf.register_new_resolver("job_name", job_name)
+register_configs()  # the structured configs conf/finetune and conf/soup start from (models/schemas.py)
 
 # Arguments after which we let Hydra itself handle the command line (help, info, sweeps).
 _HYDRA_FLAGS = (
@@ -131,6 +133,11 @@ def overrides() -> list[str]:
 def one_line(err: BaseException) -> str:
     text = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
     text = text.split(" Config search path:")[0]  # Hydra appends its search path; not useful to a user
+    cause = err.__cause__
+    if cause is not None and type(cause).__module__.startswith("omegaconf"):  # Hydra names the override, OmegaConf why
+        why = str(cause).splitlines()[0].strip()
+        if why and why not in text:  # (Hydra's hint to append with + does not apply to a typed config)
+            text = f"{text.split(' To append to your config use')[0].rstrip('.')}: {why}"
     return text or type(err).__name__
 
 
@@ -144,17 +151,26 @@ def exit_code(action: Callable[[], Any]) -> int:
     return 0
 
 
-def precheck_overrides(config_name: str, argv: list[str]) -> None:
-    """Compose the config once before Hydra does, so a bad option is one clear line, not a report."""
+def precheck_overrides(config_name: str, argv: list[str], check: Callable[[DictConfig], Any] | None = None) -> None:
+    """Compose the config once before Hydra does, so a bad option is one clear line, not a report.
+
+    Structured configs (a stage's dataclasses in Hydra's ConfigStore) refuse unknown keys and wrong types
+    here; `check(cfg)` then refuses bad values (a UserError), before the run folder is touched."""
     if any(arg in _HYDRA_FLAGS for arg in argv):
         return
     user_overrides = [a for a in argv if not a.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            compose(config_name, overrides=user_overrides)
+            cfg = compose(config_name, overrides=user_overrides)
     except Exception as err:  # any composition failure is a user's config mistake
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
+    if check is not None:
+        try:
+            check(cfg)
+        except UserError as err:
+            print(f"error: {one_line(err)}", file=sys.stderr)
+            sys.exit(2)
 
 
 def identity_config(cfg: DictConfig) -> dict[str, Any]:
@@ -301,15 +317,18 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig, resumable: bool
     return result
 
 
-def stage_entry(config_name: str, task: Callable[[DictConfig], Any], resumable: bool = True) -> Callable[[], None]:
-    """Build `main()` for `python -m <stage>` from a task function `task(cfg)`."""
+def stage_entry(
+    config_name: str, task: Callable[[DictConfig], Any], resumable: bool = True, check: Callable[[DictConfig], Any] | None = None
+) -> Callable[[], None]:
+    """Build `main()` for `python -m <stage>` from a task function `task(cfg)`; `check(cfg)` refuses bad
+    values before any work (see `precheck_overrides`)."""
 
     @hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")
     def hydra_main(cfg: DictConfig) -> Any:
         return run_task(task, cfg, resumable)
 
     def main() -> None:
-        precheck_overrides(config_name, sys.argv[1:])
+        precheck_overrides(config_name, sys.argv[1:], check)
         hydra_main()
 
     return main

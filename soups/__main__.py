@@ -6,6 +6,7 @@ import sys
 from omegaconf import DictConfig
 
 from models.cli import output_dir, overrides, stage_entry
+from soups.config import soup_params
 from soups.diagnose import run_diagnose
 from soups.pipeline import run_soup
 
@@ -25,7 +26,7 @@ def main() -> None:
             sys.argv.append("run_name=diagnose")
         stage_entry("soups", diagnose)()
     else:
-        stage_entry("soups", run)()
+        stage_entry("soups", run, check=lambda cfg: soup_params(cfg.soup))()
 
 
 if __name__ == "__main__":

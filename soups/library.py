@@ -19,11 +19,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.schemas import GreedyParams, LearnedParams, SoupParams, check_alpha
 from soups import average, greedy, learned, stock
 from soups.streaming import is_pt, iter_ingredient_tensors, load_state
 
 StateDict = dict[str, torch.Tensor]
 Ingredient = Mapping[str, torch.Tensor] | str | os.PathLike
+ACCUMULATE = getattr(torch, SoupParams.accumulate)  # dtype of running sums, as the stage's default
 # A held-out score of a state dict: an accuracy, or (correct, examples) per batch for exact early rejection.
 Score = Callable[[StateDict], "float | Iterable[tuple[int, int]]"]
 
@@ -39,7 +41,7 @@ def _state(ingredient: Ingredient) -> StateDict:
     return load_state(Path(ingredient)) if isinstance(ingredient, (str, os.PathLike)) else dict(ingredient)
 
 
-def uniform_soup(checkpoints: Iterable[Ingredient], *, accumulate: torch.dtype = torch.float32) -> StateDict:
+def uniform_soup(checkpoints: Iterable[Ingredient], *, accumulate: torch.dtype = ACCUMULATE) -> StateDict:
     """The plain average θ = (1/N) Σ θ_i (paper, Eq. 1), streaming one ingredient at a time.
 
     >>> a, b = {"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([3.0, 6.0])}
@@ -60,10 +62,10 @@ def greedy_soup(
     checkpoints: Sequence[Ingredient],
     score: Score,
     *,
-    accept: str = "gt",
+    accept: str = GreedyParams.accept,
     order: Sequence[int] | None = None,
-    early_rejection: bool = True,
-    accumulate: torch.dtype = torch.float32,
+    early_rejection: bool = GreedyParams.early_rejection,
+    accumulate: torch.dtype = ACCUMULATE,
 ) -> tuple[StateDict, list[int]]:
     """The greedy soup (paper, Recipe 1): visit ingredients best first by their own held-out score, keep
     each one whose addition improves the soup's score. Returns the soup and the chosen indices.
@@ -78,6 +80,7 @@ def greedy_soup(
     >>> chosen, soup["w"].tolist()
     ([1, 0], [0.5])
     """
+    GreedyParams(accept=accept, early_rejection=early_rejection)  # the stage's checks (models/schemas.py), before any work
     own: list[float] = []
     n = None
     for ingredient in checkpoints:
@@ -118,8 +121,7 @@ def wise_ft(zeroshot: Ingredient, finetuned: Ingredient, alpha: float) -> StateD
     >>> wise_ft({"w": torch.tensor([0.0])}, {"w": torch.tensor([2.0])}, 0.25)["w"].tolist()
     [0.5]
     """
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    check_alpha(alpha)
     return average.interpolate(_state(zeroshot), _state(finetuned), float(alpha))
 
 
@@ -138,14 +140,15 @@ def learned_soup(
     batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
     *,
     by_layer: bool = False,
-    epochs: int = 5,
-    lr: float = 0.05,
-    weight_decay: float = 0.0,
+    epochs: int = LearnedParams.epochs,
+    lr: float = LearnedParams.lr,
+    weight_decay: float = LearnedParams.weight_decay,
     device: torch.device | str = "cpu",
 ) -> tuple[StateDict, list[float]]:
     """The learned soup (paper, App. I): mixing weights α = softmax(a) (one per ingredient, or per tensor
     with `by_layer`) and a temperature, fitted by AdamW on held-out `batches(epoch)` of (images, labels).
     `model` gives the architecture (its own weights are not used). Returns the soup and the mean α."""
+    LearnedParams(lr=lr, weight_decay=weight_decay, epochs=epochs)  # the stage's checks (models/schemas.py)
     soup, _ = fit_learned([_state(c) for c in checkpoints], model, batches, by_layer, epochs, lr, weight_decay, device)
     return learned.learned_state(soup), soup.ingredient_weights()
 

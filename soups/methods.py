@@ -20,8 +20,10 @@ from torch.utils.data import DataLoader
 
 from models.checkpoint import sha256_prefix
 from models.errors import UserError
+from models.schemas import GreedyParams, LearnedParams, SoupParams, WiseFTParams
 from soups import average, greedy, learned, library, output_space, stock
 from soups.ingredients import Ingredient, recorded_heldout
+from soups.registry import register
 from soups.scoring import Scorer
 from soups.streaming import BackgroundHashes, iter_ingredient_tensors, iter_layers, load_state
 
@@ -54,7 +56,7 @@ class SoupOutcome:
 @dataclasses.dataclass
 class SoupContext:
     ingredients: list[Ingredient]
-    options: Any  # cfg.soup
+    params: Any  # cfg.soup as its method's dataclass (models/schemas.py, through soups.config.soup_params)
     run_name: str
     seed: int
     device: torch.device
@@ -82,7 +84,7 @@ class SoupContext:
     def load_init(self) -> StateDict:
         if self.init is None:
             raise UserError(
-                f"soup.init: {self.options.name} needs the zero-shot (or LP) init checkpoint; pass soup.init=/path/to/model.safetensors"
+                f"soup.init: {self.params.name} needs the zero-shot (or LP) init checkpoint; pass soup.init=/path/to/model.safetensors"
             )
         return load_state(self.init.path)
 
@@ -92,7 +94,7 @@ class SoupContext:
         counts: list[int | None] = [recorded_heldout(ing, scorer.heldout.name, n, self.sha256) for ing in self.ingredients]
         missing = [i for i, c in enumerate(counts) if c is None]
         log.info("held-out accuracy: %d ingredient(s) from results records, %d to compute", len(counts) - len(missing), len(missing))
-        chunk = int(self.options.get("eval_chunk", 8))
+        chunk = self.params.eval_chunk
         for start in range(0, len(missing), chunk):
             group = missing[start : start + chunk]
             for index, (correct, _) in zip(group, scorer.accuracies([self.load(i) for i in group], scorer.heldout)):
@@ -101,13 +103,10 @@ class SoupContext:
 
     def order(self, correct: list[int]) -> list[int]:
         """Candidates by held-out accuracy, best first (paper, Recipe 1), or shuffled (`soup.order=random`)."""
-        indices = list(range(len(correct)))
-        order = self.options.get("order", "sorted")
-        if order == "random":
+        if self.params.order == "random":
+            indices = list(range(len(correct)))
             random.Random(self.seed).shuffle(indices)
             return indices
-        if order != "sorted":
-            raise UserError(f"soup.order: unknown order {order!r}; use sorted or random")
         return library.sorted_by_score(correct)
 
 
@@ -119,10 +118,7 @@ def _uniform_state(ctx: SoupContext, indices: list[int]) -> StateDict:
 
 
 def _accumulate_dtype(ctx: SoupContext) -> torch.dtype:
-    name = ctx.options.get("accumulate", "float32")
-    if name not in ("float32", "float64"):
-        raise UserError(f"soup.accumulate: use float32 or float64, not {name!r}")
-    return getattr(torch, name)
+    return getattr(torch, ctx.params.accumulate)
 
 
 def _trajectory(ctx: SoupContext, steps: list[greedy.GreedyStep], individual: list[int], n: int) -> str:
@@ -154,12 +150,14 @@ def _log_savings(steps: list[greedy.GreedyStep], n: int) -> dict[str, int]:
 # --- the methods --------------------------------------------------------------------------------------
 
 
+@register("uniform", "paper Eq. 1, Table 3 'Uniform soup'")
 def uniform_method(ctx: SoupContext) -> SoupOutcome:
     state = _uniform_state(ctx, list(range(len(ctx.ingredients))))
     n = len(ctx.ingredients)
     return SoupOutcome("uniform_soup", [Candidate(ctx.run_name, state)], state, [1.0 / n] * n)
 
 
+@register("greedy", "paper Recipe 1, Table 3 'Greedy soup'; order=random: 'Greedy soup (random order)'", GreedyParams)
 def greedy_method(ctx: SoupContext) -> SoupOutcome:
     scorer = ctx.scorer
     n = scorer.n_heldout
@@ -183,14 +181,14 @@ def greedy_method(ctx: SoupContext) -> SoupOutcome:
         n,
         score,
         commit,
-        accept=ctx.options.get("accept", "gt"),
-        early_rejection=bool(ctx.options.get("early_rejection", True)),
+        accept=ctx.params.accept,
+        early_rejection=ctx.params.early_rejection,
     )
     pending.clear()
     members = {s.index for s in steps if s.accepted}
     state = running.mean(in_place=True)
     weights = [1.0 / len(members) if i in members else 0.0 for i in range(len(ctx.ingredients))]
-    kind = "greedy_soup_random_order" if ctx.options.get("order", "sorted") == "random" else "greedy_soup"
+    kind = "greedy_soup_random_order" if ctx.params.order == "random" else "greedy_soup"
     savings = _log_savings(steps, n)
     log.info("greedy soup: %d of %d ingredients, held-out %.4f", len(members), len(ctx.ingredients), steps[-1].soup_correct / n)
     return SoupOutcome(
@@ -198,23 +196,23 @@ def greedy_method(ctx: SoupContext) -> SoupOutcome:
         [Candidate(ctx.run_name, state, extra={"soup_size": len(members)})],
         state,
         weights,
-        hparams={"order": ctx.options.get("order", "sorted"), "accept": ctx.options.get("accept", "gt"), **savings},
+        hparams={"order": ctx.params.order, "accept": ctx.params.accept, **savings},
         files={"greedy_trajectory.jsonl": _trajectory(ctx, steps, individual, n)},
     )
 
 
 def _learned(ctx: SoupContext, by_layer: bool) -> SoupOutcome:
     scorer = ctx.scorer
-    batch_size = int(ctx.options.batch_size)
+    params: LearnedParams = ctx.params
 
     def batches(epoch: int):
         generator = torch.Generator().manual_seed(ctx.seed * 1000 + epoch)
         return DataLoader(
-            scorer.heldout.dataset, batch_size=batch_size, shuffle=True, generator=generator, num_workers=int(ctx.options.get("workers", 0))
+            scorer.heldout.dataset, batch_size=params.batch_size, shuffle=True, generator=generator, num_workers=params.workers
         )
 
     states = [ctx.load(i) for i in range(len(ctx.ingredients))]
-    options = (int(ctx.options.epochs), float(ctx.options.lr), float(ctx.options.weight_decay))
+    options = (params.epochs, params.lr, params.weight_decay)
     soup, history = library.fit_learned(states, scorer.model, batches, by_layer, *options, ctx.device)
     state = learned.learned_state(soup)
     weights = soup.ingredient_weights()
@@ -233,23 +231,27 @@ def _learned(ctx: SoupContext, by_layer: bool) -> SoupOutcome:
     )
 
 
+@register("learned", "paper App. I, Table 3 'Learned soup'", LearnedParams)
 def learned_method(ctx: SoupContext) -> SoupOutcome:
     return _learned(ctx, by_layer=False)
 
 
+@register("learned_by_layer", "paper App. I, Table 3 'Learned soup (by layer)'", LearnedParams)
 def learned_by_layer_method(ctx: SoupContext) -> SoupOutcome:
     return _learned(ctx, by_layer=True)
 
 
+@register("ensemble", "paper Sec. 3, Table 3 'Ensemble' (output space: the mean of the logits)")
 def ensemble_method(ctx: SoupContext) -> SoupOutcome:
     members = list(range(len(ctx.ingredients)))
     return SoupOutcome("ensemble", [Candidate(ctx.run_name, members=members, extra={"ensemble_size": len(members)})])
 
 
+@register("greedy_ensemble", "paper Table 3 'Greedy ensemble' (Recipe 1's rule on the ensemble)", GreedyParams)
 def greedy_ensemble_method(ctx: SoupContext) -> SoupOutcome:
     scorer = ctx.scorer
     n = scorer.n_heldout
-    chunk = int(ctx.options.get("eval_chunk", 8))
+    chunk = ctx.params.eval_chunk
     heldout_logits: list[torch.Tensor] = []
     labels = None
     for start in range(0, len(ctx.ingredients), chunk):
@@ -262,8 +264,8 @@ def greedy_ensemble_method(ctx: SoupContext) -> SoupOutcome:
         heldout_logits,
         labels,
         order,
-        accept=ctx.options.get("accept", "gt"),
-        early_rejection=bool(ctx.options.get("early_rejection", True)),
+        accept=ctx.params.accept,
+        early_rejection=ctx.params.early_rejection,
     )
     log.info("greedy ensemble: %d of %d ingredients, held-out %.4f", len(members), len(ctx.ingredients), steps[-1].soup_correct / n)
     extra = {"ensemble_size": len(members), "members": [ctx.ingredients[i].name for i in members]}
@@ -273,16 +275,16 @@ def greedy_ensemble_method(ctx: SoupContext) -> SoupOutcome:
     return outcome
 
 
+@register("wise_ft", "Wortsman et al. 2022b (WiSE-FT), Eq. 1: the robust fine-tuning baseline", WiseFTParams)
 def wise_ft_method(ctx: SoupContext) -> SoupOutcome:
-    check_options(ctx.options)
     init = ctx.load_init()
     indices = list(range(len(ctx.ingredients)))
     if len(indices) > 1:
         log.info("wise_ft: %d ingredients given; the fine-tuned endpoint is their uniform soup", len(indices))
     endpoint = _uniform_state(ctx, indices)
-    alphas = [float(a) for a in ctx.options.alphas]
+    alphas = [float(a) for a in ctx.params.alphas]
     candidates = [Candidate(f"{ctx.run_name}_alpha{a:.2f}", library.wise_ft(init, endpoint, a), extra={"alpha": a}) for a in alphas]
-    alpha = float(ctx.options.alpha)
+    alpha = float(ctx.params.alpha)
     checkpoint = library.wise_ft(init, endpoint, alpha)
     n = len(indices)
     return SoupOutcome(
@@ -290,6 +292,7 @@ def wise_ft_method(ctx: SoupContext) -> SoupOutcome:
     )
 
 
+@register("model_stock", "Jang et al. 2024 (Model Stock), Eq. 7: one of the later baselines", SoupParams)
 def model_stock_method(ctx: SoupContext) -> SoupOutcome:
     if len(ctx.ingredients) < 2:
         raise UserError("model_stock: needs at least 2 fine-tuned ingredients")
@@ -312,30 +315,3 @@ def model_stock_method(ctx: SoupContext) -> SoupOutcome:
         init_weight=1.0 - mean_t,
         files=files,
     )
-
-
-METHODS: dict[str, Callable[[SoupContext], SoupOutcome]] = {
-    "uniform": uniform_method,
-    "greedy": greedy_method,
-    "learned": learned_method,
-    "learned_by_layer": learned_by_layer_method,
-    "ensemble": ensemble_method,
-    "greedy_ensemble": greedy_ensemble_method,
-    "wise_ft": wise_ft_method,
-    "model_stock": model_stock_method,
-}
-
-
-def check_options(options: Any) -> None:
-    """Refuse option values no method can use, before any file is read."""
-    alphas = [float(a) for a in options.get("alphas") or []]
-    if any(not 0.0 <= a <= 1.0 for a in alphas):
-        raise UserError(f"soup.alphas: every α must lie in [0, 1] (interpolation, not extrapolation), got {alphas}")
-    if options.get("alpha") is not None and not 0.0 <= float(options.alpha) <= 1.0:
-        raise UserError(f"soup.alpha must lie in [0, 1] (interpolation, not extrapolation), got {options.alpha}")
-
-
-def get_method(name: str) -> Callable[[SoupContext], SoupOutcome]:
-    if name not in METHODS:
-        raise UserError(f"soup.name: unknown soup method {name!r}; choose one of {sorted(METHODS)}")
-    return METHODS[name]

@@ -10,6 +10,7 @@ Outputs in the run folder, all written after every computation succeeded (so a f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 import datasets
@@ -29,8 +29,10 @@ from models.evaluate import count_correct, resolve_device
 from models.logits import LOGITS_DIR, load_logits, save_logits
 from models.results import RESULTS_FILE, append_records, make_record, read_records
 from soups.checks import check_compatible, check_fits_architecture
+from soups.config import soup_params
 from soups.ingredients import architecture_specs, describe, resolve_ingredients
-from soups.methods import Candidate, SoupContext, SoupOutcome, check_options, get_method
+from soups.methods import Candidate, SoupContext, SoupOutcome
+from soups.registry import get_method
 from soups.scoring import EvalSetsFn, Scorer, selected_set_names
 from soups.streaming import BackgroundHashes
 
@@ -51,21 +53,20 @@ def loader_kwargs(eval_cfg: Any) -> dict[str, Any]:
 
 def build_context(cfg: Any, eval_sets_fn: EvalSetsFn | None = None) -> SoupContext:
     """Resolve and check the ingredients (and the init, if any) before anything is computed."""
-    get_method(cfg.soup.name)  # an unknown method or a bad option fails before any file is read
-    check_options(cfg.soup)
+    params = soup_params(cfg.soup)  # an unknown method or a bad option fails before any file is read
     ingredients = resolve_ingredients(cfg.ingredients, cfg.model)
     check_compatible([ing.spec() for ing in ingredients])
     first = ingredients[0]
     check_fits_architecture(first.spec(), architecture_specs(first.meta.arch, first.meta.num_classes))
     init = None
-    if cfg.soup.get("init"):
-        init_path = Path(str(cfg.soup.init))
+    if params.init:
+        init_path = Path(params.init)
         if not init_path.exists():
             raise UserError(f"soup.init: {init_path}: no such checkpoint")
         init = describe(init_path, cfg.model)
         check_compatible([ingredients[0].spec(), init.spec()])
     device = resolve_device(str(cfg.device))
-    evaluate = bool(cfg.soup.get("evaluate", True))
+    evaluate = params.evaluate
     names = selected_set_names(cfg.data, cfg.eval.sets) if evaluate else [cfg.data.heldout]
     sources = [(ing.name, ing.meta) for ing in ingredients + ([init] if init is not None else [])]
     datasets.check_heldout_split(cfg.data, sources, eval_sets_fn)
@@ -75,7 +76,7 @@ def build_context(cfg: Any, eval_sets_fn: EvalSetsFn | None = None) -> SoupConte
         return Scorer(meta, cfg.data, names, device, loader_kwargs(cfg.eval), eval_sets_fn, cfg.eval if evaluate else None)
 
     hashes = BackgroundHashes([ing.path for ing in ingredients] + ([init.path] if init is not None else []))
-    return SoupContext(ingredients, cfg.soup, str(cfg.run_name), int(cfg.seed), device, make_scorer, init, hashes)
+    return SoupContext(ingredients, params, str(cfg.run_name), int(cfg.seed), device, make_scorer, init, hashes)
 
 
 Logits = dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]  # (model_id, set) -> (logits, labels)
@@ -88,7 +89,7 @@ def evaluate_outcome(
     (of every candidate with `keep_logits`). `recorded`: an eval run's saved logits, which stand in
     for the ensemble members' forward passes (`eval.logits_from`)."""
     scorer = ctx.scorer
-    chunk = int(ctx.options.get("eval_chunk", 8))
+    chunk = ctx.params.eval_chunk
     rows: list[dict[str, Any]] = []
     kept: Logits = {}
     with_state = [c for c in outcome.candidates if c.state is not None]
@@ -201,10 +202,10 @@ def checkpoint_meta(ctx: SoupContext, outcome: SoupOutcome, cfg: Any) -> Checkpo
     if ctx.init is not None and outcome.init_weight is not None:
         ingredients.append({"path": ctx.init.name, "sha256": ctx.sha256(ctx.init.path), "weight": outcome.init_weight, "role": "init"})
     hparams = {
-        "method": str(cfg.soup.name),
+        "method": ctx.params.name,
         "soup_kind": outcome.kind,
         **outcome.hparams,
-        "options": OmegaConf.to_container(cfg.soup, resolve=True),
+        "options": dataclasses.asdict(ctx.params),
     }
     kind = "wise_ft" if outcome.kind == "wise_ft" else "soup"
     return CheckpointMeta(
@@ -229,13 +230,13 @@ def run_soup(cfg: Any, out: Path, config_overrides: Sequence[str] = (), eval_set
 
 
 def _run(ctx: SoupContext, cfg: Any, out: Path, config_overrides: Sequence[str]) -> SoupOutcome:
-    log.info("soup %s over %d ingredient(s) on %s", cfg.soup.name, len(ctx.ingredients), ctx.device)
-    outcome = get_method(cfg.soup.name)(ctx)
-    keep_logits = bool(cfg.eval.get("save_logits", False))
+    log.info("soup %s over %d ingredient(s) on %s", ctx.params.name, len(ctx.ingredients), ctx.device)
+    outcome = get_method(ctx.params.name).run(ctx)
+    keep_logits = bool(cfg.eval.save_logits)
     recorded = None
-    if cfg.eval.get("logits_from") and any(c.state is None for c in outcome.candidates):
+    if cfg.eval.logits_from and any(c.state is None for c in outcome.candidates):
         recorded = RecordedLogits(cfg.eval.logits_from, identity_config(cfg).get("data"), ctx.scorer.precision, ctx.sha256)
-    rows, kept = evaluate_outcome(ctx, outcome, keep_logits, recorded) if cfg.soup.get("evaluate", True) else ([], {})
+    rows, kept = evaluate_outcome(ctx, outcome, keep_logits, recorded) if ctx.params.evaluate else ([], {})
     ensembles = {c.model_id for c in outcome.candidates if c.state is None}
     predictions = {}
     for (model_id, dataset), (logits, labels) in kept.items():
@@ -254,7 +255,7 @@ def _run(ctx: SoupContext, cfg: Any, out: Path, config_overrides: Sequence[str])
         with atomic_path(out / PREDICTIONS) as tmp:
             save_file({k: v.contiguous() for k, v in predictions.items()}, str(tmp))
     if keep_logits:
-        dtype = getattr(torch, str(cfg.eval.get("logits_dtype", "float16")))
+        dtype = getattr(torch, str(cfg.eval.logits_dtype))
         for (model_id, dataset), (logits, labels) in kept.items():
             save_logits(out, model_id, dataset, logits.to(dtype), labels)
     saved_alpha = outcome.hparams.get("alpha")
@@ -268,7 +269,7 @@ def _run(ctx: SoupContext, cfg: Any, out: Path, config_overrides: Sequence[str])
                 correct=correct,
                 checkpoint=checkpoint if owns_checkpoint else None,
                 config=config_overrides,
-                method=str(cfg.soup.name),
+                method=ctx.params.name,
                 ingredients=len(ctx.ingredients),
                 **row,
             )

@@ -1,0 +1,159 @@
+"""The typed configs: every `finetune.*` and `soup.*` key, its type and its default, declared once.
+
+Each dataclass is a Hydra structured config: `register_configs()` (run when models.cli is imported, as
+its resolvers are) stores them in Hydra's ConfigStore under `schema/...`, and `conf/finetune/default.yaml`
+and `conf/soup/<option>.yaml` start from them (`defaults:`), so the YAML files only set what an option
+changes and Hydra refuses a typo or a wrong type while composing, before any work. They live here, in
+the shared package, because every stage composes every group (conf/base.yaml) and may import only
+models/. The soup library validates through the same classes (`greedy_soup(accept=...)` checks
+GreedyParams), and soups/registry.py names each method's class. No Hydra and no torch at import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+MISSING = "???"  # OmegaConf's marker of a value the YAML file must set (name, run_name, loader settings)
+ACCUMULATE = ("float32", "float64")
+ORDERS = ("sorted", "random")
+ACCEPT = ("gt", "ge")  # soups.greedy.ACCEPT_RULES: strict > (the official code) or >= (the paper)
+
+
+def _one_of(field: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{field}: unknown value {value!r}; use {' or '.join(allowed)}")
+
+
+def check_alpha(alpha: float) -> None:
+    """WiSE-FT interpolates: α outside [0, 1] would extrapolate away from both endpoints."""
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1] (interpolation, not extrapolation), got {alpha}")
+
+
+@dataclasses.dataclass
+class SoupParams:
+    """What every method takes (`soup=uniform`, `ensemble` and `model_stock` take nothing more)."""
+
+    name: str = MISSING  # the method, a key of soups.registry.METHODS
+    run_name: str = MISSING  # the run folder and model_id: runs/<name>/soups/<run_name>
+    init: str | None = None  # θ0, the zero-shot (or LP) init checkpoint: wise_ft and model_stock start from it
+    evaluate: bool = True  # evaluate the result on eval.sets and write results records
+    eval_chunk: int = 8  # models scored per decoded batch (shared decoding) when evaluating several
+    accumulate: str = "float32"  # dtype of running sums: float32 | float64
+
+    def __post_init__(self) -> None:
+        _one_of("accumulate", self.accumulate, ACCUMULATE)
+        if self.eval_chunk < 1:
+            raise ValueError(f"eval_chunk must be >= 1, got {self.eval_chunk}")
+
+
+@dataclasses.dataclass
+class GreedyParams(SoupParams):
+    """The greedy soup and the greedy ensemble (paper, Recipe 1)."""
+
+    order: str = "sorted"  # sorted (by held-out accuracy, best first) | random (the paper's ablation; seed=...)
+    accept: str = "gt"  # gt: strict > as the official code | ge: the paper's >=
+    early_rejection: bool = True  # stop scoring a candidate once it cannot win (exact: the same selection)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _one_of("order", self.order, ORDERS)
+        _one_of("accept", self.accept, ACCEPT)
+
+
+@dataclasses.dataclass
+class LearnedParams(SoupParams):
+    """The learned soup (paper, App. I): AdamW on the mixing weights over the held-out split."""
+
+    lr: float = 0.05  # AdamW, as the official by-layer script
+    weight_decay: float = 0.0
+    epochs: int = 5
+    batch_size: int = MISSING  # conf/soup/learned.yaml: ${data.batch_size}
+    workers: int = MISSING  # conf/soup/learned.yaml: ${data.workers}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.epochs < 0 or self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError(f"lr must be > 0, weight_decay >= 0, epochs >= 0; got {self.lr}, {self.weight_decay}, {self.epochs}")
+
+
+def _wise_ft_alphas() -> list[float]:
+    return [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+
+
+@dataclasses.dataclass
+class WiseFTParams(SoupParams):
+    """WiSE-FT: (1 − α)·init + α·fine-tuned over a grid of α, one results record per α."""
+
+    alphas: list[float] = dataclasses.field(default_factory=_wise_ft_alphas)
+    alpha: float = 0.5  # the α whose weights are written to model.safetensors
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if any(not 0.0 <= float(a) <= 1.0 for a in self.alphas):
+            raise ValueError(f"alphas: every α must lie in [0, 1] (interpolation, not extrapolation), got {list(self.alphas)}")
+        check_alpha(self.alpha)
+
+
+# --- finetune.* -----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LinearProbe:
+    """For init=lp: full-batch AdamW on cached frozen features, starting from the zero-shot head."""
+
+    steps: int = 300
+    lr: float = 1.0e-3
+    weight_decay: float = 0.0
+    cache: bool = True  # cache features under ${paths.cache}/features
+    # An LP-init checkpoint (kind lp) to start from instead of fitting; the sweeps set it to
+    # runs/<name>/inits/lp/model.safetensors, so the LP head is fitted once per sweep.
+    init_from: str | None = None
+
+
+@dataclasses.dataclass
+class Recipe:
+    """Every knob of fine-tuning; a sweep (conf/sweep/) overrides some per job."""
+
+    init: str = "zeroshot"  # zeroshot | lp (head trained on frozen features first, then end to end)
+    lr: float = 3.0e-5  # peak learning rate of AdamW
+    weight_decay: float = 0.1
+    epochs: int = 10
+    batch_size: int = 512  # global batch per optimizer step (all ranks, all accumulation steps)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    warmup_steps: int = 500  # linear warmup, then cosine to 0; stepped per batch
+    grad_clip: float | None = 1.0  # max global grad norm; null = off
+    label_smoothing: float = 0.0
+    mixup: float = 0.0  # mixup strength alpha; 0 = off
+    randaug: str | None = None  # timm RandAugment string, e.g. rand-m9-n2; null = off
+    # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16 (GPU only); experiment=paper_vitb32: fp32, as the reference code
+    precision: str = "auto"
+    compile: bool = False  # torch.compile the classifier
+    freeze_bn: bool = True  # BatchNorm towers (the tiny CLIP's ResNet): keep the pretrained running statistics, so soups can average
+    workers: int = MISSING  # conf/finetune/default.yaml: ${data.workers}
+    threads: int | None = None  # torch CPU threads; null = torch's default. 1 when parallel jobs share a CPU (submitit_local)
+    lp: LinearProbe = dataclasses.field(default_factory=LinearProbe)
+    # Resumable training state (model, optimizer, step, RNG) in the run folder.
+    save_every_steps: int = 0  # 0 = only at epoch ends (and on preemption)
+    save_every_minutes: int | float = 10  # (int | float: a whole number stays one in the recorded hparams)
+    keep_state: bool = False  # keep train_state.pt after a run finishes
+    heldout_eval: bool = True  # held-out accuracy at the end, into results.jsonl
+    progress: bool = True  # tqdm bar with images/s
+
+
+SCHEMA_NODES = {  # ConfigStore group/name -> dataclass; conf/ refers to them as /schema/<group>@_here_: <name>
+    ("schema/soup", "common"): SoupParams,
+    ("schema/soup", "greedy"): GreedyParams,
+    ("schema/soup", "learned"): LearnedParams,
+    ("schema/soup", "wise_ft"): WiseFTParams,
+    ("schema/finetune", "recipe"): Recipe,
+}
+
+
+def register_configs() -> None:
+    """Store every schema in Hydra's ConfigStore (before Hydra composes)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for (group, name), node in SCHEMA_NODES.items():
+        store.store(group=group, name=name, node=node)

@@ -1,0 +1,165 @@
+"""The soup method registry and the typed (structured) configs of soup.* and finetune.*.
+
+The expected defaults below are the values conf/soup/*.yaml and conf/finetune/default.yaml held before the
+dataclasses (models/schemas.py) became their one source: the documented defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, run_module
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import soups
+import soups.greedy
+from models.cli import CONF_DIR
+from models.errors import UserError
+from models.schemas import ACCEPT, Recipe, SoupParams
+from soups.config import soup_params
+from soups.registry import all_methods
+
+COMMON = {"evaluate": True, "eval_chunk": 8, "accumulate": "float32"}
+GREEDY = {"order": "sorted", "accept": "gt", "early_rejection": True}
+LEARNED = {"lr": 0.05, "weight_decay": 0.0, "epochs": 5, "batch_size": 256, "workers": 0}  # data=world: batch 256, 0 workers
+ALPHAS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+OLD_SOUP_YAML = {  # conf/soup/<option>.yaml before this change (with data=world's loader settings)
+    "uniform": {"name": "uniform", "run_name": "uniform_soup", **COMMON},
+    "greedy": {"name": "greedy", "run_name": "greedy_soup", **GREEDY, **COMMON},
+    "greedy_random_order": {"name": "greedy", "run_name": "greedy_soup_random_order", **GREEDY, "order": "random", **COMMON},
+    "greedy_ensemble": {"name": "greedy_ensemble", "run_name": "greedy_ensemble", **GREEDY, **COMMON},
+    "ensemble": {"name": "ensemble", "run_name": "ensemble", **COMMON},
+    "learned": {"name": "learned", "run_name": "learned_soup", **LEARNED, **COMMON},
+    "learned_by_layer": {"name": "learned_by_layer", "run_name": "learned_soup_by_layer", **LEARNED, **COMMON},
+    "wise_ft": {"name": "wise_ft", "run_name": "wise_ft", "init": None, "alphas": ALPHAS, "alpha": 0.5, **COMMON},
+    "model_stock": {"name": "model_stock", "run_name": "model_stock", "init": None, **COMMON},
+}
+OLD_FINETUNE_YAML = {  # conf/finetune/default.yaml before this change (workers: ${data.workers} = 0 for the world)
+    "init": "zeroshot",
+    "lr": 3.0e-5,
+    "weight_decay": 0.1,
+    "epochs": 10,
+    "batch_size": 512,
+    "grad_accum": 1,
+    "warmup_steps": 500,
+    "grad_clip": 1.0,
+    "label_smoothing": 0.0,
+    "mixup": 0.0,
+    "randaug": None,
+    "precision": "auto",
+    "compile": False,
+    "freeze_bn": True,
+    "workers": 0,
+    "threads": None,
+    "lp": {"steps": 300, "lr": 1.0e-3, "weight_decay": 0.0, "cache": True, "init_from": None},
+    "save_every_steps": 0,
+    "save_every_minutes": 10,
+    "keep_state": False,
+    "heldout_eval": True,
+    "progress": True,
+}
+
+
+METHODS = all_methods()
+
+
+def composed(stage: str, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(stage, overrides=list(overrides))
+
+
+def test_every_soup_option_runs_a_registered_method_and_every_method_has_an_option():
+    options = sorted(p.stem for p in (REPO / "conf/soup").glob("*.yaml"))
+    assert options == sorted(OLD_SOUP_YAML)
+    names = set()
+    for option in options:
+        soup = composed("soups", f"soup={option}").soup
+        names.add(str(soup.name))
+        assert OmegaConf.get_type(soup) is METHODS[str(soup.name)].params  # the YAML starts from the method's own class
+    assert names == set(METHODS)
+    assert ACCEPT == soups.greedy.ACCEPT_RULES  # the config accepts exactly the rules greedy_select knows
+    for method in METHODS.values():
+        assert method.reference and issubclass(method.params, SoupParams) and callable(method.run)
+
+
+@pytest.mark.parametrize("option", sorted(OLD_SOUP_YAML))
+def test_soup_defaults_are_the_documented_ones(option):
+    cfg = composed("soups", f"soup={option}")
+    resolved = OmegaConf.to_container(cfg.soup, resolve=True)
+    assert resolved == {"init": None, **OLD_SOUP_YAML[option]}  # the old keys and values; init (θ0) for every method
+    params = soup_params(cfg.soup)
+    assert type(params) is METHODS[resolved["name"]].params
+    assert dataclasses.asdict(params) == resolved  # what the stage reads and records as hparams.options
+
+
+def test_soup_params_of_a_hand_built_config_fill_the_same_defaults():
+    """A config built by hand (a dict, not composed) gets the dataclass's defaults and checks, not silent gaps."""
+    params = soup_params({"name": "greedy", "run_name": "g", "order": "random"})
+    assert (params.order, params.accept, params.early_rejection, params.eval_chunk) == ("random", "gt", True, 8)
+
+
+@pytest.mark.parametrize(
+    ("options", "phrase"),
+    [
+        ({"name": "greedy", "acept": "lt"}, "soup.acept: Key 'acept' not in 'GreedyParams'"),
+        ({"name": "greedy", "eval_chunk": "many"}, "soup.eval_chunk: Value 'many' of type 'str' could not be converted to Integer"),
+        ({"name": "greedy", "accept": "lt"}, "soup.accept: unknown value 'lt'; use gt or ge"),
+        ({"name": "wise_ft", "alpha": 1.5}, "soup.alpha must lie in [0, 1]"),
+        ({"name": "uniform", "accumulate": "float16"}, "soup.accumulate: unknown value 'float16'"),
+        ({"name": "gredy"}, "soup.name: unknown soup method 'gredy'"),
+    ],
+)
+def test_soup_params_refuse_bad_options_naming_the_key(options, phrase):
+    with pytest.raises(UserError) as err:
+        soup_params({"run_name": "x", **options})
+    assert phrase in str(err.value)
+
+
+def test_finetune_recipe_defaults_are_the_documented_ones():
+    from finetune.train import resolve_recipe
+
+    for stage in ("finetune", "eval", "soups", "plots"):  # every stage composes the same finetune node (run identity)
+        assert OmegaConf.to_container(composed(stage).finetune, resolve=True) == OLD_FINETUNE_YAML
+    cfg = composed("finetune")
+    recipe, merged = resolve_recipe(cfg)
+    assert isinstance(recipe, Recipe) and dataclasses.asdict(recipe) == OLD_FINETUNE_YAML == merged
+
+
+def test_library_checks_through_the_same_dataclass_before_any_work():
+    calls = []
+    states = [{"w": torch.tensor([float(i)])} for i in range(2)]
+    with pytest.raises(ValueError, match="accept: unknown value 'lt'"):
+        soups.greedy_soup(states, score=lambda s: calls.append(1) or 0.0, accept="lt")
+    assert calls == []
+
+
+def assert_refused(result, *phrases: str) -> None:
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    assert all(p in lines[0] for p in phrases), lines[0]
+
+
+CLI_CASES = {  # name: (stage, overrides, phrases the one line holds)
+    "soups_typo": ("soups", ["soup=greedy", "soup.acept=lt"], ["soup.acept", "Key 'acept' not in 'GreedyParams'"]),
+    "soups_added_typo": ("soups", ["soup=greedy", "+soup.acept=lt"], ["soup.acept: Key 'acept' not in 'GreedyParams'"]),
+    "soups_type": ("soups", ["soup=greedy", "soup.eval_chunk=abc"], ["soup.eval_chunk=abc", "could not be converted to Integer"]),
+    "soups_value": ("soups", ["soup=greedy", "soup.accept=lt"], ["soup.accept: unknown value 'lt'"]),
+    "finetune_typo": ("finetune", ["finetune.lrr=1e-3"], ["finetune.lrr", "Key 'lrr' not in 'Recipe'"]),
+    "finetune_type": ("finetune", ["finetune.lr=abc"], ["finetune.lr=abc", "could not be converted to Float"]),
+    "finetune_nested_type": ("finetune", ["finetune.lp.steps=many"], ["finetune.lp.steps=many", "could not be converted to Integer"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLI_CASES))
+def test_a_typo_or_a_wrong_type_is_one_line_exit_2_before_any_work(case, tmp_path: Path):
+    stage, overrides, phrases = CLI_CASES[case]
+    runs = tmp_path / "runs"
+    env = {"MODEL_SOUPS_RUNS": str(runs), "MODEL_SOUPS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    result = run_module(stage, *overrides, "ingredients=[]" if stage == "soups" else "data.scale=small", "device=cpu", env=env)
+    assert_refused(result, *phrases)
+    assert not runs.exists()  # refused before the run folder was made
