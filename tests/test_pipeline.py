@@ -54,10 +54,17 @@ def test_print_lists_the_commands():
     assert "python -m finetune -m experiment=paper_vitb32 sweep=paper_random hydra/launcher=slurm" in result.stdout
 
 
+# Smaller than the experiment, same code paths; passed to every stage, as a user's overrides are. The sweep's
+# fine-tunes train 1 epoch each (its random draw gives model_1 and model_2 6 and 9 epochs; the other drawn values
+# stay; `fixed` is ignored by the steps without a sweep), and the figures from checkpoints use a 3 x 3 landscape
+# grid and 100 images per set (defaults: 9 x 9 and every image).
+SMALL = ("++sweep.fixed.epochs=1", "plots.grid=3", "plots.max_examples=100")
+
+
 @pytest.mark.slow
 def test_the_dry_run_passes_end_to_end_and_resumes(tmp_path):
     env = {"MODEL_SOUPS_RUNS": str(tmp_path / "runs"), "MODEL_SOUPS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    first = run_module("pipeline", "paper_vitb32_dryrun", env=env, timeout=1500)
+    first = run_module("pipeline", "paper_vitb32_dryrun", *SMALL, env=env, timeout=1500)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     base = tmp_path / "runs/paper_vitb32_dryrun"
 
@@ -85,9 +92,10 @@ def test_the_dry_run_passes_end_to_end_and_resumes(tmp_path):
         meta = read_meta(base / f"finetune/model_{i}/model.safetensors")
         assert meta.hparams["lp_init_from"] == str(base / "inits/lp/model.safetensors")
         assert meta.hparams["train_precision"] == "fp32" and meta.activation == "quick_gelu"
+        assert meta.hparams["epochs"] == 1  # SMALL's fixed value over the drawn one
 
     # A second run reuses every finished stage.
     stamps = {p: p.stat().st_mtime_ns for p in base.rglob("model.safetensors")}
-    second = run_module("pipeline", "paper_vitb32_dryrun", env=env, timeout=900)
+    second = run_module("pipeline", "paper_vitb32_dryrun", *SMALL, env=env, timeout=900)
     assert second.returncode == 0
     assert {p: p.stat().st_mtime_ns for p in base.rglob("model.safetensors")} == stamps
