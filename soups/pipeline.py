@@ -152,7 +152,9 @@ class RecordedLogits:
         self.folder, self.sha256 = Path(folder), sha256
         run_config = self.folder / RUN_CONFIG_FILE
         if not (self.folder / DONE_FILE).exists() or not run_config.exists():
-            raise UserError(f"eval.logits_from: {self.folder} is not a finished eval run (no {DONE_FILE}); run the eval stage first or set it to null")
+            raise UserError(
+                f"eval.logits_from: {self.folder} is not a finished eval run (no {DONE_FILE}); run the eval stage first or set it to null"
+            )
         recorded = json.loads(run_config.read_text())
         same_data = recorded.get("data") == data  # as run_config.json writes it (models.cli.identity_config)
         self.model_ids: dict[tuple[str, str, int], str] = {}  # (sha256, set, n) -> the eval run's model_id
