@@ -190,3 +190,23 @@ def test_seed_runs_draw_their_own_sweep_into_their_own_folders():
         "python", "-m", "plots.seeds", "results/demo/findings.json", "runs/demo_seeds/seed1/results/findings.json",
         "runs/demo_seeds/seed2/results/findings.json", "--out=results/demo_seeds",
     )  # fmt: skip
+
+
+def test_readme_quotes_the_committed_findings():
+    # The README's "Which findings reproduce" table is findings.json of results/demo, row by row.
+    from models.cli import PROJECT_ROOT
+
+    findings = json.loads((PROJECT_ROOT / "results" / "demo" / "findings.json").read_text())
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme[readme.index("### Which findings reproduce") : readme.index("## Use as a library")]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "[" in line]
+    assert len(rows) == len(findings)
+
+    def pp(x: float) -> str:
+        return f"{x:+.2f}".replace("-", "−")
+
+    for row, finding in zip(rows, findings):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        lo, hi = finding["ci95"]
+        assert cells[1] == pp(finding["delta_pp"]) and cells[2] == f"[{pp(lo)}, {pp(hi)}]", (finding["name"], row)
+        assert cells[4].startswith("yes") == finding["holds"], (finding["name"], row)
