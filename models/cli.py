@@ -231,7 +231,9 @@ def check_identity(out: Path, config: dict[str, Any], force: bool) -> str:
         recorded = json.loads(recorded_path.read_text())
     except (OSError, json.JSONDecodeError):
         raise UserError(f"{recorded_path}: unreadable; pass force=true to rerun this folder from scratch") from None
-    if config_hash(recorded) == config_hash(config):
+    # The same config, or one that differs only by keys that are null on one side and absent on the
+    # other (an option added later with a null default: the run computed the same thing).
+    if config_hash(recorded) == config_hash(config) or not differing_keys(recorded, config):
         return "skip" if done.exists() else "run"
     state = "a finished run" if done.exists() else "an unfinished run"
     raise UserError(

@@ -138,3 +138,21 @@ def test_multirun_jobs_without_a_sweep_name_get_their_own_folders(toy, tmp_path)
     sweep = tmp_path / "runs/default/plots"
     assert (sweep / "seed-3/work.txt").read_text() == "3" and (sweep / "seed-4/work.txt").read_text() == "4"
     assert (sweep / "seed-3/DONE").exists() and (sweep / "seed-4/DONE").exists()
+
+
+def test_a_run_recorded_before_a_null_option_existed_is_the_same_run(tmp_path):
+    import json
+
+    from models.cli import check_identity, config_hash
+    from models.errors import UserError
+
+    recorded = {"soup": {"name": "uniform"}, "finetune": {"lr": 0.001}}
+    (tmp_path / "run_config.json").write_text(json.dumps(recorded))
+    (tmp_path / "DONE").write_text(config_hash(recorded))
+    # a later version adds soup.init with a null default: the finished run computed the same thing
+    assert check_identity(tmp_path, {"soup": {"name": "uniform", "init": None}, "finetune": {"lr": 0.001}}, force=False) == "skip"
+    # a key the run lacked, with a value, is another config, named in the message
+    with pytest.raises(UserError, match=r"soup.init: None -> 'lp.safetensors'"):
+        check_identity(tmp_path, {"soup": {"name": "uniform", "init": "lp.safetensors"}, "finetune": {"lr": 0.001}}, force=False)
+    with pytest.raises(UserError, match=r"finetune.lr: 0.001 -> 0.002"):
+        check_identity(tmp_path, {"soup": {"name": "uniform"}, "finetune": {"lr": 0.002}}, force=False)
