@@ -166,10 +166,10 @@ class RecordedLogits:
 
     def get(self, path: Path, dataset: str, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         model_id = self.model_ids.get((self.sha256(path), dataset, n))
-        file = self.folder / LOGITS_DIR / str(model_id) / f"{dataset}.safetensors"
-        if model_id is None or not file.exists():
+        if model_id is None:
             return None
-        return load_logits(file)
+        file = self.folder / LOGITS_DIR / model_id / f"{dataset}.safetensors"
+        return load_logits(file) if file.exists() else None
 
 
 def _ensemble_logits(

@@ -109,3 +109,15 @@ def test_foundation_is_written_in_the_configured_dtype():
     assert any(not t.is_floating_point() for t in state.values())
     with pytest.raises(UserError, match="save_dtype"):
         foundation_state(model, "bfloat16")
+
+
+def test_a_bad_save_dtype_is_refused_before_pretraining(tmp_path):
+    from conftest import run_module
+
+    foundation = tmp_path / "f.safetensors"
+    result = run_module(
+        "datasets.world", "task=pretrain", "pretrain.save_dtype=int8", f"paths.cache={tmp_path}", f"foundation={foundation}", timeout=120
+    )
+    assert result.returncode == 2 and "pretrain.save_dtype: 'int8'" in result.stderr, result.stderr[-500:]
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "world").exists() and not foundation.exists()  # refused before the world was built or trained on

@@ -97,11 +97,16 @@ def first_losses(model: torch.nn.Module, cfg: Any, steps: int = FIRST_STEPS) -> 
     return losses
 
 
-def foundation_state(model: torch.nn.Module, dtype: str) -> dict[str, torch.Tensor]:
-    """The weights to write: float tensors cast to `dtype` (float32 | float16), the rest as they are."""
+def save_dtype(dtype: str) -> torch.dtype:
+    """The foundation's `pretrain.save_dtype`, checked (before pretraining, not after it)."""
     if dtype not in ("float32", "float16"):
         raise UserError(f"pretrain.save_dtype: {dtype!r} is not float32 or float16")
-    cast = getattr(torch, dtype)
+    return getattr(torch, dtype)
+
+
+def foundation_state(model: torch.nn.Module, dtype: str) -> dict[str, torch.Tensor]:
+    """The weights to write: float tensors cast to `dtype` (float32 | float16), the rest as they are."""
+    cast = save_dtype(dtype)
     return {k: (v.to(cast) if v.is_floating_point() else v).detach().contiguous() for k, v in model.state_dict().items()}
 
 
@@ -109,10 +114,11 @@ def build_foundation(cfg: Any) -> Path:
     """Pretrain the tiny CLIP and write it to `cfg.foundation` (and its log to `cfg.results_dir`)."""
     start = time.time()
     pcfg = pretrain_config(cfg)
+    save_dtype(str(cfg.pretrain.save_dtype))
     model, run_log, _ = run_pretraining(cfg)
     out = Path(cfg.foundation)
     out.parent.mkdir(parents=True, exist_ok=True)
-    state = foundation_state(model, str(cfg.pretrain.get("save_dtype", "float32")))
+    state = foundation_state(model, str(cfg.pretrain.save_dtype))
     meta = {"arch": cfg.model.arch, "world": world_key(cfg.data), "steps": str(run_log.steps_done)}
     with atomic_path(out) as tmp:
         save_file(state, str(tmp), metadata=meta)
