@@ -48,6 +48,13 @@ def train_set(data_cfg: Any, transform: Callable) -> Dataset:
     return _suite(data_cfg).train_set(data_cfg, transform)
 
 
+def train_fingerprint(data_cfg: Any) -> Any:
+    """What identifies the training split's contents beyond the data config (the embedded world: its set
+    sizes), for caches keyed on it (the LP features); None where the config says it all."""
+    suite = _suite(data_cfg)
+    return suite.train_fingerprint(data_cfg) if hasattr(suite, "train_fingerprint") else None
+
+
 def eval_sets(data_cfg: Any, transform: Callable, names: Sequence[str] | None = None) -> list[EvalSet]:
     """The suite's sets in the order heldout, id, shifts (or only `names`)."""
     return _suite(data_cfg).eval_sets(data_cfg, transform, names)

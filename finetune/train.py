@@ -147,6 +147,9 @@ def lp_init(cfg: DictConfig, classifier: ImageClassifier, preprocess, device: to
     lp_cfg = cfg.finetune.lp
     pretrained = str(cfg.model.pretrained)
     key = {"arch": cfg.model.arch, "pretrained": pretrained, "data": OmegaConf.to_container(cfg.data, resolve=True)}
+    fingerprint = datasets.train_fingerprint(cfg.data)
+    if fingerprint is not None:
+        key["train"] = fingerprint
     if Path(pretrained).is_file():
         key["pretrained_stat"] = [Path(pretrained).stat().st_size, Path(pretrained).stat().st_mtime_ns]
     cache_dir = Path(cfg.paths.cache) / "features" if lp_cfg.cache else None

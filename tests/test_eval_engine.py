@@ -158,3 +158,34 @@ def test_sixteen_concurrent_writers_lose_no_records(tmp_path):
     assert {(m, d) for m, d in zip(table["model_id"], table["dataset"])} == {(f"model_{i}", d) for i in range(16) for d in "abc"}
     shared = load_results(tmp_path / "shared" / "results.jsonl")
     assert len(shared) == 48 and shared.groupby("model_id")["top1"].first().to_dict() == {f"model_{i}": i / 100 for i in range(16)}
+
+
+def test_image_batches_run_channels_last_with_the_contiguous_outputs():
+    """iter_logits hands conv towers NHWC batches (faster on CPU); the tiny CLIP's and ViT-B/32's logits must
+    equal a plain forward of the same contiguous images, bit for bit."""
+    from models.classifier import ImageClassifier, embed_dim_of
+    from models.evaluate import iter_logits
+    from models.factory import create_clip
+
+    class Images(Dataset):
+        def __init__(self, size: int):
+            self.x = torch.randn(6, 3, size, size, generator=torch.Generator().manual_seed(size))
+
+        def __len__(self) -> int:
+            return len(self.x)
+
+        def __getitem__(self, i: int):
+            return self.x[i], 0
+
+    seen = []
+    for arch, size in (("TinyCLIP-Chars", 32), ("ViT-B-32", 224)):
+        torch.manual_seed(0)
+        clip_model, _, _ = create_clip(arch, None)
+        model = ImageClassifier(clip_model.visual, embed_dim_of(clip_model), 3).eval()
+        model.register_forward_pre_hook(lambda _, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+        images = Images(size)
+        with torch.inference_mode():
+            expected = model(images.x.contiguous())
+        (logits,), _ = next(iter_logits([model], EvalSet("set", "id", images, ["a", "b", "c"]), batch_size=6))
+        assert torch.equal(logits, expected), arch
+    assert seen == [False, True, False, True]  # the reference forward contiguous, iter_logits's NHWC

@@ -6,6 +6,7 @@ Every run here is a real subprocess with one thread, a random-init TinyCLIP and 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import signal
@@ -265,8 +266,16 @@ def test_lp_init_fits_the_head_on_cached_frozen_features(world, monkeypatch):
     )
 
     # a second LP reads the cache instead of touching the data
+    extract = linear_probe.extract_features
     monkeypatch.setattr(linear_probe, "extract_features", lambda *a, **k: pytest.fail("features recomputed"))
     lp_init(cfg, classifier, preprocess, torch.device("cpu"))
+    # a world release with other set sizes (same data config) has another train set: its features are not the cached ones
+    world_suite = importlib.import_module("datasets.world")
+    sizes = world_suite.train_fingerprint(cfg.data)
+    monkeypatch.setattr(world_suite, "train_fingerprint", lambda data_cfg: {**sizes, "train": sizes["train"] + 1})
+    monkeypatch.setattr(linear_probe, "extract_features", extract)
+    lp_init(cfg, classifier, preprocess, torch.device("cpu"))
+    assert len(list((cache / "features").glob("features-*.safetensors"))) == 2
 
 
 def test_a_two_job_sweep_through_submitit_local_then_a_relaunch_skips_it(world):

@@ -64,8 +64,28 @@ def test_small_character_world_labels_and_captions(tmp_path):
 
 def test_demo_scale_sizes():
     demo = sets.VERSIONS[5].scales["demo"]
-    assert demo["train"] == 250 * 62 and demo["heldout"] == 50 * 62
+    assert demo["train"] == 80 * 62 and demo["heldout"] == 50 * 62
     assert all(demo[s] >= 10_000 for s in ("photo", "photo_v2", "rendition", "sketch", "unusual", "hard"))
+
+
+def test_a_cache_of_other_set_sizes_is_generated_again(tmp_path, monkeypatch, caplog):
+    """A world cached by a release with other set sizes (the train set had 500 photos) is not read as this
+    one: every set is generated again, the hard set included (it is filtered by a classifier fit on train)."""
+    version = sets.VERSIONS[5]
+    older = {**version.scales, "small": {**version.scales["small"], "train": 500}}
+    monkeypatch.setattr(sets, "VERSIONS", {**sets.VERSIONS, 5: sets.WorldVersion(version.glyphs, older)})
+    folder = sets.build_world(tmp_path, "small", 0, workers=1, version=5)
+    old_hard = sets.load_set(tmp_path, "small", 0, "hard", version=5)
+    assert len(sets.load_set(tmp_path, "small", 0, "train", version=5).labels) == 500
+    monkeypatch.undo()
+    with caplog.at_level("WARNING"):
+        assert len(sets.load_set(tmp_path, "small", 0, "train", version=5).labels) == 1000
+    assert "other sizes (train)" in caplog.text and not (folder / "DONE").exists()
+    sets.build_world(tmp_path, "small", 0, workers=1, version=5)
+    assert not np.array_equal(sets.load_set(tmp_path, "small", 0, "hard", version=5).images, old_hard.images)
+    fresh = sets.build_world(tmp_path / "fresh", "small", 0, workers=1, version=5)
+    for name in sets.SCALES["small"]:
+        assert np.array_equal(np.load(fresh / f"{name}.npz")["images"], np.load(folder / f"{name}.npz")["images"]), name
 
 
 def test_killed_pretraining_resumes_to_the_same_model(tmp_path):

@@ -105,6 +105,12 @@ def train_set(data_cfg: Any, transform: Callable) -> Dataset:
     return WorldDataset(arrays(data_cfg, "train"), transform)
 
 
+def train_fingerprint(data_cfg: Any) -> dict[str, int]:
+    """The set sizes of this world version and scale: a release that changes them changes the train set."""
+    _, scale, _, version = world_params(data_cfg)
+    return dict(VERSIONS[version].scales[scale])
+
+
 def eval_sets(data_cfg: Any, transform: Callable, names: Sequence[str] | None = None) -> list[EvalSet]:
     """The held-out, photo test and shift sets, in the order of the data config (or only `names`)."""
     ordered = [data_cfg.heldout, data_cfg.id, *data_cfg.shifts]

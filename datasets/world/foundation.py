@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 import datasets
-from datasets.world import arrays, world_key, world_params
+from datasets.world import arrays, train_fingerprint, world_key, world_params
 from datasets.world.pretrain import PretrainConfig, pretrain
 from datasets.world.samples import write_sample_grid
 from datasets.world.sets import build_world, load_set
@@ -153,16 +153,17 @@ def zero_shot_table(cfg: Any) -> dict[str, float]:
     results_dir = Path(cfg.results_dir)
     checkpoint = {"path": str(foundation), "sha256": sha256_prefix(foundation)}
     key = world_key(cfg.data)
+    sizes = train_fingerprint(cfg.data)  # a release of the world with other set sizes has other images
     summary_path = results_dir / f"zeroshot_{key}.json"
     grid = results_dir / "samples.png"
-    if not grid.exists() or cfg.force:
-        root, scale, seed, version = world_params(cfg.data)
+    cached = json.loads(summary_path.read_text()) if summary_path.exists() and not cfg.force else {}
+    fresh = cached.get("checkpoint_sha256") == checkpoint["sha256"] and cached.get("sizes") == sizes
+    root, scale, seed, version = world_params(cfg.data)
+    if not grid.exists() or cfg.force or (not fresh and scale == "demo"):  # the README shows the demo scale's images
         write_sample_grid(grid, root, scale, seed, version)
-    if summary_path.exists() and not cfg.force:
-        cached = json.loads(summary_path.read_text())
-        if cached.get("checkpoint_sha256") == checkpoint["sha256"]:
-            log.info("zero-shot table cached in %s", summary_path)
-            return cached["top1"]
+    if fresh:
+        log.info("zero-shot table cached in %s", summary_path)
+        return cached["top1"]
     torch.set_num_threads(int(cfg.pretrain.threads))
     model, preprocess, tokenizer = create_clip(cfg.model.arch, pretrained=str(foundation))
     info = datasets.class_info(cfg.data)
@@ -177,7 +178,13 @@ def zero_shot_table(cfg: Any) -> dict[str, float]:
             )
         )
     shifts = [top1[s] for s in cfg.data.shifts]
-    summary = {"world": key, "checkpoint_sha256": checkpoint["sha256"], "top1": top1, "avg_shifts": sum(shifts) / len(shifts)}
+    summary = {
+        "world": key,
+        "sizes": sizes,
+        "checkpoint_sha256": checkpoint["sha256"],
+        "top1": top1,
+        "avg_shifts": sum(shifts) / len(shifts),
+    }
     write_text_atomic(results_dir / f"zeroshot_{key}.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     write_text_atomic(results_dir / f"zeroshot_{key}.md", markdown_table(top1, cfg.data))
     write_text_atomic(summary_path, json.dumps(summary, indent=1))
