@@ -3,6 +3,9 @@
 Table-driven: each case is a stage, its command-line overrides (files crafted in `crafted`) and a phrase
 the one line must hold. After the run, no results record, checkpoint or DONE may exist under the runs folder
 (for a refused rerun: the finished folder is byte-for-byte as it was).
+
+Most cases run the stage's `main()` in this process (`run_in_process`: the same entry, without a new
+interpreter's imports); the cases in `AS_COMMAND`, one per stage, run the real `python -m <stage>` command.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_module
+from conftest import run_in_process, run_module
 
 from datasets.imagenet_miniature import make_miniature
 from models.checkpoint import CheckpointMeta, save_checkpoint
@@ -173,6 +176,11 @@ CASES = {
 }
 
 
+# One case per stage as the user runs it; the unpickling exploit among them, since only a real process
+# shows that `os.system` never ran (its output goes to the file descriptor, not to sys.stdout).
+AS_COMMAND = {"malicious_pickle", "batch_not_divisible", "imagenet_r_199_classes"}
+
+
 def left_behind(runs: Path) -> list[str]:
     outputs = ("results.jsonl", "model.safetensors", "predictions.safetensors", "DONE")
     return sorted(str(p.relative_to(runs)) for p in runs.rglob("*") if p.name in outputs)
@@ -192,7 +200,8 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, crafted, tmp_path
     stage, overrides, phrase = CASES[case]
     runs = tmp_path / "runs"
     env = {"MODEL_SOUPS_RUNS": str(runs), "MODEL_SOUPS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    result = run_module(stage, *overrides(crafted), "device=cpu", env=env)
+    run = run_module if case in AS_COMMAND else run_in_process
+    result = run(stage, *overrides(crafted), "device=cpu", env=env)
     assert_one_line_exit_2(result, phrase)
     assert left_behind(runs) == []
 
@@ -204,11 +213,11 @@ def tree_digest(folder: Path) -> dict[str, str]:
 def test_a_rerun_with_another_config_is_refused_and_changes_nothing(crafted, tmp_path):
     env = {"MODEL_SOUPS_RUNS": str(tmp_path / "runs"), "MODEL_SOUPS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     args = [pair(crafted, "good1.safetensors"), *UNIFORM, "device=cpu"]
-    assert run_module("soups", *args, env=env).returncode == 0
+    assert run_in_process("soups", *args, env=env).returncode == 0
     run_dir = tmp_path / "runs/default/soups/uniform_soup"
     before = tree_digest(run_dir)
     assert {"DONE", "model.safetensors", "run_config.json", ".hydra/config.yaml"} <= before.keys()
-    result = run_module("soups", *args, "soup.accumulate=float64", env=env)
+    result = run_in_process("soups", *args, "soup.accumulate=float64", env=env)
     assert_one_line_exit_2(result, "holds a finished run with a different config (soup.accumulate: 'float32' -> 'float64')")
     after = tree_digest(run_dir)
     after.pop("soups.log"), before.pop("soups.log")  # Hydra's job log notes each launch

@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import REPO, run_module
+from conftest import REPO, run_in_process, run_module
 
 TOY_STAGE = textwrap.dedent(
     """
@@ -63,7 +63,8 @@ def toy(tmp_path):
     ],
 )
 def test_help_explains_the_stage(module, own_text):
-    result = run_module(module, "--help")
+    run = run_module if module == "finetune" else run_in_process  # one stage as the real command
+    result = run(module, "--help")
     assert result.returncode == 0
     assert result.stdout.startswith(f"python -m {module}: ") and own_text in result.stdout
     assert "Config groups" in result.stdout and "experiment:" in result.stdout and "Examples:" in result.stdout
@@ -74,7 +75,7 @@ def test_help_explains_the_stage(module, own_text):
     "args,expected", [(["no_such_key=1"], "Could not override 'no_such_key'"), (["model=vit_b99"], "Could not find 'model/vit_b99'")]
 )
 def test_a_bad_option_is_one_line_and_exit_2(args, expected):
-    result = run_module("eval", *args)
+    result = run_in_process("eval", *args)  # tests/test_bad_input.py runs eval's real command
     assert result.returncode == 2
     assert expected in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -156,3 +157,23 @@ def test_a_run_recorded_before_a_null_option_existed_is_the_same_run(tmp_path):
         check_identity(tmp_path, {"soup": {"name": "uniform", "init": "lp.safetensors"}, "finetune": {"lr": 0.001}}, force=False)
     with pytest.raises(UserError, match=r"finetune.lr: 0.001 -> 0.002"):
         check_identity(tmp_path, {"soup": {"name": "uniform"}, "finetune": {"lr": 0.002}}, force=False)
+
+
+def test_an_in_process_run_leaves_no_hydra_state_behind(tmp_path):
+    """`run_in_process` (the bad-input tests' runner) restores what Hydra changes, so later tests see none of it."""
+    import importlib
+    import logging
+
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    importlib.import_module("eval.__main__")  # its imports set library defaults in os.environ, as in any process
+    root = logging.getLogger()
+    before = (root.handlers[:], root.level, os.getcwd(), sys.argv[:], dict(os.environ))
+    result = run_in_process("eval", f"checkpoints=[{tmp_path / 'nowhere.safetensors'}]", f"paths.runs={tmp_path}/runs", "device=cpu")
+    assert result.returncode == 2 and result.stderr.startswith("error: checkpoints: ")
+    assert (tmp_path / "runs/default/eval/eval/eval.log").exists()  # the run got as far as Hydra's job logging
+    assert (root.handlers, root.level, os.getcwd(), sys.argv, dict(os.environ)) == before
+    assert not GlobalHydra.instance().is_initialized()
+    with pytest.raises(ValueError):
+        HydraConfig.get()

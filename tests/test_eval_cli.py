@@ -7,7 +7,7 @@ import pkgutil
 
 import pytest
 import torch
-from conftest import mark_done, run_module
+from conftest import mark_done, run_in_process, run_module
 from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import load_file
@@ -123,7 +123,7 @@ def test_unreadable_image_fails_or_is_skipped_and_counted(tree, tmp_path):
         handle.write(b"not a jpeg")
     checkpoint = root / "sweep" / "run0" / "model.safetensors"
     args = [*COMMON, f"data.root={mini.root}", f"checkpoints={checkpoint}", "eval.sets=[ImageNetR]", "data.workers=1"]
-    line = one_error_line(run_module("eval", *args, f"out={tmp_path / 'strict'}"))  # also through a DataLoader worker
+    line = one_error_line(run_in_process("eval", *args, f"out={tmp_path / 'strict'}"))  # also through a DataLoader worker
     assert broken in line and "eval.skip_bad_images=true" in line
     assert not (tmp_path / "strict" / "results.jsonl").exists() and (tmp_path / "strict" / "FAILED").exists()
     (record,) = evaluate_checkpoints(
