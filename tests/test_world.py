@@ -128,3 +128,37 @@ def test_fast_batch_path_equals_open_clip_transform(small_world):
     expected = torch.stack([preprocess(Image.fromarray(im)) for im in photos.images[:8]])
     fast = normalised_batch(photos.images[:8], model.visual.preprocess_cfg["mean"], model.visual.preprocess_cfg["std"])
     assert torch.allclose(fast, expected, atol=1e-5)
+
+
+def test_batched_reads_equal_image_by_image_reads_bit_for_bit(small_world, monkeypatch):
+    """WorldDataset.__getitems__ (what the DataLoader calls) converts a whole batch at once for a plain eval
+    transform; the tensors must be the ones the per-image PIL path gives, for both tiny CLIPs' transforms, and
+    any other transform (augmentation, another size) must take the per-image path."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+    from torch.utils.data import DataLoader, Subset
+
+    import datasets.world as world
+    from models.factory import create_clip
+
+    photos = sets.load_set(small_world, "small", 0, "photo")
+    indices = [5, 0, 17, 3, 199]
+    for arch in ("TinyCLIP", "TinyCLIP-Chars"):
+        _, preprocess, _ = create_clip(arch)
+        dataset = world.WorldDataset(photos, preprocess)
+        assert world.plain_normalisation(preprocess, (32, 32)) is not None
+        batch = dataset.__getitems__(indices)
+        for (image, label), i in zip(batch, indices):
+            expected, expected_label = dataset[i]
+            assert torch.equal(image, expected) and label == expected_label == int(photos.labels[i]), (arch, i)
+        loaded, labels = next(iter(DataLoader(Subset(dataset, indices), batch_size=len(indices))))
+        assert torch.equal(loaded, torch.stack([dataset[i][0] for i in indices])) and labels.tolist() == photos.labels[indices].tolist()
+    cfg = PreprocessCfg(size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    assert world.plain_normalisation(image_transform_v2(cfg, is_train=False), (32, 32)) == ([0.5] * 3, [0.25] * 3)
+    others = [image_transform_v2(cfg, is_train=True), image_transform_v2(PreprocessCfg(size=(224, 224)), is_train=False), None, str]
+    for transform in others:
+        assert world.plain_normalisation(transform, (32, 32)) is None
+    train = world.WorldDataset(photos, others[0])
+    calls = []
+    original = world.WorldDataset.__getitem__
+    monkeypatch.setattr(world.WorldDataset, "__getitem__", lambda self, i: calls.append(i) or original(self, i))
+    assert len(train.__getitems__(indices)) == len(indices) and calls == indices
