@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -109,3 +109,10 @@ class SeededExamples(Dataset):
             return self.dataset[index]
         with seeded_randomness(counter_seed(self.seed, epoch, index)):
             return self.dataset[index]
+
+    def __getitems__(self, keys: Sequence[tuple[int, int]]) -> list:
+        """A batch: without random augmentation, the dataset's own batched read if it has one (the embedded
+        world converts a batch at once); else example by example, each with its own seed."""
+        if not self.random_transform and hasattr(self.dataset, "__getitems__"):
+            return self.dataset.__getitems__([index for index, _ in keys])
+        return [self[key] for key in keys]

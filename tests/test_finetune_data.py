@@ -70,3 +70,30 @@ def test_seeding_leaves_the_callers_python_and_torch_streams_alone():
     torch.manual_seed(0)
     SeededExamples(RandomDraws(), seed=5)[(1, 1)]
     assert (random.random(), float(torch.rand(()))) == expected
+
+
+class BatchedReads(RandomDraws):
+    """Counts batched reads (each answers what item-by-item reads would)."""
+
+    def __init__(self):
+        self.batched = 0
+
+    def __getitems__(self, indices):
+        self.batched += 1
+        return [self[i] for i in indices]
+
+
+class Squares(BatchedReads):
+    def __getitem__(self, index: int):
+        return index * index
+
+
+def test_a_batch_is_read_at_once_only_without_random_augmentation():
+    keys = [(3, 0), (7, 0), (1, 1)]
+    plain = Squares()
+    assert SeededExamples(plain, seed=5, random_transform=False).__getitems__(keys) == [9, 49, 1]
+    assert plain.batched == 1  # the dataset's own batched read (the world's vectorised conversion)
+    augmented = BatchedReads()
+    data = SeededExamples(augmented, seed=5)
+    assert data.__getitems__(keys) == [data[key] for key in keys]  # each example under its own seed
+    assert augmented.batched == 0
