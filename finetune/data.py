@@ -111,8 +111,13 @@ class SeededExamples(Dataset):
             return self.dataset[index]
 
     def __getitems__(self, keys: Sequence[tuple[int, int]]) -> list:
-        """A batch: without random augmentation, the dataset's own batched read if it has one (the embedded
-        world converts a batch at once); else example by example, each with its own seed."""
+        """A batch through the dataset's own batched read where it has one (the embedded world converts a
+        batch at once): as is without random augmentation; with it, only where the read seeds each example
+        (`seeds_batched_reads`: it draws each example's augmentation inside the context given). Else example
+        by example, each under its own seed."""
+        indices = [index for index, _ in keys]
         if not self.random_transform and hasattr(self.dataset, "__getitems__"):
-            return self.dataset.__getitems__([index for index, _ in keys])
+            return self.dataset.__getitems__(indices)
+        if self.random_transform and getattr(self.dataset, "seeds_batched_reads", False):
+            return self.dataset.__getitems__(indices, around=lambda p: seeded_randomness(counter_seed(self.seed, keys[p][1], keys[p][0])))
         return [self[key] for key in keys]

@@ -162,3 +162,28 @@ def test_batched_reads_equal_image_by_image_reads_bit_for_bit(small_world, monke
     original = world.WorldDataset.__getitem__
     monkeypatch.setattr(world.WorldDataset, "__getitem__", lambda self, i: calls.append(i) or original(self, i))
     assert len(train.__getitems__(indices)) == len(indices) and calls == indices
+
+
+def test_augmented_batches_equal_seeded_image_by_image_reads(small_world):
+    """Fine-tuning with RandAugment: SeededExamples reads a batch through WorldDataset.__getitems__, which
+    draws each image's augmentation under that example's seed and normalises the batch at once; the tensors
+    must be those of the seeded image-by-image reads, bit for bit (an augmentation that changes the image's
+    size falls back to the whole transform per image, with the same seeds)."""
+    from torchvision import transforms
+
+    import datasets.world as world
+    from finetune.data import SeededExamples
+    from finetune.recipe import randaug_transform
+    from models.factory import create_clip
+
+    photos = sets.load_set(small_world, "small", 0, "train")
+    _, preprocess, _ = create_clip("TinyCLIP-Chars")
+    keys = [(5, 0), (0, 0), (17, 1), (5, 1), (999, 2)]
+    batches = []
+    for augment in (randaug_transform("rand-m9-n2", 32, (0.5, 0.5, 0.5)), transforms.Resize(40)):
+        dataset = world.WorldDataset(photos, transforms.Compose([augment, preprocess]))
+        seeded = SeededExamples(dataset, seed=3)
+        batches.append(seeded.__getitems__(keys))
+        expected = [seeded[key] for key in keys]
+        assert all(torch.equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(batches[-1], expected)), augment
+    assert not torch.equal(batches[0][0][0], batches[0][3][0])  # the same image in another epoch: another augmentation

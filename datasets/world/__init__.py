@@ -13,6 +13,7 @@ The three functions below are the suite interface that `datasets.train_set` etc.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -71,14 +72,52 @@ class WorldDataset(Dataset):
         image = Image.fromarray(self.images[index])
         return (self.transform(image) if self.transform else image), int(self.labels[index])
 
-    def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, int]]:
-        """A batch (the DataLoader asks for one at a time): with a plain evaluation transform, one vectorised
-        conversion (the same tensors as `__getitem__`, 50x faster); with any other, image by image."""
-        stats = plain_normalisation(self.transform, self.images.shape[1:3])
-        if stats is None:
-            return [self[int(i)] for i in indices]
-        batch = normalised_batch(self.images[np.asarray(indices, dtype=np.int64)], *stats)
+    # __getitems__ takes `around` (a context per example, for seeded augmentation; finetune.data.SeededExamples)
+    seeds_batched_reads = True
+
+    def __getitems__(self, indices: Sequence[int], around: Callable[[int], Any] | None = None) -> list[tuple[Any, int]]:
+        """A batch (the DataLoader asks for one at a time). When the transform ends with a plain evaluation
+        transform (an augmentation on the PIL image before it, or nothing), the augmentation runs image by
+        image (inside `around(position)`) and the conversion to normalised tensors once for the batch: the
+        same tensors as `__getitem__`, without a PIL round trip and a tensor op per image. Any other
+        transform: image by image."""
+        head, stats = split_plain_tail(self.transform, self.images.shape[1:3])
+        arrays = [] if stats is not None else None
+        for position, i in enumerate(indices):
+            if arrays is None:
+                break
+            if head is None:
+                arrays.append(self.images[int(i)])
+                continue
+            with around(position) if around is not None else contextlib.nullcontext():
+                image = head(Image.fromarray(self.images[int(i)]))
+            if not isinstance(image, Image.Image) or image.mode != "RGB" or image.size[::-1] != self.images.shape[1:3]:
+                arrays = None  # the augmentation changed size or mode: the whole transform, image by image
+            else:
+                arrays.append(np.asarray(image))
+        if arrays is None:
+            contexts = [around(p) if around is not None else contextlib.nullcontext() for p in range(len(indices))]
+            return [self._item(int(i), context) for i, context in zip(indices, contexts)]
+        batch = normalised_batch(np.stack(arrays), *stats)
         return [(image, int(self.labels[i])) for image, i in zip(batch, indices)]
+
+    def _item(self, index: int, context) -> tuple[Any, int]:
+        with context:
+            return self[index]
+
+
+def split_plain_tail(transform: Callable | None, size: tuple[int, int]) -> tuple[Callable | None, tuple | None]:
+    """(augmentation, (mean, std)) when `transform` is a plain evaluation transform (no augmentation) or
+    Compose([augmentation, plain evaluation transform]); (None, None) otherwise."""
+    stats = plain_normalisation(transform, size)
+    if stats is not None:
+        return None, stats
+    steps = getattr(transform, "transforms", None) if isinstance(transform, transforms.Compose) else None
+    if steps and len(steps) == 2:
+        stats = plain_normalisation(steps[1], size)
+        if stats is not None:
+            return steps[0], stats
+    return None, None
 
 
 def plain_normalisation(transform: Callable | None, size: tuple[int, int]) -> tuple[list[float], list[float]] | None:
