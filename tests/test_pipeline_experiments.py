@@ -16,91 +16,107 @@ from models.errors import UserError
 from pipeline.steps import experiment_steps, seeds_steps
 
 # Captured from commit cc12bca (pipeline/steps.py with each experiment's steps in `if experiment == ...`
-# branches): (name, estimate_s, command) of every step, for every experiment and the calls below.
+# branches): (name, estimate_s, command) of every step, for every experiment and the calls below. The demo's
+# since: WiSE-FT in its own step (5 values of alpha) and the estimates of a fresh-clone run (8:05).
 CAPTURED = {
     "demo": [
-        ("world, foundation and zero-shot table", 12, "python -m datasets.world experiment=demo"),
+        ("world, foundation and zero-shot table", 11, "python -m datasets.world experiment=demo"),
         (
             "zero-shot and LP inits",
-            14,
+            15,
             "python -m finetune -m experiment=demo finetune.epochs=0 finetune.init=zeroshot,lp hydra.sweep.dir=runs/demo/inits 'hydra.sweep.subdir=${finetune.init}'",
         ),
-        ("fine-tuning sweep", 102, "python -m finetune -m experiment=demo sweep=demo finetune.threads=null"),
+        ("fine-tuning sweep", 139, "python -m finetune -m experiment=demo sweep=demo finetune.threads=null"),
         (
             "eval of the inits and every fine-tuned model",
-            57,
+            111,
             "python -m eval experiment=demo 'checkpoints=[runs/demo/inits,runs/demo/finetune]' run_name=individuals",
         ),
         (
-            "soups, ensembles, WiSE-FT and Model Stock (+ their eval)",
-            160,
-            "python -m soups -m experiment=demo soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble,wise_ft,model_stock ingredients=runs/demo/finetune ++soup.init=runs/demo/inits/lp/model.safetensors",
+            "soups, ensembles and Model Stock (+ their eval)",
+            91,
+            "python -m soups -m experiment=demo soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble,model_stock ingredients=runs/demo/finetune ++soup.init=runs/demo/inits/lp/model.safetensors",
         ),
-        ("tables and figures from the records", 3, "python -m plots experiment=demo results=runs/demo out=results/demo"),
+        (
+            "WiSE-FT of the uniform soup, 5 values of alpha (+ their eval)",
+            45,
+            "python -m soups experiment=demo soup=wise_ft 'soup.alphas=[0.0,0.25,0.5,0.75,1.0]' ingredients=runs/demo/finetune soup.init=runs/demo/inits/lp/model.safetensors",
+        ),
+        ("tables and figures from the records", 21, "python -m plots experiment=demo results=runs/demo out=results/demo"),
         (
             "figures from checkpoints (landscape, angles, soup vs ensemble)",
-            95,
+            52,
             "python -m plots experiment=demo results=runs/demo figure=checkpoints out=results/demo",
         ),
     ],
     "demo_user": [
-        ("world, foundation and zero-shot table", 12, "python -m datasets.world experiment=demo"),
+        ("world, foundation and zero-shot table", 11, "python -m datasets.world experiment=demo"),
         (
             "zero-shot and LP inits",
-            14,
+            15,
             "python -m finetune -m experiment=demo finetune.epochs=0 finetune.init=zeroshot,lp hydra.sweep.dir=runs/x/inits 'hydra.sweep.subdir=${finetune.init}' name=x finetune.lr=1e-3",
         ),
         (
             "fine-tuning sweep",
-            102,
+            139,
             "python -m finetune -m experiment=demo sweep=paper_random finetune.threads=null name=x finetune.lr=1e-3",
         ),
         (
             "eval of the inits and every fine-tuned model",
-            57,
+            111,
             "python -m eval experiment=demo 'checkpoints=[runs/x/inits,runs/x/finetune]' run_name=individuals name=x finetune.lr=1e-3",
         ),
         (
-            "soups, ensembles, WiSE-FT and Model Stock (+ their eval)",
-            160,
-            "python -m soups -m experiment=demo soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble,wise_ft,model_stock ingredients=runs/x/finetune ++soup.init=runs/x/inits/lp/model.safetensors name=x finetune.lr=1e-3",
+            "soups, ensembles and Model Stock (+ their eval)",
+            91,
+            "python -m soups -m experiment=demo soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble,model_stock ingredients=runs/x/finetune ++soup.init=runs/x/inits/lp/model.safetensors name=x finetune.lr=1e-3",
+        ),
+        (
+            "WiSE-FT of the uniform soup, 5 values of alpha (+ their eval)",
+            45,
+            "python -m soups experiment=demo soup=wise_ft 'soup.alphas=[0.0,0.25,0.5,0.75,1.0]' ingredients=runs/x/finetune soup.init=runs/x/inits/lp/model.safetensors name=x finetune.lr=1e-3",
         ),
         (
             "tables and figures from the records",
-            3,
+            21,
             "python -m plots experiment=demo results=runs/x out=results/demo name=x finetune.lr=1e-3",
         ),
         (
             "figures from checkpoints (landscape, angles, soup vs ensemble)",
-            95,
+            52,
             "python -m plots experiment=demo results=runs/x figure=checkpoints out=results/demo name=x finetune.lr=1e-3",
         ),
     ],
     "demo_seed1": [
-        ("world, foundation and zero-shot table", 12, "python -m datasets.world experiment=demo"),
+        ("world, foundation and zero-shot table", 11, "python -m datasets.world experiment=demo"),
         (
             "zero-shot and LP inits",
-            14,
+            15,
             "python -m finetune -m experiment=demo finetune.epochs=0 finetune.init=zeroshot,lp hydra.sweep.dir=runs/demo_seeds/seed1/demo/inits 'hydra.sweep.subdir=${finetune.init}' paths.runs=runs/demo_seeds/seed1",
         ),
         (
             "fine-tuning sweep",
-            102,
+            139,
             "python -m finetune -m experiment=demo sweep=demo sweep.seed=1 finetune.threads=null paths.runs=runs/demo_seeds/seed1",
         ),
         (
             "eval of the inits and every fine-tuned model",
-            57,
+            111,
             "python -m eval experiment=demo 'checkpoints=[runs/demo_seeds/seed1/demo/inits,runs/demo_seeds/seed1/demo/finetune]' run_name=individuals paths.runs=runs/demo_seeds/seed1",
         ),
         (
-            "soups, ensembles, WiSE-FT and Model Stock (+ their eval)",
-            160,
-            "python -m soups -m experiment=demo soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble,wise_ft,model_stock ingredients=runs/demo_seeds/seed1/demo/finetune ++soup.init=runs/demo_seeds/seed1/demo/inits/lp/model.safetensors paths.runs=runs/demo_seeds/seed1",
+            "soups, ensembles and Model Stock (+ their eval)",
+            91,
+            "python -m soups -m experiment=demo soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble,model_stock ingredients=runs/demo_seeds/seed1/demo/finetune ++soup.init=runs/demo_seeds/seed1/demo/inits/lp/model.safetensors paths.runs=runs/demo_seeds/seed1",
+        ),
+        (
+            "WiSE-FT of the uniform soup, 5 values of alpha (+ their eval)",
+            45,
+            "python -m soups experiment=demo soup=wise_ft 'soup.alphas=[0.0,0.25,0.5,0.75,1.0]' ingredients=runs/demo_seeds/seed1/demo/finetune soup.init=runs/demo_seeds/seed1/demo/inits/lp/model.safetensors paths.runs=runs/demo_seeds/seed1",
         ),
         (
             "tables and figures from the records",
-            3,
+            21,
             "python -m plots experiment=demo results=runs/demo_seeds/seed1/demo out=runs/demo_seeds/seed1/results paths.runs=runs/demo_seeds/seed1",
         ),
     ],
