@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_module
+from conftest import REPO, run_in_process, run_module
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -160,6 +160,7 @@ def test_a_typo_or_a_wrong_type_is_one_line_exit_2_before_any_work(case, tmp_pat
     stage, overrides, phrases = CLI_CASES[case]
     runs = tmp_path / "runs"
     env = {"MODEL_SOUPS_RUNS": str(runs), "MODEL_SOUPS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    result = run_module(stage, *overrides, "ingredients=[]" if stage == "soups" else "data.scale=small", "device=cpu", env=env)
+    run = run_module if case == "finetune_nested_type" else run_in_process  # one as the real `python -m` command
+    result = run(stage, *overrides, "ingredients=[]" if stage == "soups" else "data.scale=small", "device=cpu", env=env)
     assert_refused(result, *phrases)
     assert not runs.exists()  # refused before the run folder was made
