@@ -25,7 +25,7 @@ from pathlib import Path
 
 from models.atomic import write_text_atomic
 from models.errors import UserError
-from pipeline.steps import experiment_steps, seeds_steps, split_overrides, time_left
+from pipeline.steps import experiment_steps, resumed, seeds_steps, split_overrides, time_left
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return result.returncode
-        timings[step.name] = timed_now[step.name] = round(time.monotonic() - step_start, 1)
-        write_text_atomic(timings_path, json.dumps(timings, indent=1))
+        timed_now[step.name] = round(time.monotonic() - step_start, 1)
+        if not resumed(timed_now[step.name], step.estimate_s):  # a skip keeps the step's real timing
+            timings[step.name] = timed_now[step.name]
+            write_text_atomic(timings_path, json.dumps(timings, indent=1))
     # ru_maxrss of waited-for children: the largest single stage process (KiB on Linux).
     peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     print(

@@ -46,6 +46,9 @@ def test_time_left_scales_untimed_estimates_by_this_machines_pace():
     assert time_left(steps, 1, {"b": 40.0}, {"a": 50.0}) == 40.0 + 2.5 * 30.0
     # A rerun that skips finished work sets no pace: "a" was timed before, so it stays at 1.
     assert time_left(steps, 1, {"a": 20.0, "b": 3.0}, {"a": 1.0}) == 3.0 + 30.0
+    # Nor does one never timed before (seed 0's steps in a --seeds run after make demo): 1 s of a 20 s
+    # estimate is a skip, so the estimates stand (it would have made the pace 0.05).
+    assert time_left(steps, 1, {}, {"a": 1.0}) == 130.0
 
 
 def test_print_lists_the_commands():
