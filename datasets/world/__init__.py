@@ -80,30 +80,31 @@ class WorldDataset(Dataset):
         transform (an augmentation on the PIL image before it, or nothing), the augmentation runs image by
         image (inside `around(position)`) and the conversion to normalised tensors once for the batch: the
         same tensors as `__getitem__`, without a PIL round trip and a tensor op per image. Any other
-        transform: image by image."""
-        head, stats = split_plain_tail(self.transform, self.images.shape[1:3])
-        arrays = [] if stats is not None else None
-        for position, i in enumerate(indices):
-            if arrays is None:
-                break
-            if head is None:
-                arrays.append(self.images[int(i)])
-                continue
-            with around(position) if around is not None else contextlib.nullcontext():
-                image = head(Image.fromarray(self.images[int(i)]))
-            if not isinstance(image, Image.Image) or image.mode != "RGB" or image.size[::-1] != self.images.shape[1:3]:
-                arrays = None  # the augmentation changed size or mode: the whole transform, image by image
-            else:
-                arrays.append(np.asarray(image))
-        if arrays is None:
-            contexts = [around(p) if around is not None else contextlib.nullcontext() for p in range(len(indices))]
-            return [self._item(int(i), context) for i, context in zip(indices, contexts)]
-        batch = normalised_batch(np.stack(arrays), *stats)
-        return [(image, int(self.labels[i])) for image, i in zip(batch, indices)]
+        transform, or an augmentation that changes the image's size or mode: image by image."""
 
-    def _item(self, index: int, context) -> tuple[Any, int]:
-        with context:
-            return self[index]
+        def context(position: int):
+            return around(position) if around is not None else contextlib.nullcontext()
+
+        head, stats = split_plain_tail(self.transform, self.images.shape[1:3])
+        if stats is not None:
+            arrays = []
+            for position, i in enumerate(indices):
+                image = self.images[int(i)]
+                if head is not None:
+                    with context(position):
+                        augmented = head(Image.fromarray(image))
+                    if not isinstance(augmented, Image.Image) or augmented.mode != "RGB" or augmented.size[::-1] != image.shape[:2]:
+                        break
+                    image = np.asarray(augmented)
+                arrays.append(image)
+            else:
+                batch = normalised_batch(np.stack(arrays), *stats)
+                return [(tensor, int(self.labels[i])) for tensor, i in zip(batch, indices)]
+        items = []
+        for position, i in enumerate(indices):
+            with context(position):
+                items.append(self[int(i)])
+        return items
 
 
 def split_plain_tail(transform: Callable | None, size: tuple[int, int]) -> tuple[Callable | None, tuple | None]:
@@ -129,8 +130,8 @@ def plain_normalisation(transform: Callable | None, size: tuple[int, int]) -> tu
         return None
     for step in steps[:-1]:
         if type(step) in (transforms.Resize, transforms.CenterCrop):
-            wanted = [step.size] * 2 if isinstance(step.size, int) else list(step.size) * (2 if len(step.size) == 1 else 1)
-            if tuple(wanted) != tuple(size) or getattr(step, "max_size", None) is not None:
+            wanted = (step.size, step.size) if isinstance(step.size, int) else tuple(step.size) * (2 if len(step.size) == 1 else 1)
+            if wanted != tuple(size) or getattr(step, "max_size", None) is not None:
                 return None
         elif type(step) is MaybeConvertMode:
             if step.mode != "RGB":
