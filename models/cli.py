@@ -52,6 +52,8 @@ RUN_CONFIG_FILE = "run_config.json"  # the resolved config a run folder belongs 
 IDENTITY_IGNORES = ("force", "paths", "out", "pipeline")
 # Set by SweepNaming in the launching process: the keys the multirun sweeps over (comma-separated).
 SWEPT_KEYS_ENV = "MODEL_SOUPS_SWEPT_KEYS"
+# Set by `python -m pipeline` for each step: a file where every run appends its outcome (`report_outcome`).
+OUTCOMES_ENV = "MODEL_SOUPS_OUTCOMES"
 MAX_NAME = 96
 UNSAFE_IN_NAMES = re.compile(r"[/,=\s]")  # path separators, and what Hydra would split an override on
 
@@ -278,6 +280,15 @@ def _fail(out: Path, err: UserError, write_failed: bool = True) -> None:
     sys.exit(2)
 
 
+def report_outcome(outcome: str, where: Path | str) -> None:
+    """Tell `python -m pipeline` (when it runs this process) whether a run found its work finished
+    ('skip') or did it ('run'): a step whose runs all skipped sets no pace for the time left."""
+    path = os.environ.get(OUTCOMES_ENV)
+    if path:
+        with open(path, "a") as handle:
+            handle.write(f"{outcome} {where}\n")
+
+
 def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig, resumable: bool) -> Any:
     out = output_dir()
     done = out / DONE_FILE
@@ -293,6 +304,7 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig, resumable: bool
         if action == "skip":
             (out / FAILED_FILE).unlink(missing_ok=True)  # a refused launch's note; the finished run stands
             log.info("skipping %s: already finished with this config (DONE exists; pass force=true to rerun)", out)
+            report_outcome("skip", out)
             return None
         if action == "clean":
             log.info("force=true: removing the earlier outputs in %s", out)
@@ -316,6 +328,7 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig, resumable: bool
         raise
     if resumable:
         write_text_atomic(done, config_hash(config) + "\n")
+        report_outcome("run", out)
     return result
 
 

@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 
 from models.atomic import write_text_atomic
+from models.cli import OUTCOMES_ENV
 from models.errors import UserError
-from pipeline.steps import experiment_steps, resumed, seeds_steps, split_overrides, time_left
+from pipeline.steps import experiment_steps, found_finished, seeds_steps, split_overrides, time_left
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,7 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         step_start = time.monotonic()
         argv = [sys.executable if a == "python" else a for a in step.argv]
-        result = subprocess.run(argv, cwd=ROOT)
+        outcomes_path = timings_path.parent / ".step_outcomes"  # each run of the step appends skip|run
+        outcomes_path.parent.mkdir(parents=True, exist_ok=True)
+        outcomes_path.write_text("")
+        result = subprocess.run(argv, cwd=ROOT, env={**os.environ, OUTCOMES_ENV: str(outcomes_path)})
+        outcomes = outcomes_path.read_text()
+        outcomes_path.unlink()
         if result.returncode == 2:  # a user's mistake: the stage has said why in one line; nothing was kept
             return 2
         if result.returncode != 0:
@@ -98,9 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return result.returncode
-        timed_now[step.name] = round(time.monotonic() - step_start, 1)
-        if not resumed(timed_now[step.name], step.estimate_s):  # a skip keeps the step's real timing
-            timings[step.name] = timed_now[step.name]
+        if not found_finished(outcomes):  # a step that skipped finished work keeps its real timing and sets no pace
+            timed_now[step.name] = timings[step.name] = round(time.monotonic() - step_start, 1)
             write_text_atomic(timings_path, json.dumps(timings, indent=1))
     # ru_maxrss of waited-for children: the largest single stage process (KiB on Linux).
     peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20

@@ -206,25 +206,24 @@ def seeds_steps(experiment: str, seeds: list[int], runs: str = "runs", cache: st
     return steps
 
 
-def resumed(seconds: float, estimate_s: float) -> bool:
-    """A step that took under a tenth of its 2-core estimate found its runs finished (a resumed or repeated
-    run skips them): its time says nothing about this machine's pace, and is not recorded as its timing."""
-    return seconds < 0.1 * estimate_s
+def found_finished(outcomes: str) -> bool:
+    """Whether a step found its work finished, from what its runs reported (`models.cli.report_outcome`,
+    one `skip|run FOLDER` line each): every run skipped. A step with no resumable run did its work."""
+    kinds = [line.split(" ", 1)[0] for line in outcomes.splitlines() if line]
+    return bool(kinds) and all(kind == "skip" for kind in kinds)
 
 
 def time_left(steps: list[Step], start: int, timings: dict[str, float], timed_now: dict[str, float]) -> float:
     """Seconds left for steps[start:].
 
     A step this machine has timed before (`timings`) counts at that time. The others count at their
-    recorded 2-core estimate, scaled by this machine's pace so far: the measured time of the steps run
-    in this invocation without an earlier timing (`timed_now`), over their estimates; steps that skipped
-    finished work (`resumed`) set no pace. On a host twice as slow as the one the estimates come from,
-    the time left doubles once the first such step is done.
+    recorded 2-core estimate, scaled by this machine's pace so far: the measured time of the steps that
+    did work in this invocation without an earlier timing (`timed_now`; the caller leaves out steps that
+    found their work finished), over their estimates. On a host twice as slow as the one the estimates
+    come from, the time left doubles once the first such step is done.
     """
     estimates = {s.name: s.estimate_s for s in steps}
-    paced = [
-        name for name in timed_now if name not in timings and estimates.get(name, 0) > 0 and not resumed(timed_now[name], estimates[name])
-    ]
+    paced = [name for name in timed_now if name not in timings and estimates.get(name, 0) > 0]
     planned = sum(estimates[name] for name in paced)
     pace = sum(timed_now[name] for name in paced) / planned if planned >= 10 else 1.0
     return sum(timings.get(s.name, s.estimate_s * pace) for s in steps[start:])

@@ -9,7 +9,7 @@ import torch
 from conftest import run_module
 
 from models.checkpoint import load_checkpoint, read_meta
-from pipeline.steps import Step, experiment_steps, time_left
+from pipeline.steps import Step, experiment_steps, found_finished, time_left
 
 
 def stage_of(argv: tuple[str, ...]) -> str:
@@ -44,11 +44,24 @@ def test_time_left_scales_untimed_estimates_by_this_machines_pace():
     assert time_left(steps, 1, {}, {"a": 50.0}) == 325.0
     # A step timed on this machine before counts at that time, unscaled; the pace comes from "a" only.
     assert time_left(steps, 1, {"b": 40.0}, {"a": 50.0}) == 40.0 + 2.5 * 30.0
-    # A rerun that skips finished work sets no pace: "a" was timed before, so it stays at 1.
-    assert time_left(steps, 1, {"a": 20.0, "b": 3.0}, {"a": 1.0}) == 3.0 + 30.0
-    # Nor does one never timed before (seed 0's steps in a --seeds run after make demo): 1 s of a 20 s
-    # estimate is a skip, so the estimates stand (it would have made the pace 0.05).
-    assert time_left(steps, 1, {}, {"a": 1.0}) == 130.0
+    # Steps that found their work finished are left out of timed_now by the caller (found_finished).
+
+
+def test_a_step_found_its_work_finished_only_when_every_run_skipped():
+    # what the runs of a step append (models.cli.report_outcome), never how long the step took
+    assert found_finished("skip runs/a/model_0\nskip runs/a/model 1\n")
+    assert not found_finished("skip runs/a/model_0\nrun runs/a/model_1\n")  # a grown sweep trains its new job
+    assert not found_finished("")  # no resumable run (plots): the step did its work
+
+
+def test_report_outcome_appends_to_the_pipelines_file(tmp_path, monkeypatch):
+    from models.cli import OUTCOMES_ENV, report_outcome
+
+    report_outcome("skip", "nowhere")  # outside the pipeline: nothing is written, nothing fails
+    monkeypatch.setenv(OUTCOMES_ENV, str(tmp_path / "outcomes"))
+    report_outcome("skip", tmp_path / "a b")
+    report_outcome("run", tmp_path / "c")
+    assert (tmp_path / "outcomes").read_text() == f"skip {tmp_path}/a b\nrun {tmp_path}/c\n"
 
 
 def test_print_lists_the_commands():

@@ -26,6 +26,7 @@ from datasets.world.sets import build_world, load_set
 from models.atomic import atomic_path, write_text_atomic
 from models.checkpoint import sha256_prefix
 from models.classifier import classifier_from_clip, zeroshot_head_weight
+from models.cli import report_outcome
 from models.errors import UserError
 from models.evaluate import accuracies
 from models.factory import create_clip, get_tokenizer
@@ -163,6 +164,7 @@ def zero_shot_table(cfg: Any) -> dict[str, float]:
         write_sample_grid(grid, root, scale, seed, version)
     if fresh:
         log.info("zero-shot table cached in %s", summary_path)
+        report_outcome("skip", summary_path)
         return cached["top1"]
     torch.set_num_threads(int(cfg.pretrain.threads))
     model, preprocess, tokenizer = create_clip(cfg.model.arch, pretrained=str(foundation))
