@@ -29,13 +29,13 @@ import torch
 from torch.utils.data import Dataset
 
 from datasets import ClassInfo, EvalSet, set_names
+from datasets.imagenet_classes import NUM_CLASSES, imagenet_wnids, official_subset_wnids
 from datasets.imagenet_folders import ImageFiles, Sample, check_known_folders, folder_samples, layout_error, require_dir, subfolders
 from datasets.imagenet_objectnet import BORDER_PX, MaxOverMapped, read_mappings
 from datasets.imagenet_split import OFFICIAL_PER_CLASS, heldout_mask, load_official_mask, mask_sha256
 from models.errors import UserError
 
 CLASSES_ID = "imagenet1k"
-NUM_CLASSES = 1000
 DEFAULT_DIRS = {
     "train": "imagenet/train",
     "val": "imagenet/val",
@@ -45,27 +45,6 @@ DEFAULT_DIRS = {
     "ImageNetA": "imagenet-a",
     "ObjectNet": "objectnet-1.0",
 }
-
-
-@functools.cache
-def imagenet_wnids() -> tuple[str, ...]:
-    """The 1000 ImageNet-1k wnids in the standard (sorted) class order; timm ships the list."""
-    from timm.data import ImageNetInfo
-
-    wnids = tuple(ImageNetInfo("imagenet-1k").label_names())
-    assert len(wnids) == NUM_CLASSES and list(wnids) == sorted(wnids)
-    return wnids
-
-
-@functools.cache
-def official_subset_wnids(set_name: str) -> frozenset[str]:
-    """The official 200 wnids of ImageNet-R or ImageNet-A (Hendrycks et al.), from the lists timm ships."""
-    import pkgutil
-
-    name = {"ImageNetR": "imagenet_r_synsets.txt", "ImageNetA": "imagenet_a_synsets.txt"}[set_name]
-    wnids = frozenset(pkgutil.get_data("timm.data", f"_info/{name}").decode().split())
-    assert len(wnids) == 200 and wnids <= set(imagenet_wnids())
-    return wnids
 
 
 def class_info(data_cfg: Any) -> ClassInfo:
@@ -214,7 +193,7 @@ BUILDERS: dict[str, Callable[[Any, Callable], tuple[Dataset, list[str], Callable
 
 def relabellings(data_cfg: Any, eval_cfg: Any, eval_set: EvalSet) -> list:
     """ImageNet val's ReaL and multilabel scores (datasets/imagenet_relabel.py)."""
-    from datasets.imagenet_relabel import id_relabellings  # it reads imagenet_wnids from this module
+    from datasets.imagenet_relabel import id_relabellings  # imported here: its JSON readers are needed for val only
 
     return id_relabellings(eval_cfg, eval_set)
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from datasets.imagenet_classes import imagenet_wnids
 from models.errors import UserError
 from models.sets import EvalSet, RelabelScore
 
@@ -116,8 +117,6 @@ def read_multilabel(path: str) -> tuple[dict[str, frozenset[int]], frozenset[str
 
     Entries of other sets (ImageNetV2 images are annotated in the same file) are ignored.
     """
-    from datasets.imagenet import imagenet_wnids
-
     file = Path(path)
     if not file.is_file():
         raise multilabel_error(file, "file not found")

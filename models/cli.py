@@ -38,15 +38,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from models.atomic import write_text_atomic
 from models.errors import UserError
+from models.run_files import DONE_FILE, FAILED_FILE, RESULTS_FILE, RUN_CONFIG_FILE
 from models.schemas import register_configs
 
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = PROJECT_ROOT / "conf"
-DONE_FILE = "DONE"
-FAILED_FILE = "FAILED"
-RUN_CONFIG_FILE = "run_config.json"  # the resolved config a run folder belongs to
 # Not part of a run's identity: where things live (a moved checkout still matches), the rerun switch, and
 # the experiment's sequence of stage commands (python -m pipeline), which no stage reads.
 IDENTITY_IGNORES = ("force", "paths", "out", "pipeline")
@@ -309,8 +307,6 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig, resumable: bool
         if action == "clean":
             log.info("force=true: removing the earlier outputs in %s", out)
             _clear_folder(out)
-        from models.results import RESULTS_FILE  # imported here: pandas is not needed for --help
-
         (out / RESULTS_FILE).unlink(missing_ok=True)  # an unfinished attempt's records are never valid
         write_text_atomic(out / RUN_CONFIG_FILE, json.dumps(config, indent=1, sort_keys=True, default=str) + "\n")
     _save_hydra_files(out, cfg)

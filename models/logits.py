@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from models.atomic import atomic_path
 from models.checkpoint import read_tensors
+from models.run_files import DONE_FILE
 
 LOGITS_DIR = "logits"
 
@@ -30,7 +31,7 @@ def save_logits(out: str | os.PathLike, model_id: str, dataset: str, logits: tor
 def find_logits(root: str | os.PathLike) -> dict[tuple[str, str], Path]:
     """(model_id, set) -> file, for the finished runs (their folder holds DONE) under `root`; the latest file wins."""
     found: dict[tuple[str, str], Path] = {}
-    files = [p for p in Path(root).rglob(f"{LOGITS_DIR}/*/*.safetensors") if (p.parent.parent.parent / "DONE").exists()]
+    files = [p for p in Path(root).rglob(f"{LOGITS_DIR}/*/*.safetensors") if (p.parent.parent.parent / DONE_FILE).exists()]
     for path in sorted(files, key=lambda p: p.stat().st_mtime):
         found[(path.parent.name, path.stem)] = path
     return found

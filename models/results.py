@@ -22,10 +22,10 @@ import pandas as pd
 
 from models.atomic import write_text_atomic
 from models.errors import UserError
+from models.run_files import DONE_FILE, RESULTS_FILE
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.jsonl"
 ROLES = ("heldout", "id", "shift", "id_relabel")  # id_relabel: the id set under other labels (ImageNet-ReaL, multilabel)
 REQUIRED_FIELDS = ("model_id", "kind", "dataset", "role", "top1", "n")
 
@@ -129,8 +129,6 @@ def load_results(root: str | os.PathLike) -> pd.DataFrame:
     A run's records count only once the run has finished: a results.jsonl whose folder lacks `DONE`
     (a killed, failed or running job) is skipped with a warning.
     """
-    from models.cli import DONE_FILE
-
     root = Path(root)
     if not root.exists():
         raise UserError(f"{root}: results folder not found")

@@ -141,12 +141,32 @@ class Recipe:
     progress: bool = True  # tqdm bar with images/s
 
 
+@dataclasses.dataclass
+class PretrainConfig:
+    """`python -m datasets.world task=pretrain`: the tiny CLIP's contrastive pretraining on the world's corpus
+    (conf/world.yaml's `pretrain:` starts from this class; datasets/world/pretrain.py runs it)."""
+
+    steps: int = 1500
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    seed: int = 0
+    shift_px: int = 2  # random translation augmentation, in pixels (0 = off)
+    time_budget_s: float | None = None  # stop early (for quick probes); None = run all steps
+    resume_file: str | None = None  # a killed pretraining resumes from here (saved every `checkpoint_every` steps)
+    checkpoint_every: int = 250
+    save_dtype: str = "float32"  # the written weights' dtype: float32 | float16
+    threads: int = 1  # fixed, so the CPU run is bit-for-bit reproducible (and no thread stalls on a shared machine)
+
+
 SCHEMA_NODES = {  # ConfigStore group/name -> dataclass; conf/ refers to them as /schema/<group>@_here_: <name>
     ("schema/soup", "common"): SoupParams,
     ("schema/soup", "greedy"): GreedyParams,
     ("schema/soup", "learned"): LearnedParams,
     ("schema/soup", "wise_ft"): WiseFTParams,
     ("schema/finetune", "recipe"): Recipe,
+    ("schema/world", "pretrain"): PretrainConfig,
 }
 
 

@@ -12,7 +12,7 @@ from matplotlib import patheffects
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from plots.methods import INIT_KINDS, MODEL_ID_ROWS, style
+from plots.methods import INIT_KINDS, model_id_rows, style
 from plots.render import new_figure
 from plots.table import AVG, HELDOUT, ID, SetNames, individuals, method_mask
 
@@ -40,7 +40,7 @@ def fig1_accuracy_vs_robustness(models: pd.DataFrame, sets: SetNames) -> Figure:
     """Fig. 1: id accuracy against avg-shift accuracy for every fine-tuned model, the inits, each soup and ensemble."""
     fig, (ax,) = new_figure(width=8, height=6)
     # Legend order as the official figure: soups first, then the init, then the cloud of fine-tuned models.
-    for row in reversed(MODEL_ID_ROWS):
+    for row in reversed(model_id_rows()):
         found = models[method_mask(models, row)]
         if len(found):
             _scatter(ax, row, found[ID] * PERCENT, found[AVG] * PERCENT, zorder=5)

@@ -1,45 +1,20 @@
-"""The one table of methods: which records make each table row, and how each method is drawn.
+"""Which records make each table row, and how each row is drawn.
 
-Every figure takes its colour, marker and label from `STYLES`, so a method looks the same everywhere.
-Row names follow the soups stage's `model_id`s (soups/): `uniform_soup`, `greedy_soup`, ... .
+The soup methods' rows, labels and styles come from their declaration (soups/registry.py); the rows picked
+among the individual models are declared here. Every figure takes its colour, marker and label from
+`style`, so a method looks the same everywhere.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
+from soups.registry import Row
 
-@dataclasses.dataclass(frozen=True)
-class Style:
-    label: str
-    color: str
-    marker: str
-    size: float = 140.0  # scatter marker area (pt^2)
-
-
-# Table rows, in the paper's order (its ViT-B/32 table, Wortsman et al. 2022), then later methods.
-ROWS: tuple[str, ...] = (
-    "zeroshot",
-    "lp_init",
-    "best_individual",
-    "second_best_individual",
-    "oracle",
-    "uniform_soup",
-    "greedy_soup",
-    "greedy_soup_random_order",
-    "learned_soup",
-    "learned_soup_by_layer",
-    "ensemble",
-    "greedy_ensemble",
-    "wise_ft",
-    "model_stock",
-)
-
-# Rows that are one method's records each, found by `kind` (the soups stage names its row there) or model_id;
-# the others are picked among the individual models (or, for wise_ft, among its α grid).
-PICKED_ROWS = frozenset({"zeroshot", "lp_init", "best_individual", "second_best_individual", "oracle", "wise_ft"})
-MODEL_ID_ROWS: tuple[str, ...] = tuple(row for row in ROWS if row not in PICKED_ROWS)
+# Rows chosen among the individual models (or computed from them), before the soup methods' rows.
+PICKED_BEFORE: tuple[str, ...] = ("zeroshot", "lp_init", "best_individual", "second_best_individual", "oracle")
+# Rows picked among one method's several records (WiSE-FT's α grid) rather than found by kind alone.
+PICKED_ROWS = frozenset({*PICKED_BEFORE, "wise_ft"})
 
 # Record `kind` -> role of the model among the individual models.
 INIT_KINDS = {"zeroshot": "zeroshot", "lp": "lp_init"}
@@ -47,28 +22,42 @@ INDIVIDUAL_KIND = "individual"
 WISE_FT_KIND = "wise_ft"
 WISE_FT_DEFAULT_ALPHA = 0.5  # the WiSE-FT paper's default mixing coefficient; the table row uses it
 
-# The official Figure 1's choices for the four methods it shows (mlfoundations/model-soups main.py), kept.
-STYLES: dict[str, Style] = {
-    "individual": Style("Fine-tuned models (various hyperparameters)", "C2", "d", 110),
-    "zeroshot": Style("Initialization (zero-shot)", "black", "p", 150),
-    "lp_init": Style("Initialization (LP)", "slategray", "h", 150),
-    "best_individual": Style("Best individual (held-out)", "C2", "D", 150),
-    "second_best_individual": Style("Second-best individual (held-out)", "C2", "d", 110),
-    "oracle": Style("Oracle (best per test set)", "gray", "x", 110),
-    "uniform_soup": Style("Uniform soup", "C0", "o", 200),
-    "greedy_soup": Style("Greedy soup", "C4", "*", 400),
-    "greedy_soup_random_order": Style("Greedy soup (random order)", "C9", "P", 200),
-    "learned_soup": Style("Learned soup", "C1", "s", 170),
-    "learned_soup_by_layer": Style("Learned soup (by layer)", "C3", "v", 180),
-    "ensemble": Style("Ensemble", "C5", "^", 180),
-    "greedy_ensemble": Style("Greedy ensemble", "C6", ">", 180),
-    "wise_ft": Style("WiSE-FT", "C8", "X", 170),
-    "model_stock": Style("Model Stock", "teal", "8", 170),
+# The individual models' looks; the soup methods declare theirs with the method (soups/registry.py). The
+# official Figure 1's choices for the four methods it shows (mlfoundations/model-soups main.py), kept.
+INDIVIDUAL_STYLES: dict[str, Row] = {
+    row.name: row
+    for row in (
+        Row("individual", "Fine-tuned models (various hyperparameters)", "C2", "d", 110),
+        Row("zeroshot", "Initialization (zero-shot)", "black", "p", 150),
+        Row("lp_init", "Initialization (LP)", "slategray", "h", 150),
+        Row("best_individual", "Best individual (held-out)", "C2", "D", 150),
+        Row("second_best_individual", "Second-best individual (held-out)", "C2", "d", 110),
+        Row("oracle", "Oracle (best per test set)", "gray", "x", 110),
+    )
 }
 
 
-def style(method: str) -> Style:
-    return STYLES.get(method, Style(method, "dimgray", "o"))
+def method_rows() -> tuple[Row, ...]:
+    """The rows the registered soup methods make, in registration order (the paper's, then later methods)."""
+    from soups.methods import all_methods
+
+    return tuple(row for method in all_methods().values() for row in method.rows)
+
+
+def table_rows() -> tuple[str, ...]:
+    """Table rows, in the paper's order (its ViT-B/32 table, Wortsman et al. 2022), then later methods."""
+    return PICKED_BEFORE + tuple(row.name for row in method_rows())
+
+
+def model_id_rows() -> tuple[str, ...]:
+    """Rows that are one method's records each, found by `kind` (the soups stage names its row there) or model_id."""
+    return tuple(row for row in table_rows() if row not in PICKED_ROWS)
+
+
+def style(method: str) -> Row:
+    """How every figure draws a row: its colour, marker and label (a method looks the same everywhere)."""
+    found = INDIVIDUAL_STYLES.get(method) or next((row for row in method_rows() if row.name == method), None)
+    return found or Row(method, method, "dimgray", "o", 140.0)
 
 
 _ALPHA = re.compile(r"alpha[_=]?([0-9]*\.?[0-9]+)")

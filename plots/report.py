@@ -15,7 +15,7 @@ from models.errors import UserError
 from models.results import json_lines
 from plots import figures
 from plots.inputs import preferred_shift_order
-from plots.methods import ROWS
+from plots.methods import table_rows
 from plots.render import save_figure
 from plots.table import (
     AVG,
@@ -48,7 +48,8 @@ def with_paper(table: pd.DataFrame, paper_csv: str | os.PathLike | None, sets: S
         raise UserError(f"{paper_csv}: lacks columns {sorted(missing)}")
     joined = table.join(paper[[ID, AVG]].rename(columns={ID: "paper_id", AVG: "paper_avg_shifts"}), how="outer")
     # Rows the paper has and we lack stay, with our cells empty, so the whole published table is in view.
-    order = [row for row in ROWS if row in joined.index] + [row for row in joined.index if row not in ROWS]
+    rows = table_rows()
+    order = [row for row in rows if row in joined.index] + [row for row in joined.index if row not in rows]
     joined = joined.loc[order]
     joined.index.name = "method"
     return joined

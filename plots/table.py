@@ -13,7 +13,7 @@ import pandas as pd
 
 from models.errors import UserError
 from models.results import wide_table
-from plots.methods import INDIVIDUAL_KIND, INIT_KINDS, MODEL_ID_ROWS, ROWS, WISE_FT_DEFAULT_ALPHA, WISE_FT_KIND, style, wise_ft_alpha
+from plots.methods import INDIVIDUAL_KIND, INIT_KINDS, WISE_FT_DEFAULT_ALPHA, WISE_FT_KIND, model_id_rows, style, table_rows, wise_ft_alpha
 from plots.stats import accuracy_half_width
 
 HELDOUT, ID, AVG = "heldout", "id", "avg_shifts"
@@ -93,7 +93,7 @@ def pick_rows(models: pd.DataFrame) -> dict[str, str]:
     for row, position in (("best_individual", 0), ("second_best_individual", 1)):
         if len(pool) > position:
             picked[row] = pool.index[position]
-    for row in MODEL_ID_ROWS:
+    for row in model_id_rows():
         found = models[method_mask(models, row)]
         if len(found):
             picked[row] = by_heldout(found).index[0]
@@ -119,7 +119,7 @@ def main_table(models: pd.DataFrame, sets: SetNames) -> tuple[pd.DataFrame, dict
     columns = [HELDOUT, ID, *sets.relabels, *sets.shifts, AVG]
     picked = pick_rows(models)
     rows = {}
-    for row in ROWS:
+    for row in table_rows():
         if row == "oracle":
             oracle = oracle_row(models, sets)
             if oracle is not None:

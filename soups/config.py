@@ -14,7 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from models.errors import UserError
 from models.schemas import SoupParams
-from soups.registry import get_method
+from soups.methods import get_method
 
 
 def soup_params(options: DictConfig | dict[str, Any]) -> SoupParams:

@@ -20,10 +20,10 @@ from torch.utils.data import DataLoader
 
 from models.checkpoint import sha256_prefix
 from models.errors import UserError
-from models.schemas import GreedyParams, LearnedParams, SoupParams, WiseFTParams
+from models.schemas import GreedyParams, LearnedParams, WiseFTParams
 from soups import average, greedy, learned, library, output_space, stock
 from soups.ingredients import Ingredient, recorded_heldout
-from soups.registry import register
+from soups.registry import METHODS, Method, Row, register
 from soups.scoring import Scorer
 from soups.streaming import BackgroundHashes, iter_ingredient_tensors, iter_layers, load_state
 
@@ -150,14 +150,19 @@ def _log_savings(steps: list[greedy.GreedyStep], n: int) -> dict[str, int]:
 # --- the methods --------------------------------------------------------------------------------------
 
 
-@register("uniform", "paper Eq. 1, Table 3 'Uniform soup'")
+@register("uniform", "paper Eq. 1, Table 3 'Uniform soup'", (Row("uniform_soup", "Uniform soup", "C0", "o", 200),))
 def uniform_method(ctx: SoupContext) -> SoupOutcome:
     state = _uniform_state(ctx, list(range(len(ctx.ingredients))))
     n = len(ctx.ingredients)
     return SoupOutcome("uniform_soup", [Candidate(ctx.run_name, state)], state, [1.0 / n] * n)
 
 
-@register("greedy", "paper Recipe 1, Table 3 'Greedy soup'; order=random: 'Greedy soup (random order)'", GreedyParams)
+@register(
+    "greedy",
+    "paper Recipe 1, Table 3 'Greedy soup'; order=random: 'Greedy soup (random order)'",
+    (Row("greedy_soup", "Greedy soup", "C4", "*", 400), Row("greedy_soup_random_order", "Greedy soup (random order)", "C9", "P", 200)),
+    GreedyParams,
+)
 def greedy_method(ctx: SoupContext) -> SoupOutcome:
     scorer = ctx.scorer
     n = scorer.n_heldout
@@ -231,23 +236,36 @@ def _learned(ctx: SoupContext, by_layer: bool) -> SoupOutcome:
     )
 
 
-@register("learned", "paper App. I, Table 3 'Learned soup'", LearnedParams)
+@register("learned", "paper App. I, Table 3 'Learned soup'", (Row("learned_soup", "Learned soup", "C1", "s"),), LearnedParams)
 def learned_method(ctx: SoupContext) -> SoupOutcome:
     return _learned(ctx, by_layer=False)
 
 
-@register("learned_by_layer", "paper App. I, Table 3 'Learned soup (by layer)'", LearnedParams)
+@register(
+    "learned_by_layer",
+    "paper App. I, Table 3 'Learned soup (by layer)'",
+    (Row("learned_soup_by_layer", "Learned soup (by layer)", "C3", "v", 180),),
+    LearnedParams,
+)
 def learned_by_layer_method(ctx: SoupContext) -> SoupOutcome:
     return _learned(ctx, by_layer=True)
 
 
-@register("ensemble", "paper Sec. 3, Table 3 'Ensemble' (output space: the mean of the logits)")
+@register(
+    "ensemble", "paper Sec. 3, Table 3 'Ensemble' (the mean of the logits)", (Row("ensemble", "Ensemble", "C5", "^", 180),), space="output"
+)
 def ensemble_method(ctx: SoupContext) -> SoupOutcome:
     members = list(range(len(ctx.ingredients)))
     return SoupOutcome("ensemble", [Candidate(ctx.run_name, members=members, extra={"ensemble_size": len(members)})])
 
 
-@register("greedy_ensemble", "paper Table 3 'Greedy ensemble' (Recipe 1's rule on the ensemble)", GreedyParams)
+@register(
+    "greedy_ensemble",
+    "paper Table 3 'Greedy ensemble' (Recipe 1's rule on the ensemble)",
+    (Row("greedy_ensemble", "Greedy ensemble", "C6", ">", 180),),
+    GreedyParams,
+    space="output",
+)
 def greedy_ensemble_method(ctx: SoupContext) -> SoupOutcome:
     scorer = ctx.scorer
     n = scorer.n_heldout
@@ -275,7 +293,12 @@ def greedy_ensemble_method(ctx: SoupContext) -> SoupOutcome:
     return outcome
 
 
-@register("wise_ft", "Wortsman et al. 2022b (WiSE-FT), Eq. 1: the robust fine-tuning baseline", WiseFTParams)
+@register(
+    "wise_ft",
+    "Wortsman et al. 2022b (WiSE-FT), Eq. 1: the robust fine-tuning baseline",
+    (Row("wise_ft", "WiSE-FT", "C8", "X"),),
+    WiseFTParams,
+)
 def wise_ft_method(ctx: SoupContext) -> SoupOutcome:
     init = ctx.load_init()
     indices = list(range(len(ctx.ingredients)))
@@ -292,7 +315,9 @@ def wise_ft_method(ctx: SoupContext) -> SoupOutcome:
     )
 
 
-@register("model_stock", "Jang et al. 2024 (Model Stock), Eq. 7: one of the later baselines", SoupParams)
+@register(
+    "model_stock", "Jang et al. 2024 (Model Stock), Eq. 7: one of the later baselines", (Row("model_stock", "Model Stock", "teal", "8"),)
+)
 def model_stock_method(ctx: SoupContext) -> SoupOutcome:
     if len(ctx.ingredients) < 2:
         raise UserError("model_stock: needs at least 2 fine-tuned ingredients")
@@ -315,3 +340,14 @@ def model_stock_method(ctx: SoupContext) -> SoupOutcome:
         init_weight=1.0 - mean_t,
         files=files,
     )
+
+
+def all_methods() -> dict[str, Method]:
+    """Every registered method (this module's, and any a user registered), in registration order."""
+    return METHODS
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise UserError(f"soup.name: unknown soup method {name!r}; choose one of {sorted(METHODS)}")
+    return METHODS[name]

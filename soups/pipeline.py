@@ -31,8 +31,7 @@ from models.results import RESULTS_FILE, append_records, make_record, read_recor
 from soups.checks import check_compatible, check_fits_architecture
 from soups.config import soup_params
 from soups.ingredients import architecture_specs, describe, resolve_ingredients
-from soups.methods import Candidate, SoupContext, SoupOutcome
-from soups.registry import get_method
+from soups.methods import Candidate, SoupContext, SoupOutcome, get_method
 from soups.scoring import EvalSetsFn, Scorer, selected_set_names
 from soups.streaming import BackgroundHashes
 

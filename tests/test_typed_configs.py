@@ -21,7 +21,7 @@ from models.cli import CONF_DIR
 from models.errors import UserError
 from models.schemas import ACCEPT, Recipe, SoupParams
 from soups.config import soup_params
-from soups.registry import all_methods
+from soups.methods import all_methods
 
 COMMON = {"evaluate": True, "eval_chunk": 8, "accumulate": "float32"}
 GREEDY = {"order": "sorted", "accept": "gt", "early_rejection": True}

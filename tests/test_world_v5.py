@@ -103,7 +103,7 @@ def test_killed_pretraining_resumes_to_the_same_model(tmp_path):
         if step == 3:
             raise Killed
 
-    resumable = PretrainConfig(steps=6, batch_size=32, warmup_steps=2, checkpoint=str(tmp_path / "resume.pt"), checkpoint_every=2)
+    resumable = PretrainConfig(steps=6, batch_size=32, warmup_steps=2, resume_file=str(tmp_path / "resume.pt"), checkpoint_every=2)
     first, _ = init_model("TinyCLIP-Chars", 0)
     with pytest.raises(Killed):
         pretrain(first, corpus, tokenizer, resumable, on_step=kill_after_step_3)  # saved after step 2 (2 steps done)

@@ -3,7 +3,7 @@
 Version 4 (the default, `data.version`) draws the ten digits; version 5 draws 62 characters (digits,
 upper and lower case letters) with harder photos (datasets/world/sets.py, VERSIONS).
 
-It plays the paper's data in miniature (DESIGN.md, "Dataset roles"): a broad captioned pretraining
+It plays the paper's data in miniature (docs/design.md, "Dataset roles"): a broad captioned pretraining
 corpus in every style, labelled photos (train, held-out, test) playing ImageNet, and five shifted
 test sets playing ImageNetV2, -R, -Sketch, ObjectNet and ImageNet-A. Generation is deterministic
 and cached under `data_cfg.root` (datasets/world/sets.py); the pixels are drawn in render.py.

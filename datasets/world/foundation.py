@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 import datasets
 from datasets.world import arrays, train_fingerprint, world_key, world_params
-from datasets.world.pretrain import PretrainConfig, pretrain
+from datasets.world.pretrain import pretrain
 from datasets.world.samples import write_sample_grid
 from datasets.world.sets import build_world, load_set
 from models.atomic import atomic_path, write_text_atomic
@@ -31,6 +32,7 @@ from models.errors import UserError
 from models.evaluate import accuracies
 from models.factory import create_clip, get_tokenizer
 from models.results import make_record
+from models.schemas import PretrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +40,8 @@ FIRST_STEPS = 5  # losses recorded exactly, to test that the command reproduces 
 
 
 def pretrain_config(cfg: Any) -> PretrainConfig:
-    p = cfg.pretrain
-    return PretrainConfig(
-        steps=p.steps,
-        batch_size=p.batch_size,
-        lr=p.lr,
-        weight_decay=p.weight_decay,
-        warmup_steps=p.warmup_steps,
-        seed=p.seed,
-        shift_px=p.shift_px,
-        checkpoint=p.get("resume_file"),
-        checkpoint_every=p.get("checkpoint_every", 250),
-    )
+    """`cfg.pretrain` as its typed class (conf/world.yaml starts from it, so every field is there)."""
+    return PretrainConfig(**OmegaConf.to_container(cfg.pretrain, resolve=True))
 
 
 def init_model(arch: str, seed: int):

@@ -21,20 +21,7 @@ from datasets.world.sets import WorldArrays
 from models.atomic import atomic_path
 from models.classifier import zeroshot_head_weight
 from models.schedule import warmup_cosine_lr
-
-
-@dataclass
-class PretrainConfig:
-    steps: int = 3000
-    batch_size: int = 256
-    lr: float = 2e-3
-    weight_decay: float = 0.1
-    warmup_steps: int = 100
-    seed: int = 0
-    shift_px: int = 2  # random translation augmentation, in pixels (0 = off)
-    time_budget_s: float | None = None  # stop early (for quick probes); None = run all steps
-    checkpoint: str | None = None  # resume file: the state is saved there every `checkpoint_every` steps
-    checkpoint_every: int = 250
+from models.schemas import PretrainConfig
 
 
 @dataclass
@@ -74,8 +61,8 @@ def pretrain(
     log = PretrainLog()
     order = torch.randperm(len(tokens), generator=generator)
     cursor, first = 0, 0
-    if cfg.checkpoint and Path(cfg.checkpoint).exists():  # resume: the same steps as an uninterrupted run
-        state = torch.load(cfg.checkpoint, weights_only=True)
+    if cfg.resume_file and Path(cfg.resume_file).exists():  # resume: the same steps as an uninterrupted run
+        state = torch.load(cfg.resume_file, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
@@ -103,8 +90,8 @@ def pretrain(
         log.steps_done = step + 1
         if on_step:
             on_step(step, log.losses[-1])
-        if cfg.checkpoint and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            save_resume_state(cfg.checkpoint, model, optimizer, generator, order, cursor, step + 1, log.losses)
+        if cfg.resume_file and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            save_resume_state(cfg.resume_file, model, optimizer, generator, order, cursor, step + 1, log.losses)
         if cfg.time_budget_s and time.time() - start > cfg.time_budget_s:
             break
     log.seconds = time.time() - start

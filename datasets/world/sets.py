@@ -1,6 +1,6 @@
 """The sets of the embedded world, generated from a seed and cached as uint8 arrays.
 
-Roles follow DESIGN.md: `corpus` (captioned pretraining pairs, every style), `train` (labelled photos
+Roles follow docs/design.md, "Dataset roles": `corpus` (captioned pretraining pairs, every style), `train` (labelled photos
 for fine-tuning), `heldout` (photos, playing ImageNet2p), `photo` (photo test, playing ImageNet val)
 and five shifts. Each set is generated in fixed-size chunks, each chunk seeded by (world seed, set,
 chunk index), so the pixels do not depend on the number of worker processes.
