@@ -113,9 +113,9 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], dict[str, str], int]:
     """A safetensors file's tensor entries, its `__metadata__` and the byte offset where tensor data starts.
 
-    Reads the header alone, and checks that every entry has a known dtype, a byte range that fits its
-    shape, and that the file holds every byte the header promises: a truncated file fails here, before
-    any tensor is read.
+    Reads the header alone, and checks what safetensors' own reader checks: every entry has a known dtype
+    and a byte range that fits its shape, the ranges tile the data without gap or overlap, and the file
+    ends where the last one does: a truncated or corrupt file fails here, before any tensor is read.
     """
     path = Path(path)
     if not path.exists():
@@ -149,9 +149,20 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], d
                 f"{path}: unreadable checkpoint (tensor '{key}' holds {end - begin} bytes, its shape needs {numel * dtype.itemsize})"
             )
     data_start = 8 + header_len
-    end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
+    # As safetensors' own reader validates them: the byte ranges, in offset order, tile the data from 0 to
+    # the file's end without a gap or an overlap (a shifted range would read its neighbours' bytes).
+    end = 0
+    for key in sorted(header, key=lambda k: tuple(header[k]["data_offsets"])):
+        begin, stop = header[key]["data_offsets"]
+        if begin != end:
+            raise UserError(
+                f"{path}: unreadable checkpoint (invalid offset: tensor '{key}' starts at byte {begin}, the previous one ends at {end}); re-create it"
+            )
+        end = stop
     if data_start + end > size:
         raise UserError(f"{path}: unreadable checkpoint (truncated: expected {data_start + end} bytes, found {size}); re-create it")
+    if data_start + end < size:
+        raise UserError(f"{path}: unreadable checkpoint ({size - data_start - end} bytes after the last tensor); re-create it")
     return header, metadata, data_start
 
 
