@@ -229,9 +229,19 @@ def check_head_rows(meta: CheckpointMeta, head_shape: Any, source: str | os.Path
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
-    """Load every tensor and the metadata."""
+    """Load every tensor (each checked finite: a NaN or inf would score chance, not fail) and the metadata."""
     meta = read_meta(path)
-    return dict(iter_tensors(path)), meta
+    return {key: check_finite(path, key, tensor) for key, tensor in iter_tensors(path)}, meta
+
+
+def check_finite(path: str | os.PathLike, key: str, tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor, if it holds no NaN or inf; else a UserError naming the file and the key. Every reader of
+    weights (eval, soups, fine-tuning's init) refuses such a checkpoint the same way."""
+    # A NaN or inf makes the sum non-finite, so a finite sum (one fast reduction) proves the tensor finite;
+    # only a non-finite sum (or an overflow) needs the exact elementwise test.
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor.sum())) and not bool(torch.isfinite(tensor).all()):
+        raise UserError(f"{path}: tensor '{key}' holds NaN or inf; this checkpoint is broken (a diverged run?), leave it out")
+    return tensor
 
 
 def is_official_release(meta: CheckpointMeta) -> bool:

@@ -148,6 +148,12 @@ CASES = {
     "empty_set": ("soups", lambda c: ["ingredients=[]", *UNIFORM], "ingredient set is empty"),
     "nan": ("soups", lambda c: [pair(c, "nan.safetensors"), *UNIFORM], "nan.safetensors"),
     "inf": ("soups", lambda c: [pair(c, "inf.safetensors"), *UNIFORM], "inf.safetensors"),
+    "nan_eval": (
+        "eval",
+        lambda c: [f"checkpoints=[{c / 'nan.safetensors'}]", "eval.sets=heldout"],
+        "tensor 'visual.conv1.weight' holds NaN",
+    ),
+    "inf_eval": ("eval", lambda c: [f"checkpoints=[{c / 'inf.safetensors'}]", "eval.sets=heldout"], "inf.safetensors: tensor"),
     "int_buffer": ("soups", lambda c: [pair(c, "int_buffer.safetensors"), *UNIFORM], "key 'head.bias' has dtype torch.int64"),
     "class_count": ("soups", lambda c: [pair(c, "eleven.safetensors"), *UNIFORM], "mismatched class counts"),
     "class_count_vs_head": (
