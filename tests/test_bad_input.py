@@ -179,6 +179,16 @@ CASES = {
         ],
         "soup.alphas: every α must lie in [0, 1]",
     ),
+    "alphas_empty": (
+        "soups",
+        lambda c: [f"ingredients=[{c / 'good0.safetensors'}]", "soup=wise_ft", f"++soup.init={c / 'good1.safetensors'}", "soup.alphas=[]"],
+        "soup.alphas: the list is empty",
+    ),
+    "learned_zero_epochs": (
+        "soups",
+        lambda c: [pair(c, "good1.safetensors"), "soup=learned", "soup.epochs=0"],
+        "soup.epochs must be >= 1 (with 0 the learned soup is the uniform soup",
+    ),
     "batch_not_divisible": (
         "finetune",
         lambda c: [*SMALL_FINETUNE, "finetune.batch_size=100", "finetune.grad_accum=3"],
