@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from models.checkpoint import natural_key
+from models.checkpoint import natural_key, sha256_prefix
 from models.cli import DONE_FILE
 from models.errors import UserError
 
@@ -58,6 +59,24 @@ def resolve_checkpoints(spec: str | Sequence[str] | None) -> list[Path]:
         raise UserError("checkpoints: none given; pass checkpoints=<glob>, checkpoints=[a.safetensors,b.safetensors] or a sweep folder")
     unique = list(dict.fromkeys(p.resolve() for p in paths))
     return unique
+
+
+def checkpoint_digests(spec: str | Sequence[str] | None) -> tuple[str, dict[str, str]]:
+    """The eval run's inputs (models.cli `stage_entry(inputs=)`): the files `checkpoints=` resolves to, each
+    with its sha256 prefix, so a grown folder or a retrained run changes the identity, and the string does not."""
+    return "checkpoints", {str(path): checkpoint_sha256(path) for path in resolve_checkpoints(spec)}
+
+
+def checkpoint_sha256(path: Path) -> str:
+    """The file's sha256 prefix, hashed once per process while the file is unchanged (the identity and the
+    records both name it; a ViT-B/32 checkpoint takes a second to hash)."""
+    stat = path.stat()
+    return _sha256_of(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_prefix(path)
 
 
 def model_ids(paths: Iterable[Path]) -> list[str]:
