@@ -63,6 +63,17 @@ def load_hparams(path: str | None) -> dict:
 OFFICIAL_ARCH = "ViT-B-32-quickgelu"
 
 
+OFFICIAL_LP_INIT = "model_0"  # the release's LP initialisation (its hparam_info.json: "LP initialization")
+
+
+def official_kind(stem: str, model_hparams: dict | None) -> str:
+    """'lp' for the release's LP init, 'individual' for its fine-tunes: from hparam_info.json when given,
+    else from the file name (model_0 is the LP init), so the table never shows the init as a fine-tune."""
+    if model_hparams is None:
+        return "lp" if stem == OFFICIAL_LP_INIT else "individual"
+    return "lp" if "LP" in str(model_hparams.get("info", "")) else "individual"
+
+
 def import_official(
     sources: Sequence[str], out: Path, arch: str, pretrained: str | None, classes: str | None, hparams_file: str | None
 ) -> list[Path]:
@@ -91,7 +102,7 @@ def import_official(
         except RuntimeError as err:
             raise UserError(f"{path}: weights do not fit architecture {arch} ({first_mismatch(err)}); pass the right --arch") from None
         model_hparams = hparams.get(path.stem, {})
-        kind = "lp" if "LP" in str(model_hparams.get("info", "")) else "individual"
+        kind = official_kind(path.stem, model_hparams if hparams else None)
         meta = CheckpointMeta(
             arch,
             pretrained,

@@ -8,6 +8,7 @@ the same pass and written as records of their own (role `id_relabel`).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,14 +18,15 @@ import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
 import datasets
-from eval.checkpoints import model_ids, resolve_checkpoints
+from eval.checkpoints import checkpoint_sha256, model_ids, resolve_checkpoints
 from eval.distributed import init_distributed, is_main_process
-from models.checkpoint import CheckpointMeta, read_meta, sha256_prefix
+from models.atomic import write_text_atomic
+from models.checkpoint import CheckpointMeta, read_meta
 from models.classifier import ImageClassifier, load_classifier
 from models.errors import UserError
 from models.evaluate import SetScores, precision_name, score_models
 from models.logits import save_logits
-from models.results import append_records, make_record
+from models.results import RESULTS_FILE, append_records, make_record, read_records
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,24 @@ def checked_relabellings(data_cfg: Any, eval_cfg: Any, names: Sequence[str]) -> 
     return {s.name: datasets.relabellings(data_cfg, eval_cfg, s) for s in id_sets}
 
 
+def reusable_records(out: Path, ids: Sequence[str], provenance: Sequence[dict], names: Sequence[str]) -> dict[int, list[dict]]:
+    """Checkpoint index -> its records already in `out/results.jsonl`, for each checkpoint scored there on every
+    set in `names` with the same file (path and sha256) under the same model id. The file exists only when
+    the stage wrapper updates a finished run whose checkpoints changed (models.cli: it removes an
+    unfinished attempt's records), so the records were written under this run's config."""
+    path = out / RESULTS_FILE
+    if not path.exists():
+        return {}
+    earlier = read_records(path)
+    reused = {}
+    for index, (model_id, checkpoint) in enumerate(zip(ids, provenance)):
+        own = [r for r in earlier if r.get("checkpoint") == checkpoint and r["model_id"] == model_id]
+        own = [r for r in own if r["dataset"] in names or r.get("of_dataset") in names]
+        if set(names) <= {r["dataset"] for r in own}:
+            reused[index] = own
+    return reused
+
+
 def evaluate_checkpoints(
     checkpoints: str | Sequence[str],
     data_cfg: Any,
@@ -129,10 +149,17 @@ def evaluate_checkpoints(
     if dtype_name not in LOGITS_DTYPES:
         raise UserError(f"eval.logits_dtype: unknown dtype {dtype_name!r}; expected one of {sorted(LOGITS_DTYPES)}")
     relabellings = checked_relabellings(data_cfg, eval_cfg, names)
-    records = []
-    for chunk in chunks(paths, metas, per_pass):
+    provenance = [{"path": str(path), "sha256": checkpoint_sha256(path)} for path in paths]
+    reused = reusable_records(out, ids, provenance, names)
+    if reused and is_main_process():
+        log.info("reusing the records of %d of %d checkpoints, scored by this run before its folder grew", len(reused), len(paths))
+    if is_main_process() and (out / RESULTS_FILE).exists():  # what is not reused is rescored: its old records go
+        write_text_atomic(out / RESULTS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for i in sorted(reused) for r in reused[i]))
+    records = [r for i in sorted(reused) for r in reused[i]]
+    todo = [i for i in range(len(paths)) if i not in reused]
+    for chunk in chunks([paths[i] for i in todo], [metas[i] for i in todo], per_pass):
+        chunk = [todo[j] for j in chunk]
         models = [load_classifier(paths[i], device)[0] for i in chunk]
-        provenance = [{"path": str(paths[i]), "sha256": sha256_prefix(paths[i])} for i in chunk]
         for eval_set in datasets.eval_sets(data_cfg, val_transform(models[0]), names):
             eval_set.relabellings = relabellings.get(eval_set.name, [])
             all_scores = score_models(
@@ -148,8 +175,8 @@ def evaluate_checkpoints(
             )
             new = [
                 r
-                for i, prov, s in zip(chunk, provenance, all_scores)
-                for r in set_records(ids[i], metas[i], prov, eval_set, s, list(config), precision)
+                for i, s in zip(chunk, all_scores)
+                for r in set_records(ids[i], metas[i], provenance[i], eval_set, s, list(config), precision)
             ]
             for record in new if is_main_process() else []:
                 log.info(

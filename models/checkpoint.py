@@ -37,6 +37,12 @@ OFFICIAL_SOURCE = "model-soups-official"  # hparams["source"] of the released mo
 KINDS = ("zeroshot", "lp", "individual", "soup", "wise_ft", "imported")
 
 
+def natural_key(path: str | Path) -> list[Any]:
+    """Sort key that reads digit runs as numbers: model_2 before model_10, as the official files are numbered
+    (model_0 .. model_71), so ties in greedy soups follow the official order."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
 @dataclasses.dataclass
 class CheckpointMeta:
     arch: str
@@ -107,9 +113,9 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], dict[str, str], int]:
     """A safetensors file's tensor entries, its `__metadata__` and the byte offset where tensor data starts.
 
-    Reads the header alone, and checks that every entry has a known dtype, a byte range that fits its
-    shape, and that the file holds every byte the header promises: a truncated file fails here, before
-    any tensor is read.
+    Reads the header alone, and checks what safetensors' own reader checks: every entry has a known dtype
+    and a byte range that fits its shape, the ranges tile the data without gap or overlap, and the file
+    ends where the last one does: a truncated or corrupt file fails here, before any tensor is read.
     """
     path = Path(path)
     if not path.exists():
@@ -143,9 +149,20 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], d
                 f"{path}: unreadable checkpoint (tensor '{key}' holds {end - begin} bytes, its shape needs {numel * dtype.itemsize})"
             )
     data_start = 8 + header_len
-    end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
+    # As safetensors' own reader validates them: the byte ranges, in offset order, tile the data from 0 to
+    # the file's end without a gap or an overlap (a shifted range would read its neighbours' bytes).
+    end = 0
+    for key in sorted(header, key=lambda k: tuple(header[k]["data_offsets"])):
+        begin, stop = header[key]["data_offsets"]
+        if begin != end:
+            raise UserError(
+                f"{path}: unreadable checkpoint (invalid offset: tensor '{key}' starts at byte {begin}, the previous one ends at {end}); re-create it"
+            )
+        end = stop
     if data_start + end > size:
         raise UserError(f"{path}: unreadable checkpoint (truncated: expected {data_start + end} bytes, found {size}); re-create it")
+    if data_start + end < size:
+        raise UserError(f"{path}: unreadable checkpoint ({size - data_start - end} bytes after the last tensor); re-create it")
     return header, metadata, data_start
 
 
@@ -212,9 +229,19 @@ def check_head_rows(meta: CheckpointMeta, head_shape: Any, source: str | os.Path
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
-    """Load every tensor and the metadata."""
+    """Load every tensor (each checked finite: a NaN or inf would score chance, not fail) and the metadata."""
     meta = read_meta(path)
-    return dict(iter_tensors(path)), meta
+    return {key: check_finite(path, key, tensor) for key, tensor in iter_tensors(path)}, meta
+
+
+def check_finite(path: str | os.PathLike, key: str, tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor, if it holds no NaN or inf; else a UserError naming the file and the key. Every reader of
+    weights (eval, soups, fine-tuning's init) refuses such a checkpoint the same way."""
+    # A NaN or inf makes the sum non-finite, so a finite sum (one fast reduction) proves the tensor finite;
+    # only a non-finite sum (or an overflow) needs the exact elementwise test.
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor.sum())) and not bool(torch.isfinite(tensor).all()):
+        raise UserError(f"{path}: tensor '{key}' holds NaN or inf; this checkpoint is broken (a diverged run?), leave it out")
+    return tensor
 
 
 def is_official_release(meta: CheckpointMeta) -> bool:

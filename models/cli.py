@@ -11,6 +11,9 @@
   (`.hydra/` included: the wrapper, not Hydra, writes it). `force=true` empties the folder and reruns.
 - Records of a run without `DONE` are never valid: an unfinished attempt's `results.jsonl` is removed
   before the next attempt starts.
+- A stage whose run covers input files (eval: the checkpoints) names them in its identity by path and
+  sha256 (`stage_entry(inputs=)`): when only they changed, a finished run is updated (the stage reuses the
+  records of the files it already scored), not skipped and not refused.
 - In a multirun, jobs that a sweep does not name get a folder named after their swept overrides
   (`job_name`), so no two jobs share a folder.
 """
@@ -48,6 +51,9 @@ CONF_DIR = PROJECT_ROOT / "conf"
 # Not part of a run's identity: where things live (a moved checkout still matches), the rerun switch, and
 # the experiment's sequence of stage commands (python -m pipeline), which no stage reads.
 IDENTITY_IGNORES = ("force", "paths", "out", "pipeline")
+# A stage whose run covers a set of input files (eval: the checkpoints) names them here in its identity, by
+# path and sha256 prefix, instead of the config string that resolves to them (see `stage_entry(inputs=)`).
+INPUTS_KEY = "inputs"
 # Set by SweepNaming in the launching process: the keys the multirun sweeps over (comma-separated).
 SWEPT_KEYS_ENV = "MODEL_SOUPS_SWEPT_KEYS"
 # Set by `python -m pipeline` for each step: a file where every run appends its outcome (`report_outcome`).
@@ -173,10 +179,14 @@ def precheck_overrides(config_name: str, argv: list[str], check: Callable[[DictC
             sys.exit(2)
 
 
-def identity_config(cfg: DictConfig) -> dict[str, Any]:
+def identity_config(cfg: DictConfig, inputs: tuple[str, dict[str, str]] | None = None) -> dict[str, Any]:
     """The resolved config that names a run, without the keys in IDENTITY_IGNORES; values under a
-    `paths.*` folder are written relative to it (`${paths.root}/models/...`), so a moved checkout matches."""
+    `paths.*` folder are written relative to it (`${paths.root}/models/...`), so a moved checkout matches.
+    `inputs` (config key, {file: sha256 prefix}): the files replace that key's text under INPUTS_KEY."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    if inputs is not None:
+        resolved.pop(inputs[0], None)
+        resolved[INPUTS_KEY] = inputs[1]
     roots = sorted(((str(v), k) for k, v in (resolved.get("paths") or {}).items() if v), key=lambda item: -len(item[0]))
 
     def relative(value: Any) -> Any:
@@ -217,9 +227,11 @@ def _describe_difference(old: dict[str, Any], new: dict[str, Any], limit: int = 
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
-def check_identity(out: Path, config: dict[str, Any], force: bool) -> str:
-    """What to do with the run folder: 'run' (fresh or resume), 'skip' (finished with this config) or
-    'clean' (force=true). A folder holding another config is refused with a UserError."""
+def check_identity(out: Path, config: dict[str, Any], force: bool, inputs_key: str | None = None) -> str:
+    """What to do with the run folder: 'run' (fresh or resume), 'skip' (finished with this config),
+    'clean' (force=true) or 'update' (finished, and only its input files differ: the stage keeps the records
+    of the files it already scored and adds the others). A folder holding another config is refused with a
+    UserError. `inputs_key`: the config key that INPUTS_KEY replaces (an older record may hold its text)."""
     recorded_path, done = out / RUN_CONFIG_FILE, out / DONE_FILE
     if force:
         return "clean" if recorded_path.exists() or done.exists() else "run"
@@ -233,8 +245,11 @@ def check_identity(out: Path, config: dict[str, Any], force: bool) -> str:
         raise UserError(f"{recorded_path}: unreadable; pass force=true to rerun this folder from scratch") from None
     # The same config, or one that differs only by keys that are null on one side and absent on the
     # other (an option added later with a null default: the run computed the same thing).
-    if config_hash(recorded) == config_hash(config) or not differing_keys(recorded, config):
+    differing = differing_keys(recorded, config)
+    if config_hash(recorded) == config_hash(config) or not differing:
         return "skip" if done.exists() else "run"
+    if inputs_key is not None and all(k.split(".")[0] in (INPUTS_KEY, inputs_key) for k in differing):
+        return "update" if done.exists() else "run"  # an unfinished attempt's records are dropped anyway
     state = "a finished run" if done.exists() else "an unfinished run"
     raise UserError(
         f"{out}: holds {state} with a different config ({_describe_difference(recorded, config)}); "
@@ -287,16 +302,20 @@ def report_outcome(outcome: str, where: Path | str) -> None:
             handle.write(f"{outcome} {where}\n")
 
 
-def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig, resumable: bool) -> Any:
+def run_task(
+    task: Callable[[DictConfig], Any], cfg: DictConfig, resumable: bool, inputs: Callable[[DictConfig], tuple[str, dict]] | None = None
+) -> Any:
     out = output_dir()
     done = out / DONE_FILE
-    config = identity_config(cfg)
     if resumable:
         try:
-            action = check_identity(out, config, bool(cfg.get("force", False)))
+            named_inputs = inputs(cfg) if inputs is not None else None
+            config = identity_config(cfg, named_inputs)
+            action = check_identity(out, config, bool(cfg.get("force", False)), named_inputs and named_inputs[0])
         except UserError as err:
-            # The folder belongs to another config: change nothing in it, except a FAILED note in a
-            # multirun, so the sweep's summary names the job (its DONE, records and .hydra/ stay).
+            # The folder belongs to another config (or the inputs cannot be resolved): change nothing in it,
+            # except a FAILED note in a multirun, so the sweep's summary names the job (its DONE, records and
+            # .hydra/ stay).
             _fail(out, err, write_failed=is_multirun())
             return None
         if action == "skip":
@@ -307,7 +326,11 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig, resumable: bool
         if action == "clean":
             log.info("force=true: removing the earlier outputs in %s", out)
             _clear_folder(out)
-        (out / RESULTS_FILE).unlink(missing_ok=True)  # an unfinished attempt's records are never valid
+        if action == "update":  # the finished records stay for the stage to reuse; the run is unfinished until DONE
+            log.info("%s: its input files changed; reusing the records of those already scored", out)
+            done.unlink()
+        else:
+            (out / RESULTS_FILE).unlink(missing_ok=True)  # an unfinished attempt's records are never valid
         write_text_atomic(out / RUN_CONFIG_FILE, json.dumps(config, indent=1, sort_keys=True, default=str) + "\n")
     _save_hydra_files(out, cfg)
     (out / FAILED_FILE).unlink(missing_ok=True)
@@ -329,14 +352,19 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig, resumable: bool
 
 
 def stage_entry(
-    config_name: str, task: Callable[[DictConfig], Any], resumable: bool = True, check: Callable[[DictConfig], Any] | None = None
+    config_name: str,
+    task: Callable[[DictConfig], Any],
+    resumable: bool = True,
+    check: Callable[[DictConfig], Any] | None = None,
+    inputs: Callable[[DictConfig], tuple[str, dict[str, str]]] | None = None,
 ) -> Callable[[], None]:
     """Build `main()` for `python -m <stage>` from a task function `task(cfg)`; `check(cfg)` refuses bad
-    values before any work (see `precheck_overrides`)."""
+    values before any work (see `precheck_overrides`). `inputs(cfg)` -> (config key, {file: sha256 prefix}):
+    the run's identity holds the files the key resolves to, not its text (eval: `checkpoints=`)."""
 
     @hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")
     def hydra_main(cfg: DictConfig) -> Any:
-        return run_task(task, cfg, resumable)
+        return run_task(task, cfg, resumable, inputs)
 
     def main() -> None:
         precheck_overrides(config_name, sys.argv[1:], check)

@@ -73,8 +73,10 @@ class LearnedParams(SoupParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.epochs < 0 or self.lr <= 0 or self.weight_decay < 0:
-            raise ValueError(f"lr must be > 0, weight_decay >= 0, epochs >= 0; got {self.lr}, {self.weight_decay}, {self.epochs}")
+        if self.epochs < 1:  # no step leaves the mixing weights at their uniform start: that is the uniform soup
+            raise ValueError(f"epochs must be >= 1 (with {self.epochs} the learned soup is the uniform soup: use soup=uniform)")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError(f"lr must be > 0 and weight_decay >= 0; got {self.lr}, {self.weight_decay}")
 
 
 def _wise_ft_alphas() -> list[float]:
@@ -90,6 +92,8 @@ class WiseFTParams(SoupParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not self.alphas:  # no α: a finished run without one record, and no WiSE-FT row in the table
+            raise ValueError("alphas: the list is empty; give the α to score, e.g. soup.alphas=[0.5]")
         if any(not 0.0 <= float(a) <= 1.0 for a in self.alphas):
             raise ValueError(f"alphas: every α must lie in [0, 1] (interpolation, not extrapolation), got {list(self.alphas)}")
         check_alpha(self.alpha)

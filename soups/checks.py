@@ -1,5 +1,7 @@
 """Ingredient checks before any averaging: one architecture, one class list, one key set, shapes, dtypes.
 
+The one check of both the stage (checkpoint files with metadata) and the library (soups.library: state
+dicts, compared by their tensors alone), so both refuse a mismatch with the same line.
 Pure functions over descriptions of the ingredients (no tensors are read); NaN/inf are caught while
 streaming (soups.streaming) and unequal non-float tensors while averaging (soups.average).
 """
@@ -21,6 +23,12 @@ class IngredientSpec:
     classes: str
     tensors: dict[str, TensorSpec]
     activation: str | None = None
+
+
+def tensors_only(name: str, tensors: dict[str, TensorSpec]) -> IngredientSpec:
+    """An ingredient known by its tensors alone (a state dict handed to the library): `check_compatible`
+    then compares its keys, shapes and dtypes, the checks that need no metadata."""
+    return IngredientSpec(name, arch="", num_classes=0, classes="", tensors=tensors)
 
 
 def check_fits_architecture(spec: IngredientSpec, expected: dict[str, TensorSpec]) -> None:

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from models.schemas import GreedyParams, LearnedParams, SoupParams, check_alpha
-from soups import average, greedy, learned, stock
-from soups.streaming import is_pt, iter_ingredient_tensors, load_state
+from soups import average, checks, greedy, learned, stock
+from soups.streaming import is_pt, iter_ingredient_tensors, load_state, tensor_specs
 
 StateDict = dict[str, torch.Tensor]
 Ingredient = Mapping[str, torch.Tensor] | str | os.PathLike
@@ -30,15 +30,49 @@ ACCUMULATE = getattr(torch, SoupParams.accumulate)  # dtype of running sums, as 
 Score = Callable[[StateDict], "float | Iterable[tuple[int, int]]"]
 
 
+def _is_path(ingredient: Ingredient) -> bool:
+    return isinstance(ingredient, (str, os.PathLike))
+
+
+def without_module_prefix(state: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    """A state dict saved from a DataParallel/DDP wrapper has `module.` before every key: the wrapper's name,
+    not another model's, so it is stripped (as imported checkpoints are). A prefix on only some keys stays,
+    and the key check names the first key that then differs."""
+    if state and all(key.startswith("module.") for key in state):
+        return {key.removeprefix("module."): value for key, value in state.items()}
+    return state
+
+
 def _tensors(ingredient: Ingredient) -> Iterable[tuple[str, torch.Tensor]] | Mapping[str, torch.Tensor]:
-    if isinstance(ingredient, (str, os.PathLike)):
+    if _is_path(ingredient):
         path = Path(ingredient)
         return load_state(path) if is_pt(path) else iter_ingredient_tensors(path)
-    return ingredient
+    return without_module_prefix(ingredient)
 
 
 def _state(ingredient: Ingredient) -> StateDict:
-    return load_state(Path(ingredient)) if isinstance(ingredient, (str, os.PathLike)) else dict(ingredient)
+    return load_state(Path(ingredient)) if _is_path(ingredient) else dict(without_module_prefix(ingredient))
+
+
+def _spec(ingredient: Ingredient, name: str) -> checks.IngredientSpec:
+    """Keys, shapes and dtypes of an ingredient: a file's from its header (or its import, for .pt), named by its path."""
+    if _is_path(ingredient):
+        return checks.tensors_only(str(ingredient), tensor_specs(ingredient))
+    tensors = {key: (tuple(value.shape), str(value.dtype)) for key, value in without_module_prefix(ingredient).items()}
+    return checks.tensors_only(name, tensors)
+
+
+def check_ingredients(ingredients: Sequence[Ingredient], names: Sequence[str]) -> None:
+    """The stage's check (soups.checks.check_compatible) on the library's ingredients: every one has the
+    first one's keys, shapes and dtypes, else a UserError naming the ingredient and the key. Without it a
+    key missing from one ingredient would be divided by N and mismatched shapes broadcast."""
+    specs = [_spec(ingredient, name) for ingredient, name in zip(ingredients, names)]
+    for spec in specs[1:]:
+        checks.check_compatible([specs[0], spec])
+
+
+def _names(count: int) -> list[str]:
+    return [f"ingredient {i}" for i in range(count)]
 
 
 def uniform_soup(checkpoints: Iterable[Ingredient], *, accumulate: torch.dtype = ACCUMULATE) -> StateDict:
@@ -48,7 +82,19 @@ def uniform_soup(checkpoints: Iterable[Ingredient], *, accumulate: torch.dtype =
     >>> uniform_soup([a, b])["w"].tolist()
     [2.0, 4.0]
     """
-    return average.uniform_soup((_tensors(c) for c in checkpoints), accumulate)
+    return average.uniform_soup(_checked_stream(checkpoints), accumulate)
+
+
+def _checked_stream(checkpoints: Iterable[Ingredient]) -> Iterator[Iterable[tuple[str, torch.Tensor]] | Mapping[str, torch.Tensor]]:
+    """Each ingredient's tensors, after checking it against the first (one at a time: a stream stays a stream)."""
+    first = None
+    for index, ingredient in enumerate(checkpoints):
+        spec = _spec(ingredient, f"ingredient {index}")
+        if first is None:
+            first = spec
+        else:
+            checks.check_compatible([first, spec])
+        yield _tensors(ingredient)
 
 
 def _batches(result: float | Iterable[tuple[int, int]]) -> tuple[Iterator[tuple[float, int]], int | None]:
@@ -81,6 +127,7 @@ def greedy_soup(
     ([1, 0], [0.5])
     """
     GreedyParams(accept=accept, early_rejection=early_rejection)  # the stage's checks (models/schemas.py), before any work
+    check_ingredients(checkpoints, _names(len(checkpoints)))
     own: list[float] = []
     n = None
     for ingredient in checkpoints:
@@ -122,12 +169,14 @@ def wise_ft(zeroshot: Ingredient, finetuned: Ingredient, alpha: float) -> StateD
     [0.5]
     """
     check_alpha(alpha)
+    check_ingredients([zeroshot, finetuned], ["zero-shot", "fine-tuned"])
     return average.interpolate(_state(zeroshot), _state(finetuned), float(alpha))
 
 
 def model_stock(init: Ingredient, checkpoints: Sequence[Ingredient]) -> StateDict:
     """Model Stock (Jang et al. 2024): per tensor, t·mean_i θ_i + (1 − t)·θ_0 with t from the angle between
     the task vectors θ_i − θ_0 (soups/stock.py). Needs N ≥ 2 fine-tuned ingredients."""
+    check_ingredients([init, *checkpoints], ["init", *_names(len(checkpoints))])
     states = [_state(c) for c in checkpoints]
     layers = ((key, [s[key] for s in states]) for key in states[0])
     merged, _, _ = stock.model_stock(_state(init), layers, [f"ingredient {i}" for i in range(len(states))])
@@ -149,6 +198,7 @@ def learned_soup(
     with `by_layer`) and a temperature, fitted by AdamW on held-out `batches(epoch)` of (images, labels).
     `model` gives the architecture (its own weights are not used). Returns the soup and the mean α."""
     LearnedParams(lr=lr, weight_decay=weight_decay, epochs=epochs)  # the stage's checks (models/schemas.py)
+    check_ingredients(checkpoints, _names(len(checkpoints)))
     soup, _ = fit_learned([_state(c) for c in checkpoints], model, batches, by_layer, epochs, lr, weight_decay, device)
     return learned.learned_state(soup), soup.ingredient_weights()
 

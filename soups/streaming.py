@@ -19,8 +19,7 @@ from pathlib import Path
 
 import torch
 
-from models.checkpoint import SAFETENSORS_DTYPES, import_checkpoint, iter_safetensors, read_safetensors_header, sha256_prefix
-from models.errors import UserError
+from models.checkpoint import SAFETENSORS_DTYPES, check_finite, import_checkpoint, iter_safetensors, read_safetensors_header, sha256_prefix
 
 TensorSpec = tuple[tuple[int, ...], str]  # (shape, dtype name), e.g. ((512, 768), "torch.float32")
 
@@ -45,14 +44,6 @@ def iter_ingredient_tensors(path: str | os.PathLike, borrowed: bool = False) -> 
     pairs = import_checkpoint(path)[0].items() if is_pt(path) else iter_safetensors(path, borrowed=borrowed)
     for key, tensor in pairs:
         yield key, check_finite(path, key, tensor)
-
-
-def check_finite(path: Path, key: str, tensor: torch.Tensor) -> torch.Tensor:
-    # A NaN or inf makes the sum non-finite, so a finite sum (one fast reduction) proves the tensor finite;
-    # only a non-finite sum (or an overflow) needs the exact elementwise test.
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor.sum())) and not bool(torch.isfinite(tensor).all()):
-        raise UserError(f"{path}: tensor '{key}' holds NaN or inf; this ingredient is broken, leave it out")
-    return tensor
 
 
 def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -11,12 +11,16 @@ interpreter's imports); the cases in `AS_COMMAND`, one per stage, run the real `
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import shutil
+import struct
 from pathlib import Path
 
 import pytest
+import safetensors
+import safetensors.torch
 import torch
 from conftest import run_in_process, run_module
 
@@ -83,6 +87,7 @@ def crafted(tmp_path_factory) -> Path:
         state.update({"classification_head.weight": good[i]["head.weight"], "classification_head.bias": good[i]["head.bias"]})
         torch.save(state, root / f"wrong_shape{i}.pt")
     (root / "truncated.safetensors").write_bytes((root / "good1.safetensors").read_bytes()[:-100])
+    shifted_offsets(root / "good1.safetensors", root / "shifted.safetensors", "head.weight", 4)
     with open(root / "code.pt", "wb") as handle:
         pickle.dump({"model.visual.w": Exploit()}, handle)
     torch.save({"model.visual.w": torch.nn.Linear(2, 2)}, root / "module.pt")
@@ -94,6 +99,19 @@ def crafted(tmp_path_factory) -> Path:
     imagenet_head = {"head.weight": torch.zeros(1000, base["head.weight"].shape[1]), "head.bias": torch.zeros(1000)}
     save_checkpoint(root / "imagenet.safetensors", dict(good[0], **imagenet_head), world_meta(1000, classes="imagenet1k"))
     return root
+
+
+def shifted_offsets(source: Path, target: Path, key: str, shift: int) -> None:
+    """A copy of a safetensors file whose `key` byte range is moved by `shift` bytes, all else intact: the
+    ranges overlap their neighbours, which safetensors' own reader refuses ("invalid offset")."""
+    raw = source.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + length])
+    header[key]["data_offsets"] = [offset + shift for offset in header[key]["data_offsets"]]
+    text = json.dumps(header).encode()
+    target.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + length :])
+    with pytest.raises(safetensors.SafetensorError, match="invalid offset"):
+        safetensors.torch.load_file(target)
 
 
 def pair(crafted: Path, second: str, first: str = "good0.safetensors") -> str:
@@ -119,6 +137,8 @@ CASES = {
     ),
     "dtype": ("soups", lambda c: [pair(c, "half.safetensors"), *UNIFORM], "has dtype torch.float16"),
     "truncated": ("soups", lambda c: [pair(c, "truncated.safetensors"), *UNIFORM], "truncated.safetensors"),
+    "shifted_offsets": ("soups", lambda c: [pair(c, "shifted.safetensors"), *UNIFORM], "shifted.safetensors: unreadable checkpoint"),
+    "shifted_offsets_eval": ("eval", lambda c: [f"checkpoints=[{c / 'shifted.safetensors'}]"], "tensor 'head.weight'"),
     "malicious_pickle": (
         "soups",
         lambda c: [f"ingredients=[{c / 'code.pt'}]", *UNIFORM],
@@ -128,6 +148,12 @@ CASES = {
     "empty_set": ("soups", lambda c: ["ingredients=[]", *UNIFORM], "ingredient set is empty"),
     "nan": ("soups", lambda c: [pair(c, "nan.safetensors"), *UNIFORM], "nan.safetensors"),
     "inf": ("soups", lambda c: [pair(c, "inf.safetensors"), *UNIFORM], "inf.safetensors"),
+    "nan_eval": (
+        "eval",
+        lambda c: [f"checkpoints=[{c / 'nan.safetensors'}]", "eval.sets=heldout"],
+        "tensor 'visual.conv1.weight' holds NaN",
+    ),
+    "inf_eval": ("eval", lambda c: [f"checkpoints=[{c / 'inf.safetensors'}]", "eval.sets=heldout"], "inf.safetensors: tensor"),
     "int_buffer": ("soups", lambda c: [pair(c, "int_buffer.safetensors"), *UNIFORM], "key 'head.bias' has dtype torch.int64"),
     "class_count": ("soups", lambda c: [pair(c, "eleven.safetensors"), *UNIFORM], "mismatched class counts"),
     "class_count_vs_head": (
@@ -152,6 +178,16 @@ CASES = {
             "soup.alphas=[-0.5,0.5]",
         ],
         "soup.alphas: every α must lie in [0, 1]",
+    ),
+    "alphas_empty": (
+        "soups",
+        lambda c: [f"ingredients=[{c / 'good0.safetensors'}]", "soup=wise_ft", f"++soup.init={c / 'good1.safetensors'}", "soup.alphas=[]"],
+        "soup.alphas: the list is empty",
+    ),
+    "learned_zero_epochs": (
+        "soups",
+        lambda c: [pair(c, "good1.safetensors"), "soup=learned", "soup.epochs=0"],
+        "soup.epochs must be >= 1 (with 0 the learned soup is the uniform soup",
     ),
     "batch_not_divisible": (
         "finetune",

@@ -179,3 +179,39 @@ def test_world_records_are_what_plots_read(tmp_path):
         assert top1 == pytest.approx(expected, abs=1.5 / len(world.labels)), name
     shifts = table[(table["model_id"] == "run0") & (table["role"] == "shift")]["top1"]
     assert avg_shift_accuracy(table)["run0"] == pytest.approx(shifts.mean())
+
+
+def test_a_grown_folder_scores_its_new_checkpoints_and_reuses_the_finished_ones(tmp_path):
+    """Eval's identity is the files `checkpoints=` resolves to (path + sha256), not the string: a sweep folder
+    that gains a run is scored again for that run only; a retrained run (new bytes) is rescored."""
+    mini = make_miniature(tmp_path / "data", sets=("ObjectNet",), per_class=1, objectnet_classes=4)
+    sweep, out = tmp_path / "sweep", tmp_path / "eval"
+    first = random_checkpoints(sweep, 2)
+    args = [*COMMON, f"data.root={mini.root}", f"checkpoints={sweep}", f"out={out}", "eval.sets=[ObjectNet]", "device=cpu"]
+
+    def records() -> dict[str, dict]:
+        lines = (out / "results.jsonl").read_text().splitlines()
+        return {r["model_id"]: r for r in map(json.loads, lines)}
+
+    assert run_in_process("eval", *args).returncode == 0
+    before = records()
+    assert sorted(before) == ["run0", "run1"]
+    grown = random_checkpoints(tmp_path / "more", 3, seed=1)[2]
+    (sweep / "run2").mkdir()
+    grown.rename(sweep / "run2" / "model.safetensors")
+    (sweep / "run2" / "DONE").write_text("")
+    result = run_in_process("eval", *args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    after = records()
+    assert sorted(after) == ["run0", "run1", "run2"] and (out / "DONE").exists()
+    assert after["run0"] == before["run0"] and after["run1"] == before["run1"]  # reused as written, not rescored
+    assert after["run2"]["checkpoint"]["path"] == str(sweep / "run2" / "model.safetensors")
+    unchanged = (out / "results.jsonl").read_bytes()
+    assert run_in_process("eval", *args).returncode == 0 and (out / "results.jsonl").read_bytes() == unchanged  # finished: skipped
+
+    retrained = random_checkpoints(tmp_path / "again", 1, seed=2)[0]
+    retrained.replace(first[1])  # run1 retrained in place: same path, other bytes
+    assert run_in_process("eval", *args).returncode == 0
+    last = records()
+    assert last["run0"] == before["run0"] and last["run2"] == after["run2"]
+    assert last["run1"]["checkpoint"]["sha256"] != before["run1"]["checkpoint"]["sha256"] and len(last) == 3

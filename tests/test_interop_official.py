@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from eval.convert import main as convert_main
+from models.checkpoint import read_meta
 from models.classifier import load_classifier
 from models.factory import create_clip
 from models.results import make_record, read_official_results, write_official_results
@@ -121,3 +122,21 @@ def test_malformed_official_files_name_the_line(tmp_path, bad):
     path.write_text('{"model_name": "model_0", "ImageNet": 0.7}\n' + bad + "\n")
     with pytest.raises(Exception, match=r"individual_model_results.jsonl:2"):
         read_official_results(path)
+
+
+def test_without_hparams_model_0_is_imported_as_the_lp_init(tmp_path, capsys):
+    """The official release's model_0 is the LP initialisation (its hparam_info.json says "LP initialization");
+    without --hparams the file name says it, so the table shows it as the LP init, not as a fine-tuned model."""
+    for i in (0, 1):
+        torch.save(official_state(i), tmp_path / f"model_{i}.pt")
+    args = [
+        "import-official",
+        str(tmp_path / "model_0.pt"),
+        str(tmp_path / "model_1.pt"),
+        "--out",
+        str(tmp_path / "ours"),
+        "--arch",
+        TINY_ARCH,
+    ]
+    assert convert_main(args) == 0
+    assert [read_meta(tmp_path / "ours" / f"model_{i}.safetensors").kind for i in (0, 1)] == ["lp", "individual"]

@@ -14,6 +14,7 @@ from conftest import REPO
 import soups
 import soups.library
 from models.checkpoint import CheckpointMeta, save_checkpoint
+from models.errors import UserError
 
 
 def states(values):
@@ -137,3 +138,65 @@ def test_the_library_imports_no_hydra():
     code = "import sys, soups; soups.greedy_soup; assert not any(m.startswith('hydra') for m in sys.modules), 'hydra imported'"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+W, B = torch.tensor([1.0, 2.0]), torch.tensor([4.0])
+# name: (call, the one-line error it must raise): each a mismatch the library used to average silently
+# (a key missing from one ingredient divided by N, broadcast shapes) or fail on with a raw KeyError.
+MISMATCHES = {
+    "uniform_missing_key": (
+        lambda: soups.uniform_soup([{"w": W, "b": B}, {"w": W}]),
+        "ingredient 1: lacks key 'b' compared with ingredient 0; ingredients must share one key set",
+    ),
+    "uniform_extra_key": (lambda: soups.uniform_soup([{"w": W}, {"w": W, "b": B}]), "ingredient 1: has an extra key 'b'"),
+    "uniform_shape": (
+        lambda: soups.uniform_soup([{"w": torch.ones(1, 2)}, {"w": torch.ones(1)}]),
+        "ingredient 1: key 'w' has shape [1], ingredient 0 has [1, 2]",
+    ),
+    "uniform_dtype": (
+        lambda: soups.uniform_soup([{"w": W}, {"w": W.half()}]),
+        "ingredient 1: key 'w' has dtype torch.float16, ingredient 0 has torch.float32",
+    ),
+    "wise_ft_shape": (
+        lambda: soups.wise_ft({"w": torch.ones(1, 2)}, {"w": torch.ones(1)}, 0.5),
+        "fine-tuned: key 'w' has shape [1], zero-shot has [1, 2]",
+    ),
+    "wise_ft_missing_key": (lambda: soups.wise_ft({"w": W, "b": B}, {"w": W}, 0.5), "fine-tuned: lacks key 'b' compared with zero-shot"),
+    "greedy_missing_key": (
+        lambda: soups.greedy_soup([{"w": W, "b": B}, {"w": W}], score=lambda s: float(s["w"][0])),
+        "ingredient 1: lacks key 'b' compared with ingredient 0",
+    ),
+    "model_stock_shape": (
+        lambda: soups.model_stock({"w": W}, [{"w": W}, {"w": torch.ones(3)}]),
+        "ingredient 1: key 'w' has shape [3], init has [2]",
+    ),
+    "learned_missing_key": (
+        lambda: soups.learned_soup([{"weight": W}, {}], torch.nn.Linear(2, 1, bias=False), lambda epoch: [], epochs=1),
+        "ingredient 1: lacks key 'weight' compared with ingredient 0",
+    ),
+    "partial_module_prefix": (
+        lambda: soups.uniform_soup([{"w": W, "b": B}, {"module.w": W, "b": B}]),
+        "ingredient 1: lacks key 'w' compared with ingredient 0",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISMATCHES))
+def test_the_library_refuses_mismatched_ingredients_in_one_line_naming_the_key(case):
+    call, message = MISMATCHES[case]
+    with pytest.raises(UserError) as caught:
+        call()
+    assert message in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+
+
+def test_a_module_prefix_on_a_whole_state_dict_is_stripped_and_files_name_their_path(tmp_path):
+    """DataParallel's `module.` on every key is a wrapper's name, not another model: stripped, then averaged."""
+    soup = soups.uniform_soup([{"w": W, "b": B}, {"module.w": 3 * W, "module.b": 3 * B}])
+    assert soup.keys() == {"w", "b"} and soup["w"].tolist() == [2.0, 4.0] and soup["b"].tolist() == [8.0]
+    meta = CheckpointMeta("TinyCLIP", None, 1, "toy", "individual")
+    paths = [
+        save_checkpoint(tmp_path / "a.safetensors", {"w": W, "b": B}, meta),
+        save_checkpoint(tmp_path / "b.safetensors", {"w": W}, meta),
+    ]
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'b.safetensors'}: lacks key 'b' compared with {tmp_path / 'a.safetensors'}"):
+        soups.uniform_soup(paths)
