@@ -47,9 +47,25 @@ CONF_DIR = PROJECT_ROOT / "conf"
 DONE_FILE = "DONE"
 FAILED_FILE = "FAILED"
 RUN_CONFIG_FILE = "run_config.json"  # the resolved config a run folder belongs to
-# Not part of a run's identity: where things live (a moved checkout still matches), the rerun switch, and
-# the experiment's sequence of stage commands (python -m pipeline), which no stage reads.
-IDENTITY_IGNORES = ("force", "paths", "out", "pipeline")
+# Not part of a run's identity (dotted keys): where things live (a moved checkout still matches), the rerun
+# switch, the experiment's sequence of stage commands (python -m pipeline), which no stage reads, and keys
+# that change how a run goes but not what it writes: progress display and DataLoader worker counts.
+IDENTITY_IGNORES = (
+    "force",
+    "paths",
+    "out",
+    "pipeline",
+    "finetune.progress",
+    "eval.progress",
+    "data.workers",
+    "finetune.workers",
+    "eval.workers",
+)
+# Also out of a sweep job's identity (`sweep.kind` other than none): the sweep's size. A job's outputs are a
+# pure function of the sweep's seed and its index (finetune/sweeps.py), so `sweep.n=5` after a finished
+# `sweep.n=4` trains only the new job. Stages that read a sweep's folder (eval, soups) keep `sweep.n`: a
+# grown sweep is not silently left out of their finished runs.
+SWEEP_JOB_IGNORES = ("sweep.n",)
 # Set by SweepNaming in the launching process: the keys the multirun sweeps over (comma-separated).
 SWEPT_KEYS_ENV = "MODEL_SOUPS_SWEPT_KEYS"
 # Set by `python -m pipeline` for each step: a file where every run appends its outcome (`report_outcome`).
@@ -175,9 +191,24 @@ def precheck_overrides(config_name: str, argv: list[str], check: Callable[[DictC
             sys.exit(2)
 
 
+def without_ignored(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` (a resolved config, or one recorded in run_config.json) without the keys that are not part
+    of a run's identity: IDENTITY_IGNORES, and SWEEP_JOB_IGNORES in a sweep job."""
+    sweep_kind = (config.get("sweep") or {}).get("kind", "none") if isinstance(config.get("sweep"), dict) else "none"
+    ignored = IDENTITY_IGNORES + (SWEEP_JOB_IGNORES if sweep_kind != "none" else ())
+
+    def drop(node: Any, prefix: str) -> Any:
+        if not isinstance(node, dict):
+            return node
+        return {k: drop(v, f"{prefix}{k}.") for k, v in node.items() if f"{prefix}{k}" not in ignored}
+
+    return drop(config, "")
+
+
 def identity_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config that names a run, without the keys in IDENTITY_IGNORES; values under a
-    `paths.*` folder are written relative to it (`${paths.root}/models/...`), so a moved checkout matches."""
+    """The resolved config that names a run, without the keys that do not change its outputs
+    (`without_ignored`); values under a `paths.*` folder are written relative to it
+    (`${paths.root}/models/...`), so a moved checkout matches."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     roots = sorted(((str(v), k) for k, v in (resolved.get("paths") or {}).items() if v), key=lambda item: -len(item[0]))
 
@@ -192,7 +223,7 @@ def identity_config(cfg: DictConfig) -> dict[str, Any]:
                     return "${paths." + name + "}" + value[len(root) :]
         return value
 
-    return relative({k: v for k, v in resolved.items() if k not in IDENTITY_IGNORES})
+    return relative(without_ignored(resolved))
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -233,6 +264,9 @@ def check_identity(out: Path, config: dict[str, Any], force: bool) -> str:
         recorded = json.loads(recorded_path.read_text())
     except (OSError, json.JSONDecodeError):
         raise UserError(f"{recorded_path}: unreadable; pass force=true to rerun this folder from scratch") from None
+    if not isinstance(recorded, dict):
+        raise UserError(f"{recorded_path}: not a config object; pass force=true to rerun this folder from scratch")
+    recorded = without_ignored(recorded)  # recorded by a version whose identity held keys it no longer does
     # The same config, or one that differs only by keys that are null on one side and absent on the
     # other (an option added later with a null default: the run computed the same thing).
     if config_hash(recorded) == config_hash(config) or not differing_keys(recorded, config):

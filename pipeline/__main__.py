@@ -3,7 +3,10 @@
 The steps are the `pipeline:` key of conf/experiment/EXPERIMENT.yaml (pipeline/steps.py reads them).
 
 Overrides (`data.root=ROOT`, `model=vit_b32`, `name=mydata`, ...) go to every stage; `sweep=...` to the
-sweep step only. `python -m pipeline folder data.root=ROOT` runs the whole pipeline on your own dataset.
+sweep step only. A step's own arguments win: an override of a key the step sets itself (the inits step's
+`finetune.epochs=0`) is not passed to that step, and the step's header says so. `--print` shows each
+step's command as it will run. `python -m pipeline folder data.root=ROOT` runs the whole pipeline on your
+own dataset.
 
 Every stage skips runs that finished (their folder holds DONE), so a second run takes seconds and a
 run after a kill resumes where it stopped. Progress says which step runs, and the time left is
@@ -26,7 +29,7 @@ from pathlib import Path
 from models.atomic import write_text_atomic
 from models.cli import OUTCOMES_ENV
 from models.errors import UserError
-from pipeline.steps import experiment_steps, found_finished, seeds_steps, split_overrides, time_left
+from pipeline.steps import Step, experiment_steps, found_finished, seeds_steps, split_overrides, time_left
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,6 +41,12 @@ def _clock(seconds: float) -> str:
 
 def _short(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def _withheld(step: Step) -> str:
+    if not step.withheld:
+        return ""
+    return f"  (the step sets these itself, so not passed: {' '.join(step.withheld)})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.print:
         for number, step in enumerate(steps, start=1):
-            print(f"# {number}. {step.name}\n{shlex.join(step.argv)}\n")
+            print(f"# {number}. {step.name}{_withheld(step)}\n{shlex.join(step.argv)}\n")
         return 0
 
     name = split_overrides(extra)[0] or args.experiment
@@ -85,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         left = time_left(steps, number - 1, earlier, timed_now)
         print(
             f"\n=== [{number}/{len(steps)}] {step.name}  (elapsed {_clock(time.monotonic() - started)}, about {_clock(left)} left)\n"
-            f"    {shlex.join(step.argv)}",
+            f"    {shlex.join(step.argv)}{_withheld(step)}",
             flush=True,
         )
         step_start = time.monotonic()
