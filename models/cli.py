@@ -13,19 +13,29 @@
   before the next attempt starts.
 - In a multirun, jobs that a sweep does not name get a folder named after their swept overrides
   (`job_name`), so no two jobs share a folder.
+- One writer per run folder: `LOCK` names the owner's pid and host (models/lock.py); a second writer is
+  refused in one line (exit 2), a dead owner's lock on this host is taken over, saying so.
+- A full disk or an unwritable folder (ENOSPC, EDQUOT, EROFS, EACCES) is one line naming the file, exit 2;
+  an unwritable `out` is refused before Hydra opens its log there. Writes are atomic, DONE is not written.
+- SIGTERM (SLURM's preemption, scancel) and SIGINT (Ctrl-C) stop the run at the next Python bytecode:
+  FAILED says it was stopped, one line says to rerun to resume, exit 143 / 130 (128 + the signal).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +48,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from models.atomic import write_text_atomic
 from models.errors import UserError
+from models.lock import LOCK_FILE, run_lock
 from models.schemas import register_configs
 
 log = logging.getLogger(__name__)
@@ -183,12 +194,26 @@ def precheck_overrides(config_name: str, argv: list[str], check: Callable[[DictC
     except Exception as err:  # any composition failure is a user's config mistake
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
-    if check is not None:
-        try:
+    try:
+        if cfg.get("out"):
+            check_writable(Path(str(cfg.out)))
+        if check is not None:
             check(cfg)
-        except UserError as err:
-            print(f"error: {one_line(err)}", file=sys.stderr)
-            sys.exit(2)
+    except UserError as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def check_writable(folder: Path) -> None:
+    """The run folder can be created and written (Hydra opens its job log there before any stage code
+    runs, so an unwritable `out` would otherwise be Hydra's traceback)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"out: {folder} cannot be created: {existing} is a file, not a folder; choose another out= or paths.runs=")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"out: {folder} cannot be written ({existing} is read-only or not yours); choose a writable out= or paths.runs=")
 
 
 def without_ignored(config: dict[str, Any]) -> dict[str, Any]:
@@ -280,7 +305,7 @@ def check_identity(out: Path, config: dict[str, Any], force: bool) -> str:
 
 def _clear_folder(out: Path) -> None:
     """force=true: remove the earlier run's outputs (the job log Hydra has just opened stays)."""
-    keep = {f"{HydraConfig.get().job.name}.log"}
+    keep = {f"{HydraConfig.get().job.name}.log", LOCK_FILE}
     for entry in out.iterdir():
         if entry.name in keep:
             continue
@@ -306,7 +331,7 @@ def _save_hydra_files(out: Path, cfg: DictConfig) -> None:
 
 def _fail(out: Path, err: UserError, write_failed: bool = True) -> None:
     if write_failed:
-        write_text_atomic(out / FAILED_FILE, f"error: {one_line(err)}\n")
+        _note_failed(out, f"error: {one_line(err)}\n")
     if is_multirun():
         log.error("job failed: %s", one_line(err))
         return
@@ -323,8 +348,87 @@ def report_outcome(outcome: str, where: Path | str) -> None:
             handle.write(f"{outcome} {where}\n")
 
 
+# Errors of the filesystem a user fixes (free space, a writable folder), not bugs: one line, exit 2.
+DISK_ERRNOS = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
+               errno.EACCES: "permission denied", errno.EPERM: "not permitted"}  # fmt: skip
+# Exit codes of a run stopped by a signal: 128 + the signal's number, as a shell reports it.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # SLURM's preemption / scancel, and Ctrl-C
+
+
+class Stopped(BaseException):
+    """A stop signal arrived (SIGTERM, SIGINT). A BaseException, so no `except Exception` in a stage
+    swallows it; `run_task` turns it into one line, FAILED and exit 128 + the signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Raise `Stopped` in the main thread on SIGTERM and SIGINT, for the block (a stage may be deep in a
+    DataLoader or a forward pass; the next Python bytecode raises)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Stopped(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def disk_error(err: OSError, out: Path) -> UserError | None:
+    """A full disk or an unwritable folder as a UserError naming the file; None for any other OSError."""
+    if err.errno not in DISK_ERRNOS:
+        return None
+    where = err.filename or out
+    return UserError(
+        f"{where}: {DISK_ERRNOS[err.errno]} ({os.strerror(err.errno)}); free space or choose a writable out= / paths.runs=, "
+        "then rerun (finished work is kept, nothing half-written)"
+    )
+
+
+def _note_failed(out: Path, text: str) -> None:
+    try:
+        write_text_atomic(out / FAILED_FILE, text)
+    except OSError:  # the disk that failed the run may not take the note either
+        pass
+
+
 def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig, resumable: bool) -> Any:
+    """Run `task(cfg)` in its run folder (Hydra's output dir): one writer at a time (models/lock.py), the
+    identity check and DONE of a resumable run, and every way it can end as described in the module
+    docstring: a user's mistake or a disk fault in one line (exit 2), a stop signal in one line saying
+    the run will resume (exit 128 + signal), a bug as a traceback (FAILED holds it)."""
     out = output_dir()
+    try:
+        with _stop_on_signals():
+            try:
+                with run_lock(out):
+                    return _run_locked(task, cfg, resumable, out)
+            except OSError as err:
+                user_error = disk_error(err, out)
+                if user_error is None:
+                    raise
+                _fail(out, user_error)
+                return None
+            except UserError as err:  # the folder's lock is another writer's: leave the folder alone
+                _fail(out, err, write_failed=False)
+                return None
+    except Stopped as stop:
+        name = signal.Signals(stop.signum).name
+        _note_failed(out, f"stopped by {name} before it finished; rerun the same command to resume\n")
+        print(f"stopped by {name}: {out} is not finished; rerun the same command to resume it (finished work is kept)", file=sys.stderr)
+        sys.exit(128 + stop.signum)
+
+
+def _run_locked(task: Callable[[DictConfig], Any], cfg: DictConfig, resumable: bool, out: Path) -> Any:
     done = out / DONE_FILE
     config = identity_config(cfg)
     if resumable:
@@ -354,8 +458,16 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig, resumable: bool
     except UserError as err:
         _fail(out, err)
         return None
+    except OSError as err:
+        if disk_error(err, out) is not None:
+            raise  # run_task says it in one line
+        _note_failed(out, traceback.format_exc())
+        if is_multirun():
+            log.exception("job failed (traceback in %s)", out / FAILED_FILE)
+            return None
+        raise
     except Exception:
-        write_text_atomic(out / FAILED_FILE, traceback.format_exc())
+        _note_failed(out, traceback.format_exc())
         if is_multirun():
             log.exception("job failed (traceback in %s)", out / FAILED_FILE)
             return None
