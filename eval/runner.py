@@ -22,7 +22,7 @@ from eval.distributed import init_distributed, is_main_process
 from models.checkpoint import CheckpointMeta, read_meta, sha256_prefix
 from models.classifier import ImageClassifier, load_classifier
 from models.errors import UserError
-from models.evaluate import SetScores, precision_name, score_models
+from models.evaluate import SetScores, precision_name, score_models, show_progress
 from models.logits import save_logits
 from models.results import append_records, make_record
 
@@ -145,6 +145,7 @@ def evaluate_checkpoints(
                 skip_bad_images=bool(eval_cfg.skip_bad_images),
                 keep_logits=bool(eval_cfg.save_logits),
                 logits_dtype=LOGITS_DTYPES[dtype_name],
+                progress=show_progress(eval_cfg.get("progress", "auto")) and is_main_process(),
             )
             new = [
                 r

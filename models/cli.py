@@ -46,6 +46,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.model_soups_launcher import register_launcher
 from models.atomic import write_text_atomic
 from models.errors import UserError
 from models.lock import LOCK_FILE, run_lock
@@ -125,6 +126,7 @@ if not OmegaConf.has_resolver("plus"):  # ${plus:${sweep.n},1}: sweeps whose ind
 if not OmegaConf.has_resolver("job_name"):
     OmegaConf.register_new_resolver("job_name", job_name)
 register_configs()  # the structured configs conf/finetune and conf/soup start from (models/schemas.py)
+register_launcher()  # hydra/launcher=local: submitit_local, at most `parallel` jobs at once (hydra_plugins/model_soups_launcher.py)
 
 # Arguments after which we let Hydra itself handle the command line (help, info, sweeps).
 _HYDRA_FLAGS = (
