@@ -29,6 +29,7 @@ from pathlib import Path
 from models.atomic import write_text_atomic
 from models.cli import OUTCOMES_ENV
 from models.errors import UserError
+from pipeline.detach import detach
 from pipeline.steps import Step, experiment_steps, found_finished, seeds_steps, split_overrides, time_left
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +62,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="S",
         help="run the experiment once per sweep seed (0 is the plain run), then write mean +- sd of each finding to results/demo_seeds/",
     )
+    parser.add_argument(
+        "--detach",
+        action="store_true",
+        help="submit this pipeline as a one-CPU SLURM job (sbatch) and return; the job's log is runs/<name>/pipeline-<id>.log",
+    )
+    parser.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="with --detach: an sbatch option for the pipeline's job, e.g. --sbatch=--time=3-00:00:00 --sbatch=--partition=cpu",
+    )
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides passed to every stage (data.root=..., model=...)")
     args = parser.parse_intermixed_args(argv)
 
@@ -84,6 +97,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     name = split_overrides(extra)[0] or args.experiment
+    if args.detach:
+        again = [args.experiment, *(["--from", str(args.start)] if args.start != 1 else []), *extra]
+        again += ["--seeds", *map(str, args.seeds)] if args.seeds else []
+        try:
+            job = detach([sys.executable, "-m", "pipeline", *again], ROOT, runs / name, f"pipeline-{name}", args.sbatch)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(
+            f"submitted the {args.experiment} pipeline as SLURM job {job}; its log: {runs / name}/pipeline-{job}.log "
+            f"(squeue -j {job}; scancel {job} stops it, and the same command resumes)"
+        )
+        return 0
     timings_path = runs / name / "pipeline_timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     earlier, timed_now = dict(timings), {}

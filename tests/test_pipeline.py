@@ -130,12 +130,11 @@ def test_a_steps_own_arguments_win_over_the_users_overrides():
     assert sweep.argv[-3:] == ("data.root=/r", "finetune.epochs=1", "++finetune.init=lp") and sweep.withheld == ()
 
 
-def test_print_shows_the_withheld_overrides_beside_the_step():
-    from conftest import run_in_process
+def test_print_shows_the_withheld_overrides_beside_the_step(capsys):
+    from pipeline.__main__ import main
 
-    result = run_in_process("pipeline", "folder", "data.root=/r", "finetune.epochs=1", "--print")
-    assert result.returncode == 0, result.stderr
-    blocks = result.stdout.split("\n\n")
+    assert main(["folder", "data.root=/r", "finetune.epochs=1", "--print"]) == 0
+    blocks = capsys.readouterr().out.split("\n\n")
     assert blocks[1].splitlines()[0] == "# 2. zero-shot and LP inits  (the step sets these itself, so not passed: finetune.epochs=1)"
     assert "finetune.epochs=1" not in blocks[1].splitlines()[1]
     assert blocks[2].splitlines()[1].endswith("data.root=/r finetune.epochs=1")
