@@ -62,17 +62,8 @@ RUN_CONFIG_FILE = "run_config.json"  # the resolved config a run folder belongs 
 # Not part of a run's identity (dotted keys): where things live (a moved checkout still matches), the rerun
 # switch, the experiment's sequence of stage commands (python -m pipeline), which no stage reads, and keys
 # that change how a run goes but not what it writes: progress display and DataLoader worker counts.
-IDENTITY_IGNORES = (
-    "force",
-    "paths",
-    "out",
-    "pipeline",
-    "finetune.progress",
-    "eval.progress",
-    "data.workers",
-    "finetune.workers",
-    "eval.workers",
-)
+RUN_ONLY_KEYS = ("finetune.progress", "eval.progress", "data.workers", "finetune.workers", "eval.workers")
+IDENTITY_IGNORES = ("force", "paths", "out", "pipeline", *RUN_ONLY_KEYS)
 # Also out of a sweep job's identity (`sweep.kind` other than none): the sweep's size. A job's outputs are a
 # pure function of the sweep's seed and its index (finetune/sweeps.py), so `sweep.n=5` after a finished
 # `sweep.n=4` trains only the new job. Stages that read a sweep's folder (eval, soups) keep `sweep.n`: a

@@ -16,7 +16,7 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from models.cli import CONF_DIR, one_line
+from models.cli import CONF_DIR, RUN_ONLY_KEYS, one_line
 from models.errors import UserError
 
 SEEDS_DIR = "demo_seeds"  # runs/<SEEDS_DIR>/seed<S>/ holds another sweep seed's runs; results/<SEEDS_DIR>/ the summary
@@ -86,6 +86,13 @@ def override_key(arg: str) -> str | None:
     if arg.startswith("-") or "=" not in arg:
         return None
     return arg.split("=", 1)[0].lstrip("+~") or None
+
+
+def changes_outputs(extra: Sequence[str]) -> bool:
+    """Whether a user's overrides may change an experiment's outputs: any but the keys that change only
+    how runs go (progress, workers: models.cli.RUN_ONLY_KEYS), `force` and Hydra's own (launcher)."""
+    keys = [override_key(a) for a in extra]
+    return any(k is not None and k not in (*RUN_ONLY_KEYS, "force") and not k.startswith("hydra") for k in keys)
 
 
 def _compose(experiment: str, conf_dir: Path | None, overrides: Sequence[str] = ()) -> DictConfig:
@@ -168,6 +175,10 @@ def experiment_steps(
         relocate = [f"paths.runs={cfg.paths.runs}"]
     if name:
         cfg.name = name
+    if cfg.pipeline.get("results") and sweep_seed is None and changes_outputs(extra):
+        # results/<experiment>/ holds what the experiment's own config gives; another config's tables
+        # and figures go beside its runs (`python -m pipeline demo data.scale=small` must not overwrite them)
+        cfg.pipeline.results = f"{cfg.paths.runs}/{cfg.name}/results"
     if sweep_choice:
         if "sweep" not in cfg.pipeline:
             raise UserError(f"sweep={sweep_choice}: the {experiment} experiment has no sweep step (no pipeline.sweep)")

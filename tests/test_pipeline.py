@@ -138,3 +138,19 @@ def test_print_shows_the_withheld_overrides_beside_the_step(capsys):
     assert blocks[1].splitlines()[0] == "# 2. zero-shot and LP inits  (the step sets these itself, so not passed: finetune.epochs=1)"
     assert "finetune.epochs=1" not in blocks[1].splitlines()[1]
     assert blocks[2].splitlines()[1].endswith("data.root=/r finetune.epochs=1")
+
+
+@pytest.mark.parametrize(
+    "extra,results",
+    [
+        ((), "results/demo"),
+        (("data.workers=0", "finetune.progress=false", "hydra/launcher=local"), "results/demo"),  # how it runs, not what
+        (("data.scale=small", "sweep.n=3"), "runs/demo/results"),
+        (("name=mine",), "runs/mine/results"),
+        (("sweep=paper_random",), "runs/demo/results"),
+    ],
+)
+def test_the_committed_results_folder_takes_only_the_experiments_own_config(extra, results):
+    steps = experiment_steps("demo", extra=list(extra))
+    outs = [a for s in steps for a in s.argv if a.startswith("out=")]
+    assert outs == [f"out={results}", f"out={results}"]  # the tables, and the figures from checkpoints
