@@ -5,7 +5,9 @@ The steps are the `pipeline:` key of conf/experiment/EXPERIMENT.yaml (pipeline/s
 Overrides (`data.root=ROOT`, `model=vit_b32`, `name=mydata`, ...) go to every stage; `sweep=...` to the
 sweep step only. A step's own arguments win: an override of a key the step sets itself (the inits step's
 `finetune.epochs=0`) is not passed to that step, and the step's header says so. `--print` shows each
-step's command as it will run. `python -m pipeline folder data.root=ROOT` runs the whole pipeline on your
+step's command as it will run. Overrides that change the outputs send the tables and figures to
+`runs/<name>/results/` rather than the experiment's committed `results/<experiment>/`. `--detach` submits
+this command as a one-CPU SLURM job and returns (pipeline/detach.py). `python -m pipeline folder data.root=ROOT` runs the whole pipeline on your
 own dataset.
 
 Every stage skips runs that finished (their folder holds DONE), so a second run takes seconds and a
