@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo dryrun test lint format bench clean-demo
+.PHONY: venv demo dryrun test lint format bench gpucheck clean-demo
 
 venv: $(STAMP)
 
@@ -40,3 +40,8 @@ bench: venv
 
 clean-demo:
 	rm -rf runs/demo results/demo
+
+# The GPU code paths (CUDA fp32, bf16, fp16 + scaler, DDP over NCCL, AMP eval) against the CPU: at most
+# 5 minutes on one GPU; without CUDA it says so and exits 0 (benchmarks/gpu_check.py).
+gpucheck: venv
+	$(PY) -m benchmarks.gpu_check

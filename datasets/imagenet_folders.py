@@ -73,8 +73,17 @@ def require_dir(path: Path, set_name: str, expected: str) -> None:
         raise layout_error(set_name, expected, f"cannot read folder {path} (permission denied)")
 
 
+def is_folder(entry: os.DirEntry) -> bool:
+    """Whether a listed entry is a folder (a link to one counts); a link that cannot be followed (a
+    symlink loop, a permission) is a UserError naming it, not a traceback."""
+    try:
+        return entry.is_dir()
+    except OSError as err:
+        raise UserError(f"data.root: {entry.path}: {err.strerror or err}; remove or fix this link or folder") from None
+
+
 def subfolders(path: Path) -> list[str]:
-    return sorted(entry.name for entry in os.scandir(path) if entry.is_dir())
+    return sorted(entry.name for entry in os.scandir(path) if is_folder(entry))
 
 
 def folder_samples(root: Path, folder_to_label: dict[str, int], set_name: str, expected: str) -> list[Sample]:

@@ -24,7 +24,7 @@ from models.atomic import write_text_atomic
 from models.checkpoint import CheckpointMeta, read_meta
 from models.classifier import ImageClassifier, load_classifier
 from models.errors import UserError
-from models.evaluate import SetScores, precision_name, score_models
+from models.evaluate import SetScores, precision_name, score_models, show_progress
 from models.logits import save_logits
 from models.results import RESULTS_FILE, append_records, make_record, read_records
 
@@ -172,6 +172,7 @@ def evaluate_checkpoints(
                 skip_bad_images=bool(eval_cfg.skip_bad_images),
                 keep_logits=bool(eval_cfg.save_logits),
                 logits_dtype=LOGITS_DTYPES[dtype_name],
+                progress=show_progress(eval_cfg.get("progress", "auto")) and is_main_process(),
             )
             new = [
                 r

@@ -123,6 +123,8 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], d
     size = path.stat().st_size
     with open(path, "rb") as handle:
         raw = handle.read(8)
+        if len(raw) < 8 or 8 + struct.unpack("<Q", raw)[0] > size:
+            refuse_web_page(path)  # a web page's first bytes read as a huge header length
         if len(raw) < 8:
             raise UserError(f"{path}: unreadable checkpoint (truncated, {size} bytes); re-create it")
         (header_len,) = struct.unpack("<Q", raw)
@@ -135,6 +137,11 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], d
     if not isinstance(header, dict):
         raise UserError(f"{path}: unreadable checkpoint (not a safetensors header); re-create it")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise UserError(
+            f"{path}: unreadable checkpoint (its __metadata__ is {type(metadata).__name__}, not an object of strings); "
+            "re-save it with safetensors' save_file(..., metadata={str: str})"
+        )
     for key, entry in header.items():
         try:
             dtype = SAFETENSORS_DTYPES[entry["dtype"]]
@@ -267,6 +274,16 @@ def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 # --- import / export -------------------------------------------------------------------------------
 
 
+def refuse_web_page(path: Path) -> None:
+    """A downloaded web page (an error or login page saved under the checkpoint's name) is not a checkpoint:
+    say so, rather than what its bytes fail as (a pickle that "could run code", a truncated header).
+    Called where the file has already failed to parse, so a real checkpoint is never sniffed."""
+    with open(path, "rb") as handle:
+        start = handle.read(256).lstrip().lower()
+    if re.match(rb"<(!doctype|html|\?xml|head|body|[a-z]+[\s>])", start):
+        raise UserError(f"{path}: not a checkpoint (it is a web page: a failed or login-walled download?); download the file again")
+
+
 def load_pt_weights_only(path: str | os.PathLike) -> dict[str, Any]:
     """`torch.load(weights_only=True)`, turning a refused pickle into a UserError."""
     path = Path(path)
@@ -277,6 +294,9 @@ def load_pt_weights_only(path: str | os.PathLike) -> dict[str, Any]:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        refuse_web_page(path)  # "invalid load key, '<'": not a pickle at all
+        if "invalid load key" in str(err):
+            raise UserError(f"{path}: not a checkpoint (neither a torch archive nor a pickle); check the file") from None
         raise UserError(refused_pickle_message(path, str(err))) from None
     except (RuntimeError, EOFError, OSError) as err:
         raise UserError(f"{path}: unreadable .pt file ({str(err).splitlines()[0]})") from None

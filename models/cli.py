@@ -16,19 +16,29 @@
   records of the files it already scored), not skipped and not refused.
 - In a multirun, jobs that a sweep does not name get a folder named after their swept overrides
   (`job_name`), so no two jobs share a folder.
+- One writer per run folder: `LOCK` names the owner's pid and host (models/lock.py); a second writer is
+  refused in one line (exit 2), a dead owner's lock on this host is taken over, saying so.
+- A full disk or an unwritable folder (ENOSPC, EDQUOT, EROFS, EACCES) is one line naming the file, exit 2;
+  an unwritable `out` is refused before Hydra opens its log there. Writes are atomic, DONE is not written.
+- SIGTERM (SLURM's preemption, scancel) and SIGINT (Ctrl-C) stop the run at the next Python bytecode:
+  FAILED says it was stopped, one line says to rerun to resume, exit 143 / 130 (128 + the signal).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +49,10 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.model_soups_launcher import register_launcher
 from models.atomic import write_text_atomic
 from models.errors import UserError
+from models.lock import LOCK_FILE, run_lock
 from models.run_files import DONE_FILE, FAILED_FILE, RESULTS_FILE, RUN_CONFIG_FILE
 from models.schemas import register_configs
 
@@ -48,9 +60,16 @@ log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = PROJECT_ROOT / "conf"
-# Not part of a run's identity: where things live (a moved checkout still matches), the rerun switch, and
-# the experiment's sequence of stage commands (python -m pipeline), which no stage reads.
-IDENTITY_IGNORES = ("force", "paths", "out", "pipeline")
+# Not part of a run's identity (dotted keys): where things live (a moved checkout still matches), the rerun
+# switch, the experiment's sequence of stage commands (python -m pipeline), which no stage reads, and keys
+# that change how a run goes but not what it writes: progress display and DataLoader worker counts.
+RUN_ONLY_KEYS = ("finetune.progress", "eval.progress", "data.workers", "finetune.workers", "eval.workers")
+IDENTITY_IGNORES = ("force", "paths", "out", "pipeline", *RUN_ONLY_KEYS)
+# Also out of a sweep job's identity (`sweep.kind` other than none): the sweep's size. A job's outputs are a
+# pure function of the sweep's seed and its index (finetune/sweeps.py), so `sweep.n=5` after a finished
+# `sweep.n=4` trains only the new job. Stages that read a sweep's folder (eval, soups) keep `sweep.n`: a
+# grown sweep is not silently left out of their finished runs.
+SWEEP_JOB_IGNORES = ("sweep.n",)
 # A stage whose run covers a set of input files (eval: the checkpoints) names them here in its identity, by
 # path and sha256 prefix, instead of the config string that resolves to them (see `stage_entry(inputs=)`).
 INPUTS_KEY = "inputs"
@@ -102,6 +121,7 @@ if not OmegaConf.has_resolver("plus"):  # ${plus:${sweep.n},1}: sweeps whose ind
 if not OmegaConf.has_resolver("job_name"):
     OmegaConf.register_new_resolver("job_name", job_name)
 register_configs()  # the structured configs conf/finetune and conf/soup start from (models/schemas.py)
+register_launcher()  # hydra/launcher=local: submitit_local, at most `parallel` jobs at once (hydra_plugins/model_soups_launcher.py)
 
 # Arguments after which we let Hydra itself handle the command line (help, info, sweeps).
 _HYDRA_FLAGS = (
@@ -171,18 +191,47 @@ def precheck_overrides(config_name: str, argv: list[str], check: Callable[[DictC
     except Exception as err:  # any composition failure is a user's config mistake
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
-    if check is not None:
-        try:
+    try:
+        if cfg.get("out"):
+            check_writable(Path(str(cfg.out)))
+        if check is not None:
             check(cfg)
-        except UserError as err:
-            print(f"error: {one_line(err)}", file=sys.stderr)
-            sys.exit(2)
+    except UserError as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def check_writable(folder: Path) -> None:
+    """The run folder can be created and written (Hydra opens its job log there before any stage code
+    runs, so an unwritable `out` would otherwise be Hydra's traceback)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"out: {folder} cannot be created: {existing} is a file, not a folder; choose another out= or paths.runs=")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"out: {folder} cannot be written ({existing} is read-only or not yours); choose a writable out= or paths.runs=")
+
+
+def without_ignored(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` (a resolved config, or one recorded in run_config.json) without the keys that are not part
+    of a run's identity: IDENTITY_IGNORES, and SWEEP_JOB_IGNORES in a sweep job."""
+    sweep_kind = (config.get("sweep") or {}).get("kind", "none") if isinstance(config.get("sweep"), dict) else "none"
+    ignored = IDENTITY_IGNORES + (SWEEP_JOB_IGNORES if sweep_kind != "none" else ())
+
+    def drop(node: Any, prefix: str) -> Any:
+        if not isinstance(node, dict):
+            return node
+        return {k: drop(v, f"{prefix}{k}.") for k, v in node.items() if f"{prefix}{k}" not in ignored}
+
+    return drop(config, "")
 
 
 def identity_config(cfg: DictConfig, inputs: tuple[str, dict[str, str]] | None = None) -> dict[str, Any]:
-    """The resolved config that names a run, without the keys in IDENTITY_IGNORES; values under a
-    `paths.*` folder are written relative to it (`${paths.root}/models/...`), so a moved checkout matches.
-    `inputs` (config key, {file: sha256 prefix}): the files replace that key's text under INPUTS_KEY."""
+    """The resolved config that names a run, without the keys that do not change its outputs
+    (`without_ignored`); values under a `paths.*` folder are written relative to it
+    (`${paths.root}/models/...`), so a moved checkout matches. `inputs` (config key, {file: sha256
+    prefix}): the files replace that key's text under INPUTS_KEY."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if inputs is not None:
         resolved.pop(inputs[0], None)
@@ -200,7 +249,7 @@ def identity_config(cfg: DictConfig, inputs: tuple[str, dict[str, str]] | None =
                     return "${paths." + name + "}" + value[len(root) :]
         return value
 
-    return relative({k: v for k, v in resolved.items() if k not in IDENTITY_IGNORES})
+    return relative(without_ignored(resolved))
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -243,6 +292,9 @@ def check_identity(out: Path, config: dict[str, Any], force: bool, inputs_key: s
         recorded = json.loads(recorded_path.read_text())
     except (OSError, json.JSONDecodeError):
         raise UserError(f"{recorded_path}: unreadable; pass force=true to rerun this folder from scratch") from None
+    if not isinstance(recorded, dict):
+        raise UserError(f"{recorded_path}: not a config object; pass force=true to rerun this folder from scratch")
+    recorded = without_ignored(recorded)  # recorded by a version whose identity held keys it no longer does
     # The same config, or one that differs only by keys that are null on one side and absent on the
     # other (an option added later with a null default: the run computed the same thing).
     differing = differing_keys(recorded, config)
@@ -259,7 +311,7 @@ def check_identity(out: Path, config: dict[str, Any], force: bool, inputs_key: s
 
 def _clear_folder(out: Path) -> None:
     """force=true: remove the earlier run's outputs (the job log Hydra has just opened stays)."""
-    keep = {f"{HydraConfig.get().job.name}.log"}
+    keep = {f"{HydraConfig.get().job.name}.log", LOCK_FILE}
     for entry in out.iterdir():
         if entry.name in keep:
             continue
@@ -285,7 +337,7 @@ def _save_hydra_files(out: Path, cfg: DictConfig) -> None:
 
 def _fail(out: Path, err: UserError, write_failed: bool = True) -> None:
     if write_failed:
-        write_text_atomic(out / FAILED_FILE, f"error: {one_line(err)}\n")
+        _note_failed(out, f"error: {one_line(err)}\n")
     if is_multirun():
         log.error("job failed: %s", one_line(err))
         return
@@ -302,10 +354,91 @@ def report_outcome(outcome: str, where: Path | str) -> None:
             handle.write(f"{outcome} {where}\n")
 
 
+# Errors of the filesystem a user fixes (free space, a writable folder), not bugs: one line, exit 2.
+DISK_ERRNOS = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
+               errno.EACCES: "permission denied", errno.EPERM: "not permitted"}  # fmt: skip
+# Exit codes of a run stopped by a signal: 128 + the signal's number, as a shell reports it.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # SLURM's preemption / scancel, and Ctrl-C
+
+
+class Stopped(BaseException):
+    """A stop signal arrived (SIGTERM, SIGINT). A BaseException, so no `except Exception` in a stage
+    swallows it; `run_task` turns it into one line, FAILED and exit 128 + the signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Raise `Stopped` in the main thread on SIGTERM and SIGINT, for the block (a stage may be deep in a
+    DataLoader or a forward pass; the next Python bytecode raises)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Stopped(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def disk_error(err: OSError, out: Path) -> UserError | None:
+    """A full disk or an unwritable folder as a UserError naming the file; None for any other OSError."""
+    if err.errno not in DISK_ERRNOS:
+        return None
+    where = err.filename or out
+    return UserError(
+        f"{where}: {DISK_ERRNOS[err.errno]} ({os.strerror(err.errno)}); free space or choose a writable out= / paths.runs=, "
+        "then rerun (finished work is kept, nothing half-written)"
+    )
+
+
+def _note_failed(out: Path, text: str) -> None:
+    try:
+        write_text_atomic(out / FAILED_FILE, text)
+    except OSError:  # the disk that failed the run may not take the note either
+        pass
+
+
 def run_task(
     task: Callable[[DictConfig], Any], cfg: DictConfig, resumable: bool, inputs: Callable[[DictConfig], tuple[str, dict]] | None = None
 ) -> Any:
+    """Run `task(cfg)` in its run folder (Hydra's output dir): one writer at a time (models/lock.py), the
+    identity check and DONE of a resumable run, and every way it can end as described in the module
+    docstring: a user's mistake or a disk fault in one line (exit 2), a stop signal in one line saying
+    the run will resume (exit 128 + signal), a bug as a traceback (FAILED holds it)."""
     out = output_dir()
+    try:
+        with _stop_on_signals():
+            try:
+                with run_lock(out):
+                    return _run_locked(task, cfg, resumable, out, inputs)
+            except OSError as err:
+                user_error = disk_error(err, out)
+                if user_error is None:
+                    raise
+                _fail(out, user_error)
+                return None
+            except UserError as err:  # the folder's lock is another writer's: leave the folder alone
+                _fail(out, err, write_failed=False)
+                return None
+    except Stopped as stop:
+        name = signal.Signals(stop.signum).name
+        _note_failed(out, f"stopped by {name} before it finished; rerun the same command to resume\n")
+        print(f"stopped by {name}: {out} is not finished; rerun the same command to resume it (finished work is kept)", file=sys.stderr)
+        sys.exit(128 + stop.signum)
+
+
+def _run_locked(
+    task: Callable[[DictConfig], Any], cfg: DictConfig, resumable: bool, out: Path, inputs: Callable[[DictConfig], tuple[str, dict]] | None
+) -> Any:
     done = out / DONE_FILE
     if resumable:
         try:
@@ -339,8 +472,16 @@ def run_task(
     except UserError as err:
         _fail(out, err)
         return None
+    except OSError as err:
+        if disk_error(err, out) is not None:
+            raise  # run_task says it in one line
+        _note_failed(out, traceback.format_exc())
+        if is_multirun():
+            log.exception("job failed (traceback in %s)", out / FAILED_FILE)
+            return None
+        raise
     except Exception:
-        write_text_atomic(out / FAILED_FILE, traceback.format_exc())
+        _note_failed(out, traceback.format_exc())
         if is_multirun():
             log.exception("job failed (traceback in %s)", out / FAILED_FILE)
             return None

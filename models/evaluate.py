@@ -17,15 +17,41 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
+import os
+import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Subset, default_collate
+from tqdm import tqdm
 
 from models.errors import UserError
 from models.sets import EvalSet, RelabelScore, UnreadableImage
+
+log = logging.getLogger(__name__)
+_said: set[str] = set()  # notes said once per process (torch would repeat its worker warning for every set)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (the affinity mask: SLURM's and taskset's limits, not the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def say_once(key: str, message: str) -> None:
+    if key not in _said:
+        _said.add(key)
+        log.warning(message)
+
+
+def show_progress(setting: bool | str | None) -> bool:
+    """`eval.progress`: auto (a bar when stderr is a terminal, not in a job's log file), true or false."""
+    if setting is None or setting == "auto":
+        return sys.stderr.isatty()
+    return bool(setting)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -105,7 +131,12 @@ def iter_logits(
     """
     device = torch.device(device)
     autocast = torch.autocast(device.type, dtype=torch.float16) if resolve_amp(amp, device) else contextlib.nullcontext()
-    for images, labels, bad in make_loader(eval_set, batch_size, workers, shard, batches):
+    if workers > available_cores():
+        say_once("workers", f"{workers} DataLoader workers on {available_cores()} cores may run slowly; lower data.workers (said once)")
+    with warnings.catch_warnings():  # torch's version of the note above, which it repeats for every set
+        warnings.filterwarnings("ignore", message="This DataLoader will create")
+        loader = iter(make_loader(eval_set, batch_size, workers, shard, batches))
+    for images, labels, bad in loader:
         for item in bad:
             if not skip_bad_images:
                 raise bad_image_error(item)
@@ -183,8 +214,10 @@ def score_models(
     skip_bad_images: bool = False,
     keep_logits: bool = False,
     logits_dtype: torch.dtype = torch.float16,
+    progress: bool = False,
 ) -> list[SetScores]:
-    """Score every model on `eval_set` in one pass over the images (sharded across ranks under torchrun)."""
+    """Score every model on `eval_set` in one pass over the images (sharded across ranks under torchrun);
+    `progress`: a bar on stderr with images/s and the time left (this rank's shard)."""
     num_classes = len(eval_set.classnames)
     shard = distributed_shard()
     per_class_correct = torch.zeros(len(models), num_classes, dtype=torch.long)
@@ -195,7 +228,11 @@ def score_models(
     keep_predictions = bool(eval_set.relabellings)
     predictions: list[list[torch.Tensor]] = [[] for _ in models]
     batches = iter_logits(models, eval_set, batch_size, workers, device, amp, skip_bad_images, lambda bad: skipped.append(bad.path), shard)
+    size = len(eval_set.dataset) if shard is None else len(shard_range(len(eval_set.dataset), *shard))
+    label = f"{eval_set.name} ({len(models)} model{'s' if len(models) > 1 else ''})"
+    bar = tqdm(total=size, desc=label, unit="img", file=sys.stderr, disable=not progress, dynamic_ncols=True, leave=True)
     for logits, labels in batches:
+        bar.update(len(labels))
         per_class_n += torch.bincount(labels, minlength=num_classes)
         for i, x in enumerate(logits):
             hits = labels[x.argmax(dim=-1) == labels]
@@ -206,6 +243,7 @@ def score_models(
                 predictions[i].append(x.argmax(dim=-1))
         if keep_logits or keep_predictions:
             kept_labels.append(labels)
+    bar.close()
     if shard is not None:
         per_class_correct, per_class_n, skipped, kept, kept_labels, predictions = _all_reduce(
             per_class_correct, per_class_n, skipped, kept, kept_labels, keep_logits, predictions

@@ -6,6 +6,7 @@ The eval stage writes them for every checkpoint and the soups stage for every so
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -21,10 +22,11 @@ LOGITS_DIR = "logits"
 
 def save_logits(out: str | os.PathLike, model_id: str, dataset: str, logits: torch.Tensor, labels: torch.Tensor) -> Path:
     path = Path(out) / LOGITS_DIR / model_id / f"{dataset}.safetensors"
+    # One metadata key holding sorted JSON: safetensors writes a metadata map in a random order per
+    # process, which would make the same logits a different file on every run.
+    about = json.dumps({"dataset": dataset, "model_id": model_id}, sort_keys=True)
     with atomic_path(path) as tmp:
-        save_file(
-            {"logits": logits.contiguous(), "labels": labels.contiguous()}, str(tmp), metadata={"model_id": model_id, "dataset": dataset}
-        )
+        save_file({"logits": logits.contiguous(), "labels": labels.contiguous()}, str(tmp), metadata={"logits_of": about})
     return path
 
 

@@ -3,7 +3,12 @@
 The steps are the `pipeline:` key of conf/experiment/EXPERIMENT.yaml (pipeline/steps.py reads them).
 
 Overrides (`data.root=ROOT`, `model=vit_b32`, `name=mydata`, ...) go to every stage; `sweep=...` to the
-sweep step only. `python -m pipeline folder data.root=ROOT` runs the whole pipeline on your own dataset.
+sweep step only. A step's own arguments win: an override of a key the step sets itself (the inits step's
+`finetune.epochs=0`) is not passed to that step, and the step's header says so. `--print` shows each
+step's command as it will run. Overrides that change the outputs send the tables and figures to
+`runs/<name>/results/` rather than the experiment's committed `results/<experiment>/`. `--detach` submits
+this command as a one-CPU SLURM job and returns (pipeline/detach.py). `python -m pipeline folder data.root=ROOT` runs the whole pipeline on your
+own dataset.
 
 Every stage skips runs that finished (their folder holds DONE), so a second run takes seconds and a
 run after a kill resumes where it stopped. Progress says which step runs, and the time left is
@@ -26,7 +31,8 @@ from pathlib import Path
 from models.atomic import write_text_atomic
 from models.cli import OUTCOMES_ENV
 from models.errors import UserError
-from pipeline.steps import experiment_steps, found_finished, seeds_steps, split_overrides, time_left
+from pipeline.detach import detach
+from pipeline.steps import Step, experiment_steps, found_finished, seeds_steps, split_overrides, time_left
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,6 +46,12 @@ def _short(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def _withheld(step: Step) -> str:
+    if not step.withheld:
+        return ""
+    return f"  (the step sets these itself, so not passed: {' '.join(step.withheld)})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("experiment", help="which experiment's sequence to run: conf/experiment/EXPERIMENT.yaml, its pipeline: key")
@@ -51,6 +63,18 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         metavar="S",
         help="run the experiment once per sweep seed (0 is the plain run), then write mean +- sd of each finding to results/demo_seeds/",
+    )
+    parser.add_argument(
+        "--detach",
+        action="store_true",
+        help="submit this pipeline as a one-CPU SLURM job (sbatch) and return; the job's log is runs/<name>/pipeline-<id>.log",
+    )
+    parser.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="with --detach: an sbatch option for the pipeline's job, e.g. --sbatch=--time=3-00:00:00 --sbatch=--partition=cpu",
     )
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides passed to every stage (data.root=..., model=...)")
     args = parser.parse_intermixed_args(argv)
@@ -71,10 +95,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.print:
         for number, step in enumerate(steps, start=1):
-            print(f"# {number}. {step.name}\n{shlex.join(step.argv)}\n")
+            print(f"# {number}. {step.name}{_withheld(step)}\n{shlex.join(step.argv)}\n")
         return 0
 
     name = split_overrides(extra)[0] or args.experiment
+    if args.detach:
+        again = [args.experiment, *(["--from", str(args.start)] if args.start != 1 else []), *extra]
+        again += ["--seeds", *map(str, args.seeds)] if args.seeds else []
+        try:
+            job = detach([sys.executable, "-m", "pipeline", *again], ROOT, runs / name, f"pipeline-{name}", args.sbatch)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(
+            f"submitted the {args.experiment} pipeline as SLURM job {job}; its log: {runs / name}/pipeline-{job}.log "
+            f"(squeue -j {job}; scancel {job} stops it, and the same command resumes)"
+        )
+        return 0
     timings_path = runs / name / "pipeline_timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     earlier, timed_now = dict(timings), {}
@@ -85,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         left = time_left(steps, number - 1, earlier, timed_now)
         print(
             f"\n=== [{number}/{len(steps)}] {step.name}  (elapsed {_clock(time.monotonic() - started)}, about {_clock(left)} left)\n"
-            f"    {shlex.join(step.argv)}",
+            f"    {shlex.join(step.argv)}{_withheld(step)}",
             flush=True,
         )
         step_start = time.monotonic()

@@ -16,7 +16,7 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from models.cli import CONF_DIR, one_line
+from models.cli import CONF_DIR, RUN_ONLY_KEYS, one_line
 from models.errors import UserError
 
 SEEDS_DIR = "demo_seeds"  # runs/<SEEDS_DIR>/seed<S>/ holds another sweep seed's runs; results/<SEEDS_DIR>/ the summary
@@ -27,6 +27,7 @@ class Step:
     name: str
     argv: tuple[str, ...]
     estimate_s: float = 60.0
+    withheld: tuple[str, ...] = ()  # the user's overrides of keys this step sets itself (its own win)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +78,21 @@ def split_overrides(extra: Sequence[str]) -> tuple[str | None, str | None, list[
         else:
             rest.append(arg)
     return name, sweep, rest
+
+
+def override_key(arg: str) -> str | None:
+    """The config key a command-line override sets (`finetune.epochs` of `++finetune.epochs=1`, `model` of
+    `model=vit_b32`, `hydra/launcher` of `hydra/launcher=slurm`); None for a flag such as `-m`."""
+    if arg.startswith("-") or "=" not in arg:
+        return None
+    return arg.split("=", 1)[0].lstrip("+~") or None
+
+
+def changes_outputs(extra: Sequence[str]) -> bool:
+    """Whether a user's overrides may change an experiment's outputs: any but the keys that change only
+    how runs go (progress, workers: models.cli.RUN_ONLY_KEYS), `force` and Hydra's own (launcher)."""
+    keys = [override_key(a) for a in extra]
+    return any(k is not None and k not in (*RUN_ONLY_KEYS, "force") and not k.startswith("hydra") for k in keys)
 
 
 def _compose(experiment: str, conf_dir: Path | None, overrides: Sequence[str] = ()) -> DictConfig:
@@ -159,13 +175,19 @@ def experiment_steps(
         relocate = [f"paths.runs={cfg.paths.runs}"]
     if name:
         cfg.name = name
+    if cfg.pipeline.get("results") and sweep_seed is None and changes_outputs(extra):
+        # results/<experiment>/ holds what the experiment's own config gives; another config's tables
+        # and figures go beside its runs (`python -m pipeline demo data.scale=small` must not overwrite them)
+        cfg.pipeline.results = f"{cfg.paths.runs}/{cfg.name}/results"
     if sweep_choice:
         if "sweep" not in cfg.pipeline:
             raise UserError(f"sweep={sweep_choice}: the {experiment} experiment has no sweep step (no pipeline.sweep)")
         cfg.pipeline.sweep = sweep_choice
     pipeline = _pipeline(experiment, cfg)
     launcher = pipeline.get("launcher") or []
-    # Every step that takes them gets the user's overrides after its own (and after the launcher's).
+    # Every step that takes them gets the user's overrides after its own (and after the launcher's),
+    # except those of a key the step sets itself: the step's own value wins (the inits step's
+    # finetune.epochs=0 over a user's finetune.epochs=1, which would make the LP init a fine-tune).
     user = [*([f"name={name}"] if name else []), *rest]
     steps = []
     for spec in pipeline["steps"]:
@@ -177,8 +199,11 @@ def experiment_steps(
             args += relocate if spec.overrides else []
         if spec.launch and launcher:
             args = [*(["-m"] if "-m" not in args else []), *args, *launcher]
-        argv = ("python", "-m", spec.module, *args, *(user if spec.overrides else []))
-        steps.append(Step(spec.name, argv, spec.estimate_s))
+        own = {override_key(a) for a in args} - {None}
+        given = user if spec.overrides else []
+        passed = [a for a in given if override_key(a) not in own]
+        withheld = tuple(a for a in given if override_key(a) in own)
+        steps.append(Step(spec.name, ("python", "-m", spec.module, *args, *passed), spec.estimate_s, withheld))
     return steps
 
 

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 import datasets
 from models.atomic import atomic_path, write_text_atomic
 from models.checkpoint import CheckpointMeta, save_checkpoint, sha256_prefix
-from models.cli import DONE_FILE, RUN_CONFIG_FILE, identity_config
+from models.cli import DONE_FILE, RUN_CONFIG_FILE, identity_config, without_ignored
 from models.errors import UserError
 from models.evaluate import count_correct, resolve_device
 from models.logits import LOGITS_DIR, load_logits, save_logits
@@ -154,7 +154,7 @@ class RecordedLogits:
             raise UserError(
                 f"eval.logits_from: {self.folder} is not a finished eval run (no {DONE_FILE}); run the eval stage first or set it to null"
             )
-        recorded = json.loads(run_config.read_text())
+        recorded = without_ignored(json.loads(run_config.read_text()))
         same_data = recorded.get("data") == data  # as run_config.json writes it (models.cli.identity_config)
         self.model_ids: dict[tuple[str, str, int], str] = {}  # (sha256, set, n) -> the eval run's model_id
         if same_data and (recorded.get("eval") or {}).get("logits_dtype") == "float32":

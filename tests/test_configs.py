@@ -42,12 +42,18 @@ def test_every_option_composes(stage: str, group: str, option: str):
         assert chosen is not None
 
 
-@pytest.mark.parametrize("launcher", ["basic", "submitit_local", "submitit_slurm", "slurm"])
+@pytest.mark.parametrize("launcher", ["basic", "submitit_local", "local", "submitit_slurm", "slurm"])
 def test_launchers_compose(launcher: str):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("finetune", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
     target = cfg.hydra.launcher._target_
-    expected = {"basic": "BasicLauncher", "submitit_local": "LocalLauncher", "submitit_slurm": "SlurmLauncher", "slurm": "SlurmLauncher"}
+    expected = {
+        "basic": "BasicLauncher",
+        "submitit_local": "LocalLauncher",
+        "local": "LimitedLocalLauncher",
+        "submitit_slurm": "SlurmLauncher",
+        "slurm": "SlurmLauncher",
+    }
     assert target.endswith(expected[launcher])
 
 
@@ -75,3 +81,20 @@ def test_an_experiment_names_its_runs(experiment: str):
         cfg = compose("eval", overrides=[f"experiment={experiment}"])
     assert cfg.name == experiment
     assert f"/{experiment}/eval/" in cfg.out
+
+
+@pytest.mark.parametrize("parallel,cores,waves", [(2, 8, [(0, 2), (2, 2), (4, 1)]), (None, 3, [(0, 3), (3, 2)]), (9, 1, [(0, 5)])])
+def test_the_local_launcher_runs_at_most_parallel_jobs_at_once(parallel, cores, waves, monkeypatch):
+    from hydra_plugins.model_soups_launcher import LimitedLocalLauncher
+
+    launched = []  # submitit_local's own launch, stubbed (Hydra's plugin scan may have re-imported its module)
+    monkeypatch.setattr(
+        LimitedLocalLauncher.__bases__[0],
+        "launch",
+        lambda self, jobs, first: launched.append((first, len(jobs))) or [f"r{first + i}" for i in range(len(jobs))],
+    )
+    monkeypatch.setattr("models.evaluate.available_cores", lambda: cores)
+    launcher = LimitedLocalLauncher(parallel=parallel, submitit_folder="x", timeout_min=1)
+    results = launcher.launch([[f"seed={i}"] for i in range(5)], initial_job_idx=0)
+    assert launched == waves  # (first job index, jobs) of each wave, one wave after another
+    assert results == [f"r{i}" for i in range(5)]  # every job's result, in order

@@ -115,3 +115,42 @@ def test_the_dry_run_passes_end_to_end_and_resumes(tmp_path):
     second = run_module("pipeline", "paper_vitb32_dryrun", *SMALL, env=env, timeout=900)
     assert second.returncode == 0
     assert {p: p.stat().st_mtime_ns for p in base.rglob("model.safetensors")} == stamps
+
+
+def test_a_steps_own_arguments_win_over_the_users_overrides():
+    # The inits step fits the heads with finetune.epochs=0; a user's finetune.epochs=1 after it would make
+    # the LP init a one-epoch fine-tune that every sweep job refuses as its init.
+    steps = experiment_steps("folder", extra=["data.root=/r", "finetune.epochs=1", "++finetune.init=lp"])
+    inits, sweep = steps[1], steps[2]
+    assert inits.name == "zero-shot and LP inits"
+    assert "finetune.epochs=0" in inits.argv and "finetune.epochs=1" not in inits.argv
+    assert "finetune.init=zeroshot,lp" in inits.argv and "++finetune.init=lp" not in inits.argv  # `++` sets the same key
+    assert inits.withheld == ("finetune.epochs=1", "++finetune.init=lp")
+    assert "data.root=/r" in inits.argv  # the keys the step does not set still reach it
+    assert sweep.argv[-3:] == ("data.root=/r", "finetune.epochs=1", "++finetune.init=lp") and sweep.withheld == ()
+
+
+def test_print_shows_the_withheld_overrides_beside_the_step(capsys):
+    from pipeline.__main__ import main
+
+    assert main(["folder", "data.root=/r", "finetune.epochs=1", "--print"]) == 0
+    blocks = capsys.readouterr().out.split("\n\n")
+    assert blocks[1].splitlines()[0] == "# 2. zero-shot and LP inits  (the step sets these itself, so not passed: finetune.epochs=1)"
+    assert "finetune.epochs=1" not in blocks[1].splitlines()[1]
+    assert blocks[2].splitlines()[1].endswith("data.root=/r finetune.epochs=1")
+
+
+@pytest.mark.parametrize(
+    "extra,results",
+    [
+        ((), "results/demo"),
+        (("data.workers=0", "finetune.progress=false", "hydra/launcher=local"), "results/demo"),  # how it runs, not what
+        (("data.scale=small", "sweep.n=3"), "runs/demo/results"),
+        (("name=mine",), "runs/mine/results"),
+        (("sweep=paper_random",), "runs/demo/results"),
+    ],
+)
+def test_the_committed_results_folder_takes_only_the_experiments_own_config(extra, results):
+    steps = experiment_steps("demo", extra=list(extra))
+    outs = [a for s in steps for a in s.argv if a.startswith("out=")]
+    assert outs == [f"out={results}", f"out={results}"]  # the tables, and the figures from checkpoints

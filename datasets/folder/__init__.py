@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from datasets import ClassInfo, EvalSet
-from datasets.imagenet_folders import ImageFiles, Sample
+from datasets.imagenet_folders import ImageFiles, Sample, is_folder
 from datasets.imagenet_split import heldout_mask, mask_sha256
 from models.atomic import write_text_atomic
 from models.errors import UserError
@@ -63,7 +63,7 @@ def _image_files(folder: Path) -> list[str]:
 
 
 def _subfolders(path: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+    return sorted(e.name for e in os.scandir(path) if not e.name.startswith(".") and is_folder(e))
 
 
 def scan(root: str | os.PathLike, heldout_split: str = "auto") -> Layout:
