@@ -5,9 +5,11 @@
   empty). An image counts as correct when the prediction is in its set; images with an empty set are left
   out, and their number is recorded.
 - **Multilabel** (Shankar et al. 2020, "Evaluating machine accuracy on ImageNet"): the annotation file its
-  authors publish, `human_accuracy_v3.0.0.json`. A prediction counts as correct when the experts marked it
-  `correct` or `unclear`; `problematic_images` are left out; the accuracy is the mean of the per-class
-  accuracies (classes by the image's ImageNet label), the protocol the dataset's TFDS card recommends.
+  authors publish, `human_accuracy_v3.0.0.json`; `problematic_images` are left out. Two protocols
+  (`eval.multilabel_protocol`, named in each record): `tfds` (default) counts a prediction the experts
+  marked `correct` or `unclear` and averages the per-class accuracies (classes by the image's ImageNet
+  label), as the dataset's TFDS card recommends; `shankar` counts `correct` only and pools the images, as
+  the authors' own `human_accuracy.py`.
 
 Both find an image's labels by its official file name, `ILSVRC2012_val_%08d.JPEG`.
 """
@@ -39,8 +41,9 @@ ROLE = "id_relabel"
 REAL = "ImageNetReaL"
 MULTILABEL = "ImageNetMultilabel"
 REAL_LABELS_FILE = "timm/data/_info/imagenet_real_labels.json"
-ACCEPTED_MARKS = ("correct", "unclear")  # lenient with `unclear`, as recommended with the annotations
 MARKS = ("correct", "wrong", "unclear")
+# protocol -> (the marks a prediction may have to count, whether the accuracy is the mean of per-class accuracies)
+PROTOCOLS = {"tfds": (("correct", "unclear"), True), "shankar": (("correct",), False)}
 
 
 def official_index(path: str) -> int | None:
@@ -112,8 +115,8 @@ def multilabel_error(path: Path, problem: str) -> UserError:
 
 
 @functools.cache
-def read_multilabel(path: str) -> tuple[dict[str, frozenset[int]], frozenset[str]]:
-    """(val file name -> classes marked correct or unclear, problematic file names) from the authors' JSON.
+def read_multilabel(path: str, accepted_marks: tuple[str, ...] = PROTOCOLS["tfds"][0]) -> tuple[dict[str, frozenset[int]], frozenset[str]]:
+    """(val file name -> classes with one of `accepted_marks`, problematic file names) from the authors' JSON.
 
     Entries of other sets (ImageNetV2 images are annotated in the same file) are ignored.
     """
@@ -140,7 +143,7 @@ def read_multilabel(path: str) -> tuple[dict[str, frozenset[int]], frozenset[str
             unknown = [w for w in wnids if w not in class_of] if isinstance(wnids, list) else [wnids]
             if unknown:
                 raise multilabel_error(file, f"initial_annots[{name!r}][{mark!r}]: {unknown[0]!r} is not an ImageNet-1k wnid")
-        accepted[name] = frozenset(class_of[w] for mark in ACCEPTED_MARKS for w in marks.get(mark, []))
+        accepted[name] = frozenset(class_of[w] for mark in accepted_marks for w in marks.get(mark, []))
     if not accepted:
         raise multilabel_error(file, f"no annotated ImageNet val image ({OFFICIAL_PATTERN}) in initial_annots")
     return accepted, frozenset(problematic)
@@ -152,9 +155,11 @@ def multilabel_accuracy(
     labels: Sequence[int],
     accepted: Mapping[str, Collection[int]],
     problematic: Collection[str],
+    per_class: bool = True,
 ) -> dict[str, Any]:
     """Per class (the image's ImageNet label) the fraction of annotated, unproblematic images whose prediction
-    is accepted; `top1` is the mean over the classes that have such images, `pooled_top1` the plain fraction."""
+    is accepted; `top1` is the mean over the classes that have such images (`per_class`, the TFDS protocol)
+    or the plain fraction of those images (the authors' protocol)."""
     correct: dict[int, int] = {}
     seen: dict[int, int] = {}
     excluded = 0
@@ -166,12 +171,14 @@ def multilabel_accuracy(
             continue
         seen[int(label)] = seen.get(int(label), 0) + 1
         correct[int(label)] = correct.get(int(label), 0) + (int(predicted) in accepted[name])
-    per_class = [correct[c] / seen[c] for c in sorted(seen)]
+    class_accuracy = [correct[c] / seen[c] for c in sorted(seen)]
     return {
         "correct": sum(correct.values()),
         "n": sum(seen.values()),
-        "top1": sum(per_class) / len(per_class) if per_class else float("nan"),
-        "classes": len(per_class),
+        "top1": (sum(class_accuracy) / len(class_accuracy) if per_class else sum(correct.values()) / sum(seen.values()))
+        if class_accuracy
+        else float("nan"),
+        "classes": len(class_accuracy),
         "excluded_problematic": excluded,
     }
 
@@ -182,14 +189,15 @@ class MultilabelAccuracy:
     name = MULTILABEL
     role = ROLE
 
-    def __init__(self, paths: Sequence[str], source: str):
+    def __init__(self, paths: Sequence[str], source: str, protocol: str = "tfds"):
         self.paths = list(paths)
-        self.source = source
-        self.accepted, self.problematic = read_multilabel(source)
+        self.source, self.protocol = source, protocol
+        marks, self.per_class = PROTOCOLS[protocol]
+        self.accepted, self.problematic = read_multilabel(source, marks)
 
     def score(self, predictions: torch.Tensor, labels: torch.Tensor, skipped: Sequence[str]) -> RelabelScore | None:
         names = [os.path.basename(path) for path in kept_paths(self.paths, skipped)]
-        result = multilabel_accuracy(predictions.tolist(), names, labels.tolist(), self.accepted, self.problematic)
+        result = multilabel_accuracy(predictions.tolist(), names, labels.tolist(), self.accepted, self.problematic, self.per_class)
         if not result["n"]:
             return None
         extra = {
@@ -197,6 +205,7 @@ class MultilabelAccuracy:
             "classes_scored": result["classes"],
             "excluded_problematic": result["excluded_problematic"],
             "annotations": self.source,
+            "protocol": self.protocol,
         }
         return RelabelScore(result["correct"], result["n"], result["top1"], extra)
 
@@ -228,13 +237,16 @@ def id_relabellings(eval_cfg: Any, eval_set: EvalSet) -> list:
         else:
             log.info("ReaL: skipped, the val files do not all have official names (%s, e.g. %s)", OFFICIAL_PATTERN, unofficial)
     multilabel = eval_cfg.get("multilabel")
+    protocol = str(eval_cfg.get("multilabel_protocol", "tfds"))
+    if protocol not in PROTOCOLS:
+        raise UserError(f"eval.multilabel_protocol={protocol}: expected {' or '.join(PROTOCOLS)}")
     if multilabel:
         if unofficial is not None:
             raise UserError(
                 f"eval.multilabel: annotations are matched by the official val file names ({OFFICIAL_PATTERN}), "
                 f"but {unofficial} is not one; keep the official names or drop eval.multilabel"
             )
-        relabellings.append(MultilabelAccuracy(paths, str(multilabel)))
+        relabellings.append(MultilabelAccuracy(paths, str(multilabel), protocol))
     else:
         log.info("multilabel: no annotation file (eval.multilabel); the multilabel column is left out (docs/data.md)")
     return relabellings

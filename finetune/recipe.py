@@ -1,4 +1,4 @@
-"""The fine-tuning recipe's math as pure functions: schedule, label smoothing, mixup, RandAugment strings.
+"""The fine-tuning recipe's math as pure functions: schedule, label smoothing, mixup, the training augmentation.
 
 The warmup-cosine schedule lives in `models.schedule` (the world's CLIP pretraining steps by it too).
 
@@ -50,9 +50,10 @@ def mixup(images: torch.Tensor, targets: torch.Tensor, alpha: float, generator: 
     return mixed_images, mixed_targets
 
 
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy against probability targets (smoothed and/or mixed)."""
-    return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy against probability targets (smoothed and/or mixed): the mean (or the sum) over examples."""
+    per_example = torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1)
+    return per_example.sum() if reduction == "sum" else per_example.mean()
 
 
 def parse_randaug(spec: str | None) -> str | None:
@@ -71,18 +72,39 @@ def parse_randaug(spec: str | None) -> str | None:
     return text
 
 
-def randaug_transform(spec: str | None, image_size: int, mean: tuple[float, ...]) -> Callable | None:
-    """timm's RandAugment for PIL images, or None when off."""
+CROP_SCALE, CROP_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)  # timm's (and torchvision's) ImageNet random-resized crop
+HFLIP = 0.5
+
+
+def timm_train_augmentation(spec: str | None, image_size: int | tuple[int, int], mean: tuple[float, ...]) -> Callable | None:
+    """The PIL part of timm's ImageNet training pipeline (`timm.data.transforms_factory.transforms_imagenet_train`),
+    as the official `finetune.py --timm-aug` builds it, or None when `spec` is off.
+
+    A random-resized crop to the model's resolution (area 8-100%, aspect 3/4-4/3, bicubic), a horizontal
+    flip (p 0.5), then RandAugment `spec` on the crop (translations of 45% of the resolution, fill with the
+    model's mean). 'rand-mM-n0' is the crop and the flip alone. timm's colour jitter is off, as timm turns
+    it off whenever RandAugment is on. The conversion to a tensor and the model's mean/std follow (the
+    model's eval preprocessing, whose resize and centre crop leave an image of its resolution as it is).
+    """
     spec = parse_randaug(spec)
     if spec is None:
         return None
     from timm.data.auto_augment import rand_augment_transform
+    from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_pil_interp
+    from torchvision import transforms
 
-    hparams = {"translate_const": int(image_size * 0.45), "img_mean": tuple(round(255 * x) for x in mean)}
+    size = min(image_size) if isinstance(image_size, (tuple, list)) else image_size
+    hparams = {
+        "translate_const": int(size * 0.45),
+        "img_mean": tuple(min(255, round(255 * x)) for x in mean),
+        "interpolation": str_to_pil_interp("bicubic"),
+    }
     try:
-        return rand_augment_transform(spec, hparams)
+        policy = rand_augment_transform(spec, hparams)
     except (AssertionError, ValueError, KeyError) as err:
         raise UserError(f"finetune.randaug: timm rejects {spec!r} ({err})") from None
+    crop = RandomResizedCropAndInterpolation(image_size, scale=CROP_SCALE, ratio=CROP_RATIO, interpolation="bicubic")
+    return transforms.Compose([crop, transforms.RandomHorizontalFlip(p=HFLIP), policy])
 
 
 def check_hparams(ft: Mapping[str, Any], world_size: int = 1) -> None:

@@ -1,14 +1,16 @@
 """Hyperparameter sweeps: job i's hyperparameters as a pure function of the sweep config and i.
 
 - `random`: the paper's random search (Wortsman et al. 2022, Sec. 3.3 / App.: lr, weight decay, epochs,
-  label smoothing, mixup and RandAugment drawn independently). Draws come from `random.Random` seeded
+  label smoothing, mixup and RandAugment drawn independently; RandAugment's N with the frequencies of the
+  official hparam_info.json: of its 44 augmented runs, N=0 21, N=1 18, N=2 5). Draws come from `random.Random` seeded
   with the string "<seed>:<index>" (seeded through sha512, so independent of PYTHONHASHSEED, the
   machine and the order jobs run in).
 - `replay`: the official configurations read from a hparam_info.json (model_1 .. model_71).
 - `grid`: the Cartesian product of the listed values, job i taking the i-th combination.
 - `none`: no sweep; the finetune config is used as is.
 
-Each returns a dict of `finetune.*` fields that override the config.
+Each returns a dict of `finetune.*` fields that override the config. `data_seed` gives each job its own
+data stream (epoch order, augmentation draws, mixup λ), as the official runs shuffle independently.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from finetune.data import counter_seed
 from models.errors import UserError
 
 # hparam_info.json key -> finetune config field
@@ -40,7 +43,8 @@ def sample_random(space: Mapping[str, Any], seed: int, index: int) -> dict[str, 
     if rng.random() < space["p_no_randaug"]:
         randaug = None
     else:
-        magnitude, num_ops = rng.randint(*space["randaug_m"]), rng.randint(*space["randaug_n"])
+        weights = space["randaug_n_weights"]  # N = 0, 1, 2, ... as often as among the official augmented runs
+        magnitude, num_ops = rng.randint(*space["randaug_m"]), rng.choices(range(len(weights)), weights=weights)[0]
         randaug = f"rand-m{magnitude}-n{num_ops}"
     return {
         "lr": log_uniform(rng, *space["lr"]),
@@ -104,3 +108,15 @@ def job_hparams(sweep: Mapping[str, Any]) -> dict[str, Any]:
         raise UserError(f"sweep.kind: unknown kind {kind!r}; expected none, random, replay or grid")
     overrides.update(sweep.get("fixed") or {})
     return overrides
+
+
+def data_seed(seed: int | None, sweep: Mapping[str, Any]) -> int:
+    """The seed of a job's data stream (epoch order, augmentation, mixup λ): `seed=` when given; else a pure
+    function of the sweep's seed and the job index, so two jobs of one sweep never share a stream (even with
+    the same hyperparameters, as official model_4 and model_5) and `--seeds` (sweep.seed) draws new ones;
+    0 for a single run without a sweep."""
+    if seed is not None:
+        return int(seed)
+    if sweep.get("kind", "none") == "none":
+        return 0
+    return counter_seed(int(sweep.get("seed", 0)), int(sweep.get("index", 0)))

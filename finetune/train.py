@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 import datasets
 from finetune import linear_probe, recipe, state, sweeps
-from finetune.data import SeededExamples, StepBatchSampler, counter_seed, steps_per_epoch
+from finetune.data import SeededExamples, StepBatchSampler, counter_seed, micro_batch_sizes, steps_per_epoch
 from finetune.logbook import Logbook
 from finetune.preemption import PreemptionGuard
 from models import evaluate
@@ -108,18 +108,20 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
-def train_transform(preprocess, randaug: str | None, image_size: int):
-    """RandAugment (timm) on the PIL image, then the model's own eval preprocessing."""
+def train_transform(preprocess, randaug: str | None, image_size: int | tuple[int, int]):
+    """With `finetune.randaug`, timm's ImageNet training pipeline at the model's resolution (crop, flip,
+    RandAugment: recipe.timm_train_augmentation), then the model's own conversion and mean/std; without
+    it, the model's eval preprocessing (the official default, without --timm-aug)."""
     from torchvision import transforms
 
     mean = next((t.mean for t in getattr(preprocess, "transforms", []) if isinstance(t, transforms.Normalize)), (0.5, 0.5, 0.5))
-    augment = recipe.randaug_transform(randaug, image_size, tuple(mean))
+    augment = recipe.timm_train_augmentation(randaug, image_size, tuple(float(m) for m in mean))
     return preprocess if augment is None else transforms.Compose([augment, preprocess])
 
 
-def image_size_of(clip_model: nn.Module) -> int:
+def image_size_of(clip_model: nn.Module) -> int | tuple[int, int]:
     size = getattr(clip_model.visual, "image_size", 224)
-    return int(size[0] if isinstance(size, (tuple, list)) else size)
+    return (int(size[0]), int(size[1])) if isinstance(size, (tuple, list)) else int(size)
 
 
 def precision_name_of(amp_dtype: torch.dtype | None) -> str:
@@ -198,7 +200,7 @@ def train_loop(
     amp_dtype = autocast_dtype(hp.precision, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     per_epoch = steps_per_epoch(len(train_data), hp.batch_size)
-    if per_epoch == 0:
+    if hp.batch_size > len(train_data):
         raise UserError(f"finetune.batch_size={hp.batch_size} is larger than the training split ({len(train_data)} examples)")
     total_steps = hp.epochs * per_epoch
 
@@ -236,6 +238,8 @@ def train_loop(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             step_loss = torch.zeros((), device=device)
+            # the step's examples (fewer at an epoch's last, partial step) and this rank's share of them
+            sizes = micro_batch_sizes(len(train_data), hp.batch_size, hp.grad_accum * ranks.world, step % per_epoch)
             for micro in range(hp.grad_accum):
                 images, labels = next(micro_batches)  # data
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -246,11 +250,13 @@ def train_loop(
                 images, targets = recipe.mixup(images, targets, hp.mixup, mix_rng)  # mixup
                 last = micro == hp.grad_accum - 1
                 sync = nullcontext() if last or ranks.world == 1 else model.no_sync()  # all-reduce grads once per step
+                # the mean over the step's examples (DDP averages over ranks); a stand-in for an empty slice weighs 0
+                weight = ranks.world / sum(sizes) if sizes[ranks.rank * hp.grad_accum + micro] else 0.0
                 with sync, torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     logits = model(images)  # forward
-                    loss = recipe.soft_cross_entropy(logits, targets) / hp.grad_accum  # loss
+                    loss = recipe.soft_cross_entropy(logits, targets, reduction="sum") * weight  # loss
                     (scaler.scale(loss) if scaler else loss).backward()  # backward
-                step_loss += loss.detach()
+                step_loss += loss.detach()  # x world: the ranks' mean (epoch_metrics) is the step's mean
             if not torch.isfinite(step_loss):
                 raise UserError(f"loss is {step_loss.item()} at step {step} (epoch {epoch}); lower finetune.lr or check the data")
             if scaler is not None:
@@ -347,7 +353,8 @@ def finetune(cfg: DictConfig) -> Path:
     ranks = setup_distributed()
     device = pick_device(cfg.device, ranks)
     autocast_dtype(hp.precision, device)  # refuse a bad precision before any work
-    torch.manual_seed(cfg.seed)
+    seed = sweeps.data_seed(cfg.seed, OmegaConf.to_container(cfg.sweep, resolve=True))  # this job's data stream
+    torch.manual_seed(seed)
     if hp.threads:
         torch.set_num_threads(hp.threads)
 
@@ -359,7 +366,7 @@ def finetune(cfg: DictConfig) -> Path:
     info = datasets.class_info(cfg.data)
     augment = train_transform(preprocess, hp.randaug, image_size_of(clip_model))
     train_data = SeededExamples(
-        datasets.train_set(cfg.data, augment), cfg.seed, random_transform=augment is not preprocess
+        datasets.train_set(cfg.data, augment), seed, random_transform=augment is not preprocess
     )  # data errors first
     head = zeroshot_head_weight(clip_model, tokenizer, info.classnames, info.templates)  # init=zeroshot
     classifier = classifier_from_clip(clip_model, head).to(device)
@@ -387,9 +394,7 @@ def finetune(cfg: DictConfig) -> Path:
         run_dir, cfg.logger, str(cfg.run_name), {"finetune": merged, "model": OmegaConf.to_container(cfg.model)}, enabled=ranks.main
     )
     try:
-        train_loop(
-            model, classifier, train_data, hp, len(info.classnames), cfg.seed, device, ranks, run_dir, logbook, cfg.finetune.progress
-        )
+        train_loop(model, classifier, train_data, hp, len(info.classnames), seed, device, ranks, run_dir, logbook, cfg.finetune.progress)
         checkpoint = run_dir / CHECKPOINT_FILE
         if ranks.main:
             hparams = dict(
@@ -399,6 +404,7 @@ def finetune(cfg: DictConfig) -> Path:
                 lp_init_from=str(lp_from) if lp_from else None,
                 train_precision=precision_name_of(autocast_dtype(hp.precision, device)),
                 seed=cfg.seed,
+                data_seed=seed,
                 sweep=OmegaConf.to_container(cfg.sweep, resolve=True),
                 lp_train_accuracy=lp_accuracy,
             )
@@ -413,7 +419,7 @@ def finetune(cfg: DictConfig) -> Path:
             )
             save_checkpoint(checkpoint, classifier.state_dict(), meta)
             if cfg.finetune.heldout_eval:
-                heldout = held_out_record(cfg, classifier.eval(), preprocess, device, checkpoint, meta.kind)
+                heldout = held_out_record(cfg, classifier.eval(), preprocess, device, checkpoint, meta.kind, seed)
                 logbook.log_summary({"heldout_top1": heldout["top1"]})
             if not cfg.finetune.keep_state:
                 (run_dir / state.STATE_FILE).unlink(missing_ok=True)
@@ -429,7 +435,7 @@ def checkpoint_kind(hp: Recipe) -> str:
 
 
 def held_out_record(
-    cfg: DictConfig, classifier: nn.Module, preprocess, device: torch.device, checkpoint: Path, kind: str
+    cfg: DictConfig, classifier: nn.Module, preprocess, device: torch.device, checkpoint: Path, kind: str, data_seed: int
 ) -> dict[str, Any]:
     """Held-out accuracy (the split fine-tuning never sees) as a results record in the run folder."""
     (heldout,) = datasets.eval_sets(cfg.data, preprocess, names=[cfg.data.heldout])
@@ -446,6 +452,7 @@ def held_out_record(
         checkpoint={"path": str(checkpoint), "sha256": sha256_prefix(checkpoint)},
         config=overrides(),
         precision=precision_name(False, device),  # evaluate.accuracies runs without autocast by default
+        data_seed=data_seed,
         **heldout.provenance,
     )
     append_records(checkpoint.parent, [record])

@@ -17,6 +17,7 @@ MISSING = "???"  # OmegaConf's marker of a value the YAML file must set (name, r
 ACCUMULATE = ("float32", "float64")
 ORDERS = ("sorted", "random")
 ACCEPT = ("gt", "ge")  # soups.greedy.ACCEPT_RULES: strict > (the official code) or >= (the paper)
+ENDPOINTS = ("uniform", "best")  # WiSE-FT's fine-tuned endpoint among several ingredients
 
 
 def _one_of(field: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -85,15 +86,20 @@ def _wise_ft_alphas() -> list[float]:
 
 @dataclasses.dataclass
 class WiseFTParams(SoupParams):
-    """WiSE-FT: (1 − α)·init + α·fine-tuned over a grid of α, one results record per α."""
+    """WiSE-FT: (1 − α)·θ0 + α·fine-tuned over a grid of α, one results record per α. θ0 (`init`) is the
+    zero-shot model (conf/soup/wise_ft.yaml: runs/<name>/inits/zeroshot), as the WiSE-FT reference."""
 
     alphas: list[float] = dataclasses.field(default_factory=_wise_ft_alphas)
     alpha: float = 0.5  # the α whose weights are written to model.safetensors
+    # the fine-tuned endpoint among several ingredients: uniform (their uniform soup) | best (the best on held-out:
+    # the WiSE-FT paper's setting, one fine-tuned model); one ingredient (e.g. the greedy soup) is the endpoint itself
+    endpoint: str = "uniform"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.alphas:  # no α: a finished run without one record, and no WiSE-FT row in the table
             raise ValueError("alphas: the list is empty; give the α to score, e.g. soup.alphas=[0.5]")
+        _one_of("endpoint", self.endpoint, ENDPOINTS)
         if any(not 0.0 <= float(a) <= 1.0 for a in self.alphas):
             raise ValueError(f"alphas: every α must lie in [0, 1] (interpolation, not extrapolation), got {list(self.alphas)}")
         check_alpha(self.alpha)

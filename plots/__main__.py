@@ -26,7 +26,7 @@ def run(cfg: DictConfig) -> None:
         print(write_beside(models, sets, picked, beside, out), end="")
     skipped: list[str] = []
     if figure in ("all", "findings"):
-        skipped += write_findings(Path(cfg.results), picked, sets, out, list(cfg.plots.formats))
+        skipped += write_findings(Path(cfg.results), picked, sets, out, list(cfg.plots.formats), models)
     if figure in RECORD_FIGURES and figure != "table":
         skipped += record_figures(records, Path(cfg.results), models, sets, out, list(cfg.plots.formats), figure)
     if figure in CHECKPOINT_FIGURES:

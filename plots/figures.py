@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -44,9 +45,8 @@ def fig1_accuracy_vs_robustness(models: pd.DataFrame, sets: SetNames) -> Figure:
         found = models[method_mask(models, row)]
         if len(found):
             _scatter(ax, row, found[ID] * PERCENT, found[AVG] * PERCENT, zorder=5)
-    wise = models[models["alpha"].notna()].sort_values("alpha")
-    if len(wise):
-        look = style("wise_ft")
+    look = style("wise_ft")
+    for k, (curve, wise) in enumerate(wise_ft_curves(models)):
         ax.plot(
             wise[ID] * PERCENT,
             wise[AVG] * PERCENT,
@@ -54,7 +54,8 @@ def fig1_accuracy_vs_robustness(models: pd.DataFrame, sets: SetNames) -> Figure:
             marker=look.marker,
             markersize=7,
             lw=1.5,
-            label=f"{look.label} (α = 0…1)",
+            ls=LINESTYLES[k % len(LINESTYLES)],
+            label=f"{look.label}{curve_label(curve, wise)} (α = 0…1)",
             zorder=4,
         )
     for kind, row in INIT_KINDS.items():
@@ -225,22 +226,45 @@ def fig5_soup_vs_ensemble(pairs: pd.DataFrame, correlation: float, sign_agreemen
     return fig
 
 
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def wise_ft_curves(models: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Each WiSE-FT curve (one soups run's α grid), its records sorted by α."""
+    wise = models[models["alpha"].notna()]
+    curves = wise["wise_ft_curve"] if "wise_ft_curve" in wise else pd.Series("wise_ft", index=wise.index)
+    return [(str(curve), rows.sort_values("alpha")) for curve, rows in wise.groupby(curves.fillna("wise_ft"), sort=True)]
+
+
+def curve_label(curve: str, wise: pd.DataFrame) -> str:
+    """': <run> (to <endpoint>)' where the records name the fine-tuned endpoint."""
+    ends = wise["wise_ft_to"].dropna() if "wise_ft_to" in wise else pd.Series(dtype=object)
+    to = str(ends.iloc[0]) if len(ends) else ""
+    to = "best individual" if to.startswith("best on held-out") else Path(to).parent.name if to.endswith(".safetensors") else to
+    return f": {curve}" + (f" (to {to})" if to else "")
+
+
 def fig6_wise_ft(models: pd.DataFrame, sets: SetNames) -> Figure:
-    """WiSE-FT: accuracy on id, on each shift and on their average against the mixing coefficient α."""
-    wise = models[models["alpha"].notna()].sort_values("alpha")
+    """WiSE-FT: accuracy on id, on each shift and on their average against the mixing coefficient α, one line
+    style per curve (θ0 to each fine-tuned endpoint)."""
     fig, axes = new_figure(ncols=2, width=12, height=4.8)
     look = style("wise_ft")
-    axes[0].plot(wise["alpha"], wise[ID] * PERCENT, color=look.color, marker=look.marker, lw=2, label=f"{sets.id} (id)")
-    axes[0].plot(wise["alpha"], wise[AVG] * PERCENT, color=look.color, marker=look.marker, lw=2, ls="--", label="Avg. of the shifts")
-    if wise[HELDOUT].notna().any():
-        axes[0].plot(wise["alpha"], wise[HELDOUT] * PERCENT, color="gray", marker=".", lw=1, ls=":", label=f"{sets.heldout} (held-out)")
-    axes[0].set_ylabel("Accuracy (top-1, %)")
     colours = [f"C{i}" for i in range(10)]
-    for i, shift in enumerate(sets.shifts):
-        axes[1].plot(wise["alpha"], wise[shift] * PERCENT, color=colours[i % 10], marker=".", lw=1.5, label=shift)
+    for k, (curve, wise) in enumerate(wise_ft_curves(models)):
+        ls, name = LINESTYLES[k % len(LINESTYLES)], curve_label(curve, wise)
+        axes[0].plot(wise["alpha"], wise[ID] * PERCENT, color=look.color, marker=look.marker, lw=2, ls=ls, label=f"{sets.id} (id){name}")
+        axes[0].plot(wise["alpha"], wise[AVG] * PERCENT, color="black", marker=look.marker, lw=2, ls=ls, label=f"Avg. of the shifts{name}")
+        if wise[HELDOUT].notna().any():
+            axes[0].plot(
+                wise["alpha"], wise[HELDOUT] * PERCENT, color="gray", marker=".", lw=1, ls=ls, label=f"{sets.heldout} (held-out){name}"
+            )
+        for i, shift in enumerate(sets.shifts):
+            label = shift if k == 0 else None
+            axes[1].plot(wise["alpha"], wise[shift] * PERCENT, color=colours[i % 10], marker=".", lw=1.5, ls=ls, label=label)
+    axes[0].set_ylabel("Accuracy (top-1, %)")
     axes[1].set_ylabel("Accuracy on each shift (top-1, %)")
     for ax in axes:
         ax.set_xlabel("α (0 = zero-shot/init, 1 = fine-tuned)")
         ax.grid(alpha=0.6)
-        ax.legend(loc="best", framealpha=0.9, fontsize=10)
+        ax.legend(loc="best", framealpha=0.9, fontsize=9)
     return fig

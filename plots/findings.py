@@ -161,9 +161,16 @@ def predictions(files: Mapping[tuple[str, str], Path], model_ids: list[str], set
 
 
 def compute_findings(
-    files: Mapping[tuple[str, str], Path], picked: Mapping[str, str], sets: SetNames, n_boot: int = N_BOOT, seed: int = 0
+    files: Mapping[tuple[str, str], Path],
+    picked: Mapping[str, str],
+    sets: SetNames,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    about: Mapping[str, Mapping[str, object]] | None = None,
 ) -> tuple[list[dict], list[str]]:
-    """Every finding whose two models have logits on the sets it needs; and why the others were skipped."""
+    """Every finding whose two models have logits on the sets it needs; and why the others were skipped.
+    Each names the model of each row (`a_model`, `b_model`) and what `about[row]` says of it (WiSE-FT: its
+    endpoints, `wise_ft_from` and `wise_ft_to`)."""
     results, skipped = [], []
     for finding in FINDINGS:
         needed = [sets.id] if finding.metric in ("top1_id", "ece_id") else [sets.id, *sets.shifts]
@@ -175,7 +182,10 @@ def compute_findings(
             skipped.append(f"{finding.name}: no per-example logits for {', '.join(missing)} (eval.save_logits=true)")
             continue
         preds = {s: predictions(files, ids, s) for s in needed}
-        results.append(measure(finding, preds, sets, n_boot, seed))
+        named = {"a_model": picked[finding.a], "b_model": picked[finding.b]}
+        for row in rows:
+            named.update({k: v for k, v in (about or {}).get(row, {}).items() if v is not None and v == v})  # not NaN
+        results.append({**measure(finding, preds, sets, n_boot, seed), **named})
     return results, skipped
 
 

@@ -178,16 +178,23 @@ def record_figures(
 FINDINGS_FILE = "findings.json"
 
 
-def write_findings(results_root: Path, picked: dict[str, str], sets: SetNames, out: Path, formats: Sequence[str]) -> list[str]:
+def write_findings(
+    results_root: Path, picked: dict[str, str], sets: SetNames, out: Path, formats: Sequence[str], models: pd.DataFrame | None = None
+) -> list[str]:
     """findings.json (the paper's findings with paired-bootstrap 95% intervals) and the reliability diagram,
-    from the per-example logits saved under `results_root`; return what was skipped and why."""
+    from the per-example logits saved under `results_root`; return what was skipped and why. `models`
+    (plots.table.model_accuracies) names the WiSE-FT row's endpoints."""
     from models.logits import find_logits
     from plots.findings import compute_findings, reliability_figure, to_markdown
 
     files = find_logits(results_root)
     if not files:
         return [f"findings: no per-example logits under {results_root} (run eval and soups with eval.save_logits=true)"]
-    findings, skipped = compute_findings(files, picked, sets)
+    about = {}
+    if models is not None and "wise_ft" in picked and "wise_ft_to" in models:
+        row = models.loc[picked["wise_ft"]]
+        about["wise_ft"] = {"wise_ft_from": row["wise_ft_from"], "wise_ft_to": row["wise_ft_to"], "wise_ft_alpha": row["alpha"]}
+    findings, skipped = compute_findings(files, picked, sets, about=about)
     if findings:
         write_text_atomic(out / FINDINGS_FILE, json.dumps(findings, indent=1) + "\n")
         write_text_atomic(out / "findings.md", to_markdown(findings))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Sequence
 
 import pandas as pd
@@ -61,7 +62,15 @@ def model_accuracies(records: pd.DataFrame, sets: SetNames) -> pd.DataFrame:
         records.drop_duplicates("model_id", keep="last").set_index("model_id")["alpha"] if "alpha" in records else pd.Series(dtype=float)
     )
     table["alpha"] = [wise_ft_alpha(str(m), alphas.get(m)) if _is_wise_ft(m, k) else math.nan for m, k in zip(table.index, table["kind"])]
+    # a WiSE-FT curve is one soups run (its α grid); its records name its endpoints (θ0 and the fine-tuned model)
+    table["wise_ft_curve"] = [_ALPHA_SUFFIX.sub("", str(m)) if a == a else None for m, a in zip(table.index, table["alpha"])]
+    latest = records.drop_duplicates("model_id", keep="last").set_index("model_id")
+    for end in ("wise_ft_from", "wise_ft_to"):
+        table[end] = [latest[end].get(m) if end in latest and a == a else None for m, a in zip(table.index, table["alpha"])]
     return table
+
+
+_ALPHA_SUFFIX = re.compile(r"_?alpha[_=]?[0-9]*\.?[0-9]+$")
 
 
 def _is_wise_ft(model_id: str, kind: str) -> bool:

@@ -175,11 +175,17 @@ def wise_ft(zeroshot: Ingredient, finetuned: Ingredient, alpha: float) -> StateD
 
 def model_stock(init: Ingredient, checkpoints: Sequence[Ingredient]) -> StateDict:
     """Model Stock (Jang et al. 2024): per tensor, t·mean_i θ_i + (1 − t)·θ_0 with t from the angle between
-    the task vectors θ_i − θ_0 (soups/stock.py). Needs N ≥ 2 fine-tuned ingredients."""
-    check_ingredients([init, *checkpoints], ["init", *_names(len(checkpoints))])
+    the task vectors θ_i − θ_0 (soups/stock.py). Needs N ≥ 2 fine-tuned ingredients; one equal to θ0 is
+    dropped (stock.besides_init)."""
+    names = _names(len(checkpoints))
+    check_ingredients([init, *checkpoints], ["init", *names])
+    theta0 = _state(init)
     states = [_state(c) for c in checkpoints]
+    same = [s.keys() == theta0.keys() and all(torch.equal(s[k], theta0[k]) for k in s) for s in states]
+    kept = stock.besides_init(names, same)
+    states = [states[i] for i in kept]
     layers = ((key, [s[key] for s in states]) for key in states[0])
-    merged, _, _ = stock.model_stock(_state(init), layers, [f"ingredient {i}" for i in range(len(states))])
+    merged, _, _ = stock.model_stock(theta0, layers, [names[i] for i in kept])
     return merged
 
 

@@ -301,31 +301,39 @@ def greedy_ensemble_method(ctx: SoupContext) -> SoupOutcome:
 )
 def wise_ft_method(ctx: SoupContext) -> SoupOutcome:
     init = ctx.load_init()
-    indices = list(range(len(ctx.ingredients)))
-    if len(indices) > 1:
-        log.info("wise_ft: %d ingredients given; the fine-tuned endpoint is their uniform soup", len(indices))
+    n = len(ctx.ingredients)
+    if n > 1 and ctx.params.endpoint == "best":  # the WiSE-FT paper's setting: one fine-tuned model, picked on held-out
+        best = library.sorted_by_score(ctx.heldout_correct())[0]
+        indices, endpoint_name = [best], f"best on held-out of {n}: {ctx.ingredients[best].name}"
+    elif n > 1:
+        indices, endpoint_name = list(range(n)), f"uniform soup of {n}"
+    else:
+        indices, endpoint_name = [0], ctx.ingredients[0].name
+    log.info("wise_ft: from %s to %s", ctx.init.name if ctx.init else None, endpoint_name)
     endpoint = _uniform_state(ctx, indices)
     alphas = [float(a) for a in ctx.params.alphas]
-    candidates = [Candidate(f"{ctx.run_name}_alpha{a:.2f}", library.wise_ft(init, endpoint, a), extra={"alpha": a}) for a in alphas]
+    ends = {"wise_ft_from": ctx.init.name if ctx.init else None, "wise_ft_to": endpoint_name}
+    candidates = [Candidate(f"{ctx.run_name}_alpha{a:.2f}", library.wise_ft(init, endpoint, a), extra={"alpha": a, **ends}) for a in alphas]
     alpha = float(ctx.params.alpha)
     checkpoint = library.wise_ft(init, endpoint, alpha)
-    n = len(indices)
-    return SoupOutcome(
-        "wise_ft", candidates, checkpoint, [alpha / n] * n, hparams={"alpha": alpha, "alphas": alphas}, init_weight=1.0 - alpha
-    )
+    weights = [alpha / len(indices) if i in indices else 0.0 for i in range(n)]
+    hparams = {"alpha": alpha, "alphas": alphas, **ends}
+    return SoupOutcome("wise_ft", candidates, checkpoint, weights, hparams=hparams, init_weight=1.0 - alpha)
 
 
 @register(
     "model_stock", "Jang et al. 2024 (Model Stock), Eq. 7: one of the later baselines", (Row("model_stock", "Model Stock", "teal", "8"),)
 )
 def model_stock_method(ctx: SoupContext) -> SoupOutcome:
-    if len(ctx.ingredients) < 2:
-        raise UserError("model_stock: needs at least 2 fine-tuned ingredients")
     init = ctx.load_init()
-    names = [ing.name for ing in ctx.ingredients]
-    state, ratios, clipped = stock.model_stock(init, iter_layers([ing.path for ing in ctx.ingredients]), names)
+    assert ctx.init is not None  # load_init refused otherwise
+    theta0 = (ctx.init.path.resolve(), ctx.sha256(ctx.init.path))
+    same = [ing.path.resolve() == theta0[0] or ctx.sha256(ing.path) == theta0[1] for ing in ctx.ingredients]
+    kept = stock.besides_init([ing.name for ing in ctx.ingredients], same)
+    names = [ctx.ingredients[i].name for i in kept]
+    state, ratios, clipped = stock.model_stock(init, iter_layers([ctx.ingredients[i].path for i in kept]), names)
     mean_t = sum(ratios.values()) / max(len(ratios), 1)
-    n = len(ctx.ingredients)
+    n = len(kept)
     log.info("model stock: mean ratio t = %.4f over %d tensors, %d clipped to [0, 1]", mean_t, len(ratios), len(clipped))
     files = {
         "model_stock_ratios.json": json.dumps(ratios, indent=1) + "\n",
@@ -335,8 +343,8 @@ def model_stock_method(ctx: SoupContext) -> SoupOutcome:
         "model_stock",
         [Candidate(ctx.run_name, state)],
         state,
-        [mean_t / n] * n,
-        hparams={"mean_t": mean_t, "clipped_tensors": len(clipped)},
+        [mean_t / n if i in kept else 0.0 for i in range(len(ctx.ingredients))],
+        hparams={"mean_t": mean_t, "clipped_tensors": len(clipped), "dropped_theta0": len(ctx.ingredients) - n},
         init_weight=1.0 - mean_t,
         files=files,
     )

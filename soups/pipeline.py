@@ -75,7 +75,7 @@ def build_context(cfg: Any, eval_sets_fn: EvalSetsFn | None = None) -> SoupConte
         return Scorer(meta, cfg.data, names, device, loader_kwargs(cfg.eval), eval_sets_fn, cfg.eval if evaluate else None)
 
     hashes = BackgroundHashes([ing.path for ing in ingredients] + ([init.path] if init is not None else []))
-    return SoupContext(ingredients, params, str(cfg.run_name), int(cfg.seed), device, make_scorer, init, hashes)
+    return SoupContext(ingredients, params, str(cfg.run_name), 0 if cfg.seed is None else int(cfg.seed), device, make_scorer, init, hashes)
 
 
 Logits = dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]  # (model_id, set) -> (logits, labels)

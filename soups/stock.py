@@ -15,12 +15,15 @@ the stage records how many tensors were clipped.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
 
 from models.errors import UserError
 from soups.average import check_equal
+
+log = logging.getLogger(__name__)
 
 
 def model_stock_ratio(cos: float, n: int) -> tuple[float, bool]:
@@ -52,6 +55,18 @@ def model_stock_tensor(init: torch.Tensor, tensors: Sequence[torch.Tensor]) -> t
     average = torch.stack([x.double() for x in tensors]).mean(dim=0)
     merged = t * average + (1.0 - t) * init.double()
     return merged.to(init.dtype), t, clipped
+
+
+def besides_init(names: Sequence[str], is_init: Sequence[bool]) -> list[int]:
+    """The ingredients Model Stock averages: θ0 given as an ingredient too (the official soups count the LP
+    init, model_0, among their 72) would add a zero task vector, so every tensor's cosine would be 0, t = 0
+    and the result θ0 itself. It is dropped, with a note; N counts the fine-tuned models only."""
+    kept = [i for i, same in enumerate(is_init) if not same]
+    for i in (i for i, same in enumerate(is_init) if same):
+        log.info("model_stock: %s is θ0 (soup.init); dropped from the ingredients (N counts fine-tuned models only)", names[i])
+    if len(kept) < 2:
+        raise UserError("model_stock: needs at least 2 fine-tuned ingredients besides θ0 (soup.init)")
+    return kept
 
 
 def model_stock(init: dict[str, torch.Tensor], layers, names: Sequence[str]) -> tuple[dict[str, torch.Tensor], dict[str, float], list[str]]:

@@ -81,9 +81,9 @@ def test_mixup_lambda_follows_beta():
 def test_randaug_strings_parse_and_build_timm_transforms(spec):
     from PIL import Image
 
-    transform = recipe.randaug_transform(spec, 32, (0.5, 0.5, 0.5))
-    out = transform(Image.new("RGB", (32, 32), (120, 30, 200)))
-    assert out.size == (32, 32)
+    transform = recipe.timm_train_augmentation(spec, 32, (0.5, 0.5, 0.5))
+    out = transform(Image.new("RGB", (50, 40), (120, 30, 200)))
+    assert out.size == (32, 32)  # cropped to the model's resolution
 
 
 @pytest.mark.parametrize("spec", ["rand-m9-x2", "randaug-m9-n2", "rand", "m9-n2", "rand-m-n2", "rand-m9-n2-"])
@@ -94,7 +94,7 @@ def test_bad_randaug_strings_are_user_errors(spec):
 
 @pytest.mark.parametrize("off", [None, "none", ""])
 def test_randaug_off(off):
-    assert recipe.randaug_transform(off, 32, (0.5, 0.5, 0.5)) is None
+    assert recipe.timm_train_augmentation(off, 32, (0.5, 0.5, 0.5)) is None
 
 
 BASE = dict(
@@ -151,7 +151,7 @@ def test_every_randaugment_op_applies_across_the_papers_magnitudes(magnitude):
     import numpy as np
     from PIL import Image
 
-    transform = recipe.randaug_transform(f"rand-m{magnitude}-n1", 32, (0.5, 0.5, 0.5))
+    transform = recipe.timm_train_augmentation(f"rand-m{magnitude}-n1", 32, (0.5, 0.5, 0.5)).transforms[-1]  # the policy
     image = Image.fromarray(np.full((32, 32, 3), 200, dtype=np.uint8))
     for op in transform.ops:
         op.prob = 1.0

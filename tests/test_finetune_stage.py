@@ -96,11 +96,11 @@ KILLER = textwrap.dedent(
     import os, signal, sys
     from finetune import recipe
     loss, calls = recipe.soft_cross_entropy, [0]
-    def counting(*args):
+    def counting(*args, **kwargs):
         calls[0] += 1
         if calls[0] == int(os.environ["KILL_AT"]):
             os.kill(os.getpid(), signal.SIGKILL)
-        return loss(*args)
+        return loss(*args, **kwargs)
     recipe.soft_cross_entropy = counting
     from finetune.__main__ import main
     sys.argv = ["finetune", *sys.argv[1:]]
@@ -128,6 +128,26 @@ def test_resume_after_sigkill_mid_epoch_is_bit_identical(world, reference):
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     losses = [[json.loads(line)["loss"] for line in (f / "metrics.jsonl").read_text().splitlines()] for f in (reference, folder)]
     assert losses[0] == losses[1]
+
+
+def test_two_jobs_with_the_same_hyperparameters_train_on_their_own_data_streams(world):
+    """Official model_4 and model_5 share every hyperparameter; as jobs 4 and 5 of sweep=paper_replay they
+    shuffle, augment and mix on their own streams (a function of the sweep seed and the index), so their
+    weights differ; job 4 run again gives the same bytes."""
+    job = ["sweep=paper_replay", "sweep.fixed.init=zeroshot", "+sweep.fixed.epochs=1", *RECIPE[:3], "finetune.progress=false"]
+    for name, index in (("job4", 4), ("job5", 5), ("job4again", 4)):
+        result = finetune(world, name, *job, f"sweep.index={index}")
+        assert result.returncode == 0, result.stderr[-3000:]
+    files = {name: world["runs"] / name / "finetune" / f"model_{name[3]}" / "model.safetensors" for name in ("job4", "job5", "job4again")}
+    hparams = {name: read_meta(path).hparams for name, path in files.items()}
+    recipe_keys = ("lr", "weight_decay", "epochs", "label_smoothing", "mixup", "randaug")
+    assert [hparams["job4"][k] for k in recipe_keys] == [hparams["job5"][k] for k in recipe_keys]
+    assert hparams["job4"]["data_seed"] == sweeps.data_seed(None, {"kind": "replay", "seed": 0, "index": 4}) != hparams["job5"]["data_seed"]
+    (record,) = read_records(files["job5"].parent / "results.jsonl")
+    assert record["data_seed"] == hparams["job5"]["data_seed"]
+    weights = {name: load_file(str(path)) for name, path in files.items()}
+    assert any(not torch.equal(weights["job4"][k], weights["job5"][k]) for k in weights["job4"])
+    assert files["job4"].read_bytes() == files["job4again"].read_bytes()
 
 
 def test_ddp_on_two_processes_matches_one_process_at_the_same_global_batch(world, reference):

@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from finetune import sweeps
+from finetune.data import counter_seed
 from models.cli import CONF_DIR
 from models.errors import UserError
 
@@ -51,6 +52,11 @@ def test_random_search_follows_the_paper_ranges_and_probabilities():
     magnitudes = {int(d["randaug"].split("-")[1][1:]) for d in draws if d["randaug"]}
     ops = {int(d["randaug"].split("-")[2][1:]) for d in draws if d["randaug"]}
     assert magnitudes == set(range(1, 21)) and ops == {0, 1, 2}
+    # N as often as among the official augmented runs (hparam_info.json: 21, 18 and 5 of 44)
+    many = (sweeps.sample_random(space, 0, i)["randaug"] for i in range(20000))
+    augmented = [int(spec.split("-")[2][1:]) for spec in many if spec]
+    for n, official in enumerate((21, 18, 5)):
+        assert augmented.count(n) / len(augmented) == pytest.approx(official / 44, abs=0.015)
 
 
 def test_job_hparams_apply_the_fixed_fields_and_demo_scales_lr_and_epochs():
@@ -58,7 +64,7 @@ def test_job_hparams_apply_the_fixed_fields_and_demo_scales_lr_and_epochs():
     hp = sweeps.job_hparams(demo)
     assert hp["init"] == "lp"
     assert demo["space"]["lr"][0] <= hp["lr"] <= demo["space"]["lr"][1]
-    assert 1 <= hp["epochs"] <= 3
+    assert 2 <= hp["epochs"] <= 4  # conf/sweep/demo.yaml: 2..4 epochs (the paper's 4..16 scaled down)
     assert sweeps.job_hparams(sweep_cfg("none")) == {}
 
 
@@ -124,9 +130,18 @@ def test_the_paper_random_space_covers_every_official_value(reference_dir):
         assert space["epochs"][0] <= entry["epochs"] <= space["epochs"][1]
         assert entry["smoothing"] == 0 or space["smoothing"][0] <= entry["smoothing"] <= space["smoothing"][1]
         assert entry["mix"] == 0 or space["mixup"][0] <= entry["mix"] <= space["mixup"][1]
-        if entry["aug"] not in (None, "none"):
-            _, m, n = entry["aug"].split("-")
-            assert (
-                space["randaug_m"][0] <= int(m[1:]) <= space["randaug_m"][1]
-                and space["randaug_n"][0] <= int(n[1:]) <= space["randaug_n"][1]
-            )
+    augmented = [entry["aug"].split("-") for entry in official if entry["aug"] not in (None, "none")]
+    assert all(space["randaug_m"][0] <= int(m[1:]) <= space["randaug_m"][1] for _, m, _ in augmented)
+    # the weights of N = 0, 1, 2 are the official counts
+    assert space["randaug_n_weights"] == [sum(int(n[1:]) == k for _, _, n in augmented) for k in range(3)]
+
+
+def test_each_job_has_its_own_data_seed_a_pure_function_of_the_sweep_seed_and_index():
+    replay = sweep_cfg("paper_replay", "sweep.index=4")
+    fifth = dict(replay, index=5)  # official model_4 and model_5 share every hyperparameter
+    assert sweeps.job_hparams(replay) == sweeps.job_hparams(fifth)
+    assert sweeps.data_seed(None, replay) != sweeps.data_seed(None, fifth)
+    assert sweeps.data_seed(None, replay) == counter_seed(0, 4)  # the same in every process (a blake2b hash)
+    assert sweeps.data_seed(None, dict(replay, seed=1)) != sweeps.data_seed(None, replay)  # --seeds draws new streams
+    assert sweeps.data_seed(7, replay) == 7  # seed= overrides
+    assert sweeps.data_seed(None, sweep_cfg("none")) == 0  # a single run

@@ -18,7 +18,7 @@ def stage_of(argv: tuple[str, ...]) -> str:
 
 def test_the_paper_sequence_covers_every_stage_and_goes_through_slurm():
     steps = experiment_steps("paper_vitb32")
-    assert [stage_of(s.argv) for s in steps] == ["finetune", "finetune", "eval", "soups", "plots", "plots"]
+    assert [stage_of(s.argv) for s in steps] == ["finetune", "finetune", "eval", "soups", "soups", "soups", "soups", "plots", "plots"]
     for step in steps:  # every GPU step is a SLURM job, the figures from checkpoints included; the tables read records
         launched = "-m" in step.argv and "hydra/launcher=slurm" in step.argv
         assert launched == (step.name != "tables and figures from the records"), step.argv

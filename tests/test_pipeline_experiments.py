@@ -17,7 +17,9 @@ from pipeline.steps import experiment_steps, seeds_steps
 
 # Captured from commit cc12bca (pipeline/steps.py with each experiment's steps in `if experiment == ...`
 # branches): (name, estimate_s, command) of every step, for every experiment and the calls below. The demo's
-# since: WiSE-FT in its own step (5 values of alpha) and the estimates of a fresh-clone run (8:05).
+# since: WiSE-FT in its own step (5 values of alpha) and the estimates of a fresh-clone run (8:05). Every experiment's
+# soups since issue 26: Model Stock in its own step from the LP init (no θ0 among its ingredients), WiSE-FT from the
+# zero-shot model to the best individual and to the greedy soup.
 CAPTURED = {
     "demo": [
         ("world, foundation and zero-shot table", 11, "python -m datasets.world experiment=demo"),
@@ -33,14 +35,24 @@ CAPTURED = {
             "python -m eval experiment=demo 'checkpoints=[runs/demo/inits,runs/demo/finetune]' run_name=individuals",
         ),
         (
-            "soups, ensembles and Model Stock (+ their eval)",
-            91,
-            "python -m soups -m experiment=demo soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble,model_stock ingredients=runs/demo/finetune ++soup.init=runs/demo/inits/lp/model.safetensors",
+            "soups and ensembles (+ their eval)",
+            80,
+            "python -m soups -m experiment=demo soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble ingredients=runs/demo/finetune",
         ),
         (
-            "WiSE-FT of the uniform soup, 5 values of alpha (+ their eval)",
-            45,
-            "python -m soups experiment=demo soup=wise_ft 'soup.alphas=[0.0,0.25,0.5,0.75,1.0]' ingredients=runs/demo/finetune soup.init=runs/demo/inits/lp/model.safetensors",
+            "Model Stock from the LP init (+ its eval)",
+            10,
+            "python -m soups experiment=demo soup=model_stock soup.init=runs/demo/inits/lp/model.safetensors ingredients=runs/demo/finetune",
+        ),
+        (
+            "WiSE-FT from the zero-shot model to the best individual (+ its eval)",
+            25,
+            "python -m soups experiment=demo soup=wise_ft 'soup.alphas=[0.0,0.25,0.5,0.75,1.0]' soup.init=runs/demo/inits/zeroshot/model.safetensors ingredients=runs/demo/finetune soup.endpoint=best run_name=wise_ft_best",
+        ),
+        (
+            "WiSE-FT from the zero-shot model to the greedy soup (+ its eval)",
+            25,
+            "python -m soups experiment=demo soup=wise_ft 'soup.alphas=[0.0,0.25,0.5,0.75,1.0]' soup.init=runs/demo/inits/zeroshot/model.safetensors ingredients=runs/demo/soups/greedy_soup run_name=wise_ft_greedy",
         ),
         ("tables and figures from the records", 21, "python -m plots experiment=demo results=runs/demo out=results/demo"),
         (
@@ -67,14 +79,24 @@ CAPTURED = {
             "python -m eval experiment=demo 'checkpoints=[runs/x/inits,runs/x/finetune]' run_name=individuals name=x finetune.lr=1e-3",
         ),
         (
-            "soups, ensembles and Model Stock (+ their eval)",
-            91,
-            "python -m soups -m experiment=demo soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble,model_stock ingredients=runs/x/finetune ++soup.init=runs/x/inits/lp/model.safetensors name=x finetune.lr=1e-3",
+            "soups and ensembles (+ their eval)",
+            80,
+            "python -m soups -m experiment=demo soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble ingredients=runs/x/finetune name=x finetune.lr=1e-3",
         ),
         (
-            "WiSE-FT of the uniform soup, 5 values of alpha (+ their eval)",
-            45,
-            "python -m soups experiment=demo soup=wise_ft 'soup.alphas=[0.0,0.25,0.5,0.75,1.0]' ingredients=runs/x/finetune soup.init=runs/x/inits/lp/model.safetensors name=x finetune.lr=1e-3",
+            "Model Stock from the LP init (+ its eval)",
+            10,
+            "python -m soups experiment=demo soup=model_stock soup.init=runs/x/inits/lp/model.safetensors ingredients=runs/x/finetune name=x finetune.lr=1e-3",
+        ),
+        (
+            "WiSE-FT from the zero-shot model to the best individual (+ its eval)",
+            25,
+            "python -m soups experiment=demo soup=wise_ft 'soup.alphas=[0.0,0.25,0.5,0.75,1.0]' soup.init=runs/x/inits/zeroshot/model.safetensors ingredients=runs/x/finetune soup.endpoint=best run_name=wise_ft_best name=x finetune.lr=1e-3",
+        ),
+        (
+            "WiSE-FT from the zero-shot model to the greedy soup (+ its eval)",
+            25,
+            "python -m soups experiment=demo soup=wise_ft 'soup.alphas=[0.0,0.25,0.5,0.75,1.0]' soup.init=runs/x/inits/zeroshot/model.safetensors ingredients=runs/x/soups/greedy_soup run_name=wise_ft_greedy name=x finetune.lr=1e-3",
         ),
         (
             "tables and figures from the records",
@@ -105,14 +127,24 @@ CAPTURED = {
             "python -m eval experiment=demo 'checkpoints=[runs/demo_seeds/seed1/demo/inits,runs/demo_seeds/seed1/demo/finetune]' run_name=individuals paths.runs=runs/demo_seeds/seed1",
         ),
         (
-            "soups, ensembles and Model Stock (+ their eval)",
-            91,
-            "python -m soups -m experiment=demo soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble,model_stock ingredients=runs/demo_seeds/seed1/demo/finetune ++soup.init=runs/demo_seeds/seed1/demo/inits/lp/model.safetensors paths.runs=runs/demo_seeds/seed1",
+            "soups and ensembles (+ their eval)",
+            80,
+            "python -m soups -m experiment=demo soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble ingredients=runs/demo_seeds/seed1/demo/finetune paths.runs=runs/demo_seeds/seed1",
         ),
         (
-            "WiSE-FT of the uniform soup, 5 values of alpha (+ their eval)",
-            45,
-            "python -m soups experiment=demo soup=wise_ft 'soup.alphas=[0.0,0.25,0.5,0.75,1.0]' ingredients=runs/demo_seeds/seed1/demo/finetune soup.init=runs/demo_seeds/seed1/demo/inits/lp/model.safetensors paths.runs=runs/demo_seeds/seed1",
+            "Model Stock from the LP init (+ its eval)",
+            10,
+            "python -m soups experiment=demo soup=model_stock soup.init=runs/demo_seeds/seed1/demo/inits/lp/model.safetensors ingredients=runs/demo_seeds/seed1/demo/finetune paths.runs=runs/demo_seeds/seed1",
+        ),
+        (
+            "WiSE-FT from the zero-shot model to the best individual (+ its eval)",
+            25,
+            "python -m soups experiment=demo soup=wise_ft 'soup.alphas=[0.0,0.25,0.5,0.75,1.0]' soup.init=runs/demo_seeds/seed1/demo/inits/zeroshot/model.safetensors ingredients=runs/demo_seeds/seed1/demo/finetune soup.endpoint=best run_name=wise_ft_best paths.runs=runs/demo_seeds/seed1",
+        ),
+        (
+            "WiSE-FT from the zero-shot model to the greedy soup (+ its eval)",
+            25,
+            "python -m soups experiment=demo soup=wise_ft 'soup.alphas=[0.0,0.25,0.5,0.75,1.0]' soup.init=runs/demo_seeds/seed1/demo/inits/zeroshot/model.safetensors ingredients=runs/demo_seeds/seed1/demo/soups/greedy_soup run_name=wise_ft_greedy paths.runs=runs/demo_seeds/seed1",
         ),
         (
             "tables and figures from the records",
@@ -133,9 +165,24 @@ CAPTURED = {
             "python -m eval -m experiment=paper_vitb32 'checkpoints=[runs/paper_vitb32/inits,runs/paper_vitb32/finetune]' run_name=individuals hydra/launcher=slurm",
         ),
         (
-            "soups, ensembles, WiSE-FT and Model Stock (+ their eval)",
+            "soups and ensembles (+ their eval)",
             7200,
-            "python -m soups -m experiment=paper_vitb32 soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble,wise_ft,model_stock 'ingredients=[runs/paper_vitb32/inits/lp,runs/paper_vitb32/finetune]' ++soup.init=runs/paper_vitb32/inits/lp/model.safetensors hydra/launcher=slurm",
+            "python -m soups -m experiment=paper_vitb32 soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble 'ingredients=[runs/paper_vitb32/inits/lp,runs/paper_vitb32/finetune]' hydra/launcher=slurm",
+        ),
+        (
+            "Model Stock from the LP init (+ its eval)",
+            600,
+            "python -m soups -m experiment=paper_vitb32 soup=model_stock soup.init=runs/paper_vitb32/inits/lp/model.safetensors ingredients=runs/paper_vitb32/finetune hydra/launcher=slurm",
+        ),
+        (
+            "WiSE-FT from the zero-shot model to the best individual (+ its eval)",
+            1800,
+            "python -m soups -m experiment=paper_vitb32 soup=wise_ft soup.init=runs/paper_vitb32/inits/zeroshot/model.safetensors ingredients=runs/paper_vitb32/finetune soup.endpoint=best run_name=wise_ft_best hydra/launcher=slurm",
+        ),
+        (
+            "WiSE-FT from the zero-shot model to the greedy soup (+ its eval)",
+            1800,
+            "python -m soups -m experiment=paper_vitb32 soup=wise_ft soup.init=runs/paper_vitb32/inits/zeroshot/model.safetensors ingredients=runs/paper_vitb32/soups/greedy_soup run_name=wise_ft_greedy hydra/launcher=slurm",
         ),
         (
             "tables and figures from the records",
@@ -161,9 +208,24 @@ CAPTURED = {
             "python -m eval -m experiment=paper_vitb32 'checkpoints=[/abs/runs/n/inits,/abs/runs/n/finetune]' run_name=individuals hydra/launcher=slurm name=n",
         ),
         (
-            "soups, ensembles, WiSE-FT and Model Stock (+ their eval)",
+            "soups and ensembles (+ their eval)",
             7200,
-            "python -m soups -m experiment=paper_vitb32 soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble,wise_ft,model_stock 'ingredients=[/abs/runs/n/inits/lp,/abs/runs/n/finetune]' ++soup.init=/abs/runs/n/inits/lp/model.safetensors hydra/launcher=slurm name=n",
+            "python -m soups -m experiment=paper_vitb32 soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble 'ingredients=[/abs/runs/n/inits/lp,/abs/runs/n/finetune]' hydra/launcher=slurm name=n",
+        ),
+        (
+            "Model Stock from the LP init (+ its eval)",
+            600,
+            "python -m soups -m experiment=paper_vitb32 soup=model_stock soup.init=/abs/runs/n/inits/lp/model.safetensors ingredients=/abs/runs/n/finetune hydra/launcher=slurm name=n",
+        ),
+        (
+            "WiSE-FT from the zero-shot model to the best individual (+ its eval)",
+            1800,
+            "python -m soups -m experiment=paper_vitb32 soup=wise_ft soup.init=/abs/runs/n/inits/zeroshot/model.safetensors ingredients=/abs/runs/n/finetune soup.endpoint=best run_name=wise_ft_best hydra/launcher=slurm name=n",
+        ),
+        (
+            "WiSE-FT from the zero-shot model to the greedy soup (+ its eval)",
+            1800,
+            "python -m soups -m experiment=paper_vitb32 soup=wise_ft soup.init=/abs/runs/n/inits/zeroshot/model.safetensors ingredients=/abs/runs/n/soups/greedy_soup run_name=wise_ft_greedy hydra/launcher=slurm name=n",
         ),
         (
             "tables and figures from the records",
@@ -190,9 +252,24 @@ CAPTURED = {
             "python -m eval experiment=paper_vitb32_dryrun 'checkpoints=[runs/paper_vitb32_dryrun/inits,runs/paper_vitb32_dryrun/finetune]' run_name=individuals",
         ),
         (
-            "soups, ensembles, WiSE-FT and Model Stock (+ their eval)",
-            120,
-            "python -m soups -m experiment=paper_vitb32_dryrun soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble,wise_ft,model_stock 'ingredients=[runs/paper_vitb32_dryrun/inits/lp,runs/paper_vitb32_dryrun/finetune]' ++soup.init=runs/paper_vitb32_dryrun/inits/lp/model.safetensors",
+            "soups and ensembles (+ their eval)",
+            100,
+            "python -m soups -m experiment=paper_vitb32_dryrun soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble 'ingredients=[runs/paper_vitb32_dryrun/inits/lp,runs/paper_vitb32_dryrun/finetune]'",
+        ),
+        (
+            "Model Stock from the LP init (+ its eval)",
+            10,
+            "python -m soups -m experiment=paper_vitb32_dryrun soup=model_stock soup.init=runs/paper_vitb32_dryrun/inits/lp/model.safetensors ingredients=runs/paper_vitb32_dryrun/finetune",
+        ),
+        (
+            "WiSE-FT from the zero-shot model to the best individual (+ its eval)",
+            15,
+            "python -m soups -m experiment=paper_vitb32_dryrun soup=wise_ft soup.init=runs/paper_vitb32_dryrun/inits/zeroshot/model.safetensors ingredients=runs/paper_vitb32_dryrun/finetune soup.endpoint=best run_name=wise_ft_best",
+        ),
+        (
+            "WiSE-FT from the zero-shot model to the greedy soup (+ its eval)",
+            15,
+            "python -m soups -m experiment=paper_vitb32_dryrun soup=wise_ft soup.init=runs/paper_vitb32_dryrun/inits/zeroshot/model.safetensors ingredients=runs/paper_vitb32_dryrun/soups/greedy_soup run_name=wise_ft_greedy",
         ),
         ("tables and figures from the records", 15, "python -m plots experiment=paper_vitb32_dryrun results=runs/paper_vitb32_dryrun"),
         (
@@ -215,9 +292,24 @@ CAPTURED = {
             "python -m eval experiment=folder 'checkpoints=[runs/folder/inits,runs/folder/finetune]' run_name=individuals data.root=/data/mine",
         ),
         (
-            "soups, ensembles, WiSE-FT and Model Stock (+ their eval)",
-            90,
-            "python -m soups -m experiment=folder soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble,wise_ft,model_stock ingredients=runs/folder/finetune ++soup.init=runs/folder/inits/lp/model.safetensors data.root=/data/mine",
+            "soups and ensembles (+ their eval)",
+            70,
+            "python -m soups -m experiment=folder soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble ingredients=runs/folder/finetune data.root=/data/mine",
+        ),
+        (
+            "Model Stock from the LP init (+ its eval)",
+            5,
+            "python -m soups -m experiment=folder soup=model_stock soup.init=runs/folder/inits/lp/model.safetensors ingredients=runs/folder/finetune data.root=/data/mine",
+        ),
+        (
+            "WiSE-FT from the zero-shot model to the best individual (+ its eval)",
+            10,
+            "python -m soups -m experiment=folder soup=wise_ft soup.init=runs/folder/inits/zeroshot/model.safetensors ingredients=runs/folder/finetune soup.endpoint=best run_name=wise_ft_best data.root=/data/mine",
+        ),
+        (
+            "WiSE-FT from the zero-shot model to the greedy soup (+ its eval)",
+            10,
+            "python -m soups -m experiment=folder soup=wise_ft soup.init=runs/folder/inits/zeroshot/model.safetensors ingredients=runs/folder/soups/greedy_soup run_name=wise_ft_greedy data.root=/data/mine",
         ),
         ("tables and figures from the records", 10, "python -m plots experiment=folder results=runs/folder data.root=/data/mine"),
         (
@@ -248,9 +340,24 @@ CAPTURED = {
             "python -m eval experiment=folder 'checkpoints=[runs/mine/inits,runs/mine/finetune]' run_name=individuals name=mine data.root=/data/mine model=vit_b32 sweep.n=2",
         ),
         (
-            "soups, ensembles, WiSE-FT and Model Stock (+ their eval)",
-            90,
-            "python -m soups -m experiment=folder soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble,wise_ft,model_stock ingredients=runs/mine/finetune ++soup.init=runs/mine/inits/lp/model.safetensors name=mine data.root=/data/mine model=vit_b32 sweep.n=2",
+            "soups and ensembles (+ their eval)",
+            70,
+            "python -m soups -m experiment=folder soup=uniform,greedy,greedy_random_order,learned,learned_by_layer,ensemble,greedy_ensemble ingredients=runs/mine/finetune name=mine data.root=/data/mine model=vit_b32 sweep.n=2",
+        ),
+        (
+            "Model Stock from the LP init (+ its eval)",
+            5,
+            "python -m soups -m experiment=folder soup=model_stock soup.init=runs/mine/inits/lp/model.safetensors ingredients=runs/mine/finetune name=mine data.root=/data/mine model=vit_b32 sweep.n=2",
+        ),
+        (
+            "WiSE-FT from the zero-shot model to the best individual (+ its eval)",
+            10,
+            "python -m soups -m experiment=folder soup=wise_ft soup.init=runs/mine/inits/zeroshot/model.safetensors ingredients=runs/mine/finetune soup.endpoint=best run_name=wise_ft_best name=mine data.root=/data/mine model=vit_b32 sweep.n=2",
+        ),
+        (
+            "WiSE-FT from the zero-shot model to the greedy soup (+ its eval)",
+            10,
+            "python -m soups -m experiment=folder soup=wise_ft soup.init=runs/mine/inits/zeroshot/model.safetensors ingredients=runs/mine/soups/greedy_soup run_name=wise_ft_greedy name=mine data.root=/data/mine model=vit_b32 sweep.n=2",
         ),
         (
             "tables and figures from the records",

@@ -54,7 +54,7 @@ def test_the_published_vit_g_rows_print_beside_ours_in_their_layout(tmp_path):
         "| Method | id | ImageNetReaL | ImageNetMultilabel | ImageNetV2 | ImageNetR | ImageNetSketch | ObjectNet | ImageNetA | avg_shifts |"
     )
     assert header in result.stdout
-    assert "| paper: Greedy soup | 90.94 | 91.20 | 97.17 | 84.22 | 94.85 | 74.23 | 78.52 | 91.69 | 85.02 |" in result.stdout
+    assert "| paper: Greedy soup | 90.94 | 91.20 | 97.17 | 84.22 | 95.46 | 74.23 | 78.52 | 92.67 | 85.02 |" in result.stdout
     assert "| paper: CoAtNet-7 (Dai et al. 2021) | 90.88 |  |  |  |  |  |  |  |  |" in result.stdout
     assert "| ours: Greedy soup (soup) | 82.00 | 87.00 | 98.00 | 74.00 | 65.00 | 56.00 | 46.00 | 36.00 | 55.40 |" in result.stdout
     written = pd.read_csv(out / "main_table_beside_vit_g14.csv", index_col="method")
@@ -72,16 +72,12 @@ def test_an_unknown_published_table_is_one_line_and_writes_nothing(tmp_path):
     assert not (tmp_path / "out" / "main_table.csv").exists()
 
 
-def test_vit_g_table_averages_agree_with_their_shift_columns_where_the_paper_is_consistent():
+def test_vit_g_table_averages_agree_with_their_shift_columns():
     table = pd.read_csv(REPO / "results" / "paper" / "vit_g14_table.csv", index_col="method")
     assert list(table.columns) == ["label", "id", "ImageNetReaL", "ImageNetMultilabel", *SHIFTS, "avg_shifts", "checked_against"]
     means = table[SHIFTS].mean(axis=1, skipna=False)
-    for row in ("vit_g14_reevaluated", "best_individual"):
-        assert means[row] == pytest.approx(table.loc[row, "avg_shifts"], abs=0.005)
-    # the two rows README flags: their averages fit their shift columns only with ImageNet-R and -A swapped between them
-    swapped = {"greedy_ensemble": "greedy_soup", "greedy_soup": "greedy_ensemble"}
-    for row, other in swapped.items():
-        cells = table.loc[row, SHIFTS].copy()
-        cells[["ImageNetR", "ImageNetA"]] = table.loc[other, ["ImageNetR", "ImageNetA"]].to_numpy()
-        assert cells.mean() == pytest.approx(table.loc[row, "avg_shifts"], abs=0.01)
-        assert abs(means[row] - table.loc[row, "avg_shifts"]) > 0.3
+    for row in ("vit_g14_reevaluated", "best_individual", "greedy_ensemble", "greedy_soup"):
+        assert means[row] == pytest.approx(table.loc[row, "avg_shifts"], abs=0.01)
+    # the seed's table (issue 26): the greedy soup has the higher ImageNet-R and ImageNet-A of the two greedy rows
+    assert table.loc["greedy_soup", ["ImageNetR", "ImageNetA"]].tolist() == [95.46, 92.67]
+    assert table.loc["greedy_ensemble", ["ImageNetR", "ImageNetA"]].tolist() == [94.85, 91.69]

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 import datasets
 from datasets.imagenet_miniature import make_miniature
-from datasets.imagenet_relabel import RealAccuracy, multilabel_accuracy, read_multilabel
+from datasets.imagenet_relabel import PROTOCOLS, RealAccuracy, id_relabellings, multilabel_accuracy, read_multilabel
 from models.checkpoint import CheckpointMeta, save_checkpoint
 from models.classifier import classifier_from_clip
 from models.errors import UserError
@@ -110,6 +110,7 @@ def test_real_and_multilabel_from_the_imagenet_pass_match_hand_computation(offic
     multilabel = by_key[(f"always{FIXED_CLASSES[0]}", "ImageNetMultilabel")]
     assert multilabel["top1"] == pytest.approx((1 / 2 + 1) / 2) and multilabel["pooled_top1"] == pytest.approx(2 / 3)
     assert multilabel["n"] == 3 and multilabel["excluded_problematic"] == 1 and multilabel["classes_scored"] == 2
+    assert multilabel["protocol"] == "tfds"  # the default, named in each record
     assert by_key[(f"always{FIXED_CLASSES[1]}", "ImageNetMultilabel")]["top1"] == 0.0
     assert "multilabel column is left out" not in result.stdout + result.stderr
 
@@ -209,6 +210,40 @@ def test_multilabel_is_the_mean_of_per_class_accuracies():
     result = multilabel_accuracy([1, 9, 9, 3, 5], ["a", "b", "x", "c", "e"], [0, 0, 0, 1, 2], accepted, problematic={"e"})
     # class 0: a right, b wrong (x unannotated) -> 1/2; class 1: c right -> 1; e problematic
     assert result == {"correct": 2, "n": 3, "top1": 0.75, "classes": 2, "excluded_problematic": 1}
+
+
+def test_both_multilabel_protocols_by_hand(tmp_path):
+    """tfds: `correct` or `unclear` counts, per-class mean; shankar (human_accuracy.py): `correct` only, pooled."""
+    from datasets.imagenet import imagenet_wnids
+
+    wnids = imagenet_wnids()
+    name = "ILSVRC2012_val_{:08d}.JPEG".format
+    annotations = {
+        name(1): {"correct": [wnids[1]], "unclear": [wnids[7]]},  # label 0
+        name(2): {"correct": [wnids[2]]},  # label 0
+        name(3): {"correct": [wnids[3]], "wrong": [wnids[8]]},  # label 1
+        name(4): {"correct": [wnids[4]]},  # label 1
+        name(5): {"correct": [wnids[5]]},  # label 1
+        name(6): {"correct": [wnids[6]]},  # problematic
+    }
+    path = tmp_path / "human_accuracy_v3.0.0.json"
+    path.write_text(json.dumps({"initial_annots": annotations, "problematic_images": {name(6): "ambiguous"}}))
+    predictions, names, labels = [7, 2, 3, 9, 9, 6], [name(i) for i in range(1, 7)], [0, 0, 1, 1, 1, 1]
+    results = {}
+    for protocol, (marks, per_class) in PROTOCOLS.items():
+        accepted, problematic = read_multilabel(str(path), marks)
+        results[protocol] = multilabel_accuracy(predictions, names, labels, accepted, problematic, per_class)
+    # tfds: image 1 right through `unclear`; class 0: 2/2, class 1: 1/3 -> (1 + 1/3) / 2
+    assert results["tfds"]["top1"] == pytest.approx((1 + 1 / 3) / 2) and results["tfds"]["correct"] == 3
+    # shankar: image 1 wrong (`unclear` does not count); images 2 and 3 right of 5 -> 2/5
+    assert results["shankar"]["top1"] == pytest.approx(2 / 5) and results["shankar"]["correct"] == 2
+    assert results["shankar"]["excluded_problematic"] == results["tfds"]["excluded_problematic"] == 1
+
+
+def test_an_unknown_multilabel_protocol_is_a_user_error():
+    eval_set = datasets.EvalSet("ImageNet", "id", dataset=type("D", (), {"samples": []})(), classnames=["a"])
+    with pytest.raises(UserError, match="eval.multilabel_protocol=tfsd"):
+        id_relabellings(OmegaConf.create({"real": "false", "multilabel": None, "multilabel_protocol": "tfsd"}), eval_set)
 
 
 def test_the_world_skips_relabelling_and_says_so(caplog):

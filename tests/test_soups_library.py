@@ -118,6 +118,10 @@ def test_wise_ft_model_stock_and_ensemble_by_hand():
     assert soups.model_stock(init, [{"w": torch.tensor([1.0, 0.0])}, {"w": torch.tensor([0.0, 1.0])}])["w"].tolist() == [0.0, 0.0]
     # equal task vectors: cos = 1, t = 1, the average
     assert soups.model_stock(init, [{"w": torch.tensor([1.0, 2.0])}] * 2)["w"].tolist() == [1.0, 2.0]
+    # θ0 among the ingredients is dropped: counted, its zero task vector would make cos = 0, t = 0 and the result θ0
+    assert soups.model_stock(init, [init, {"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([1.0, 2.0])}])["w"].tolist() == [1.0, 2.0]
+    with pytest.raises(UserError, match="besides θ0"):
+        soups.model_stock(init, [init, {"w": torch.tensor([1.0, 2.0])}])
     assert soups.ensemble([torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]])]).tolist() == [[1.0, 1.0]]
 
 

@@ -173,14 +173,14 @@ def test_augmented_batches_equal_seeded_image_by_image_reads(small_world):
 
     import datasets.world as world
     from finetune.data import SeededExamples
-    from finetune.recipe import randaug_transform
+    from finetune.recipe import timm_train_augmentation
     from models.factory import create_clip
 
     photos = sets.load_set(small_world, "small", 0, "train")
     _, preprocess, _ = create_clip("TinyCLIP-Chars")
     keys = [(5, 0), (0, 0), (17, 1), (5, 1), (999, 2)]
     batches = []
-    for augment in (randaug_transform("rand-m9-n2", 32, (0.5, 0.5, 0.5)), transforms.Resize(40)):
+    for augment in (timm_train_augmentation("rand-m9-n2", 32, (0.5, 0.5, 0.5)), transforms.Resize(40)):
         dataset = world.WorldDataset(photos, transforms.Compose([augment, preprocess]))
         seeded = SeededExamples(dataset, seed=3)
         batches.append(seeded.__getitems__(keys))
