@@ -142,7 +142,7 @@ def capture(root: Path, path: Path = OUTCOMES) -> None:
     from safetensors.torch import load_file
 
     import models.cli  # noqa: F401  (registers the project_root resolver)
-    from soups.pipeline import build_context
+    from soups.stage import build_context
 
     overrides = ["experiment=demo", "soup=greedy", f"ingredients={root}/runs/demo/finetune", f"paths.root={root}", "soup.evaluate=false"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

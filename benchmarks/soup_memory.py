@@ -7,7 +7,7 @@ download) to a temporary folder, then runs each of these in a fresh child proces
 RSS (VmHWM) and wall time:
 - `read`: read the N files once, in 16 MB blocks (the I/O floor);
 - `write`: write one checkpoint of that size with `models.checkpoint.save_checkpoint` (the output's floor);
-- `soup`: the soups stage's uniform soup (`soups.pipeline.run_soup`, evaluation off): checks, streaming
+- `soup`: the soups stage's uniform soup (`soups.stage.run_soup`, evaluation off): checks, streaming
   running sum, hashes for the metadata, checkpoint written;
 - `naive`: load every checkpoint (safetensors `load_file`), stack and average, save.
 Prints peak RSS / one checkpoint's size (goal ≤ 2.5) and soup wall / read wall (goal ≤ 1.5).
@@ -60,7 +60,7 @@ def child(mode: str, folder: Path) -> dict:
         from hydra import compose, initialize_config_dir
 
         import models.cli
-        from soups.pipeline import run_soup
+        from soups.stage import run_soup
 
         with initialize_config_dir(config_dir=str(models.cli.CONF_DIR), version_base="1.3"):
             cfg = compose("soups", overrides=["soup=uniform", f"ingredients={folder}/in", "soup.evaluate=false", "device=cpu"])

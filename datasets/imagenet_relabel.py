@@ -220,7 +220,7 @@ def id_relabellings(eval_cfg: Any, eval_set: EvalSet) -> list:
     makes a val folder with other names an error. Without `eval.multilabel`, the run says once that the
     multilabel column is left out.
     """
-    real = str(eval_cfg.get("real", "auto")).lower()
+    real = str(eval_cfg.real).lower()
     if real not in ("auto", "true", "false"):
         raise UserError(f"eval.real={real}: expected auto, true or false")
     paths = [path for path, _ in eval_set.dataset.samples]
@@ -236,8 +236,8 @@ def id_relabellings(eval_cfg: Any, eval_set: EvalSet) -> list:
             )
         else:
             log.info("ReaL: skipped, the val files do not all have official names (%s, e.g. %s)", OFFICIAL_PATTERN, unofficial)
-    multilabel = eval_cfg.get("multilabel")
-    protocol = str(eval_cfg.get("multilabel_protocol", "tfds"))
+    multilabel = eval_cfg.multilabel
+    protocol = str(eval_cfg.multilabel_protocol)
     if protocol not in PROTOCOLS:
         raise UserError(f"eval.multilabel_protocol={protocol}: expected {' or '.join(PROTOCOLS)}")
     if multilabel:

@@ -143,9 +143,9 @@ def evaluate_checkpoints(
     names = selected_sets(eval_cfg.sets, data_cfg)
     if data_cfg.heldout in names:
         datasets.check_heldout_split(data_cfg, [(str(p), m) for p, m in zip(paths, metas)])
-    precision = precision_name(eval_cfg.get("amp", "auto"), device)
-    per_pass = int(eval_cfg.get("max_models_per_pass", 8)) if eval_cfg.share_decoding else 1
-    dtype_name = str(eval_cfg.get("logits_dtype", "float16"))
+    precision = precision_name(eval_cfg.amp, device)
+    per_pass = int(eval_cfg.max_models_per_pass) if eval_cfg.share_decoding else 1
+    dtype_name = str(eval_cfg.logits_dtype)
     if dtype_name not in LOGITS_DTYPES:
         raise UserError(f"eval.logits_dtype: unknown dtype {dtype_name!r}; expected one of {sorted(LOGITS_DTYPES)}")
     relabellings = checked_relabellings(data_cfg, eval_cfg, names)
@@ -168,11 +168,11 @@ def evaluate_checkpoints(
                 batch_size=int(eval_cfg.batch_size),
                 workers=int(eval_cfg.workers),
                 device=device,
-                amp=eval_cfg.get("amp", "auto"),
+                amp=eval_cfg.amp,
                 skip_bad_images=bool(eval_cfg.skip_bad_images),
                 keep_logits=bool(eval_cfg.save_logits),
                 logits_dtype=LOGITS_DTYPES[dtype_name],
-                progress=show_progress(eval_cfg.get("progress", "auto")) and is_main_process(),
+                progress=show_progress(eval_cfg.progress) and is_main_process(),
             )
             new = [
                 r

@@ -118,7 +118,7 @@ def iter_logits(
     batch_size: int = 256,
     workers: int = 0,
     device: torch.device | str = "cpu",
-    amp: bool | str | None = False,
+    amp: bool | str | None = "auto",
     skip_bad_images: bool = False,
     on_skip: Callable[[UnreadableImage], None] | None = None,
     shard: tuple[int, int] | None = None,

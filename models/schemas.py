@@ -12,6 +12,7 @@ GreedyParams), and soups/registry.py names each method's class. No Hydra and no 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 MISSING = "???"  # OmegaConf's marker of a value the YAML file must set (name, run_name, loader settings)
 ACCUMULATE = ("float32", "float64")
@@ -170,6 +171,39 @@ class PretrainConfig:
     threads: int = 1  # fixed, so the CPU run is bit-for-bit reproducible (and no thread stalls on a shared machine)
 
 
+@dataclasses.dataclass
+class EvalOptions:
+    """`eval.*`: the evaluation protocol of every stage that scores models (eval/, soups/, models/evaluate.py).
+    conf/eval/default.yaml starts from this class and only points batch_size and workers at `data.*`."""
+
+    sets: Any = "all"  # all | heldout | id | shifts | a list of set names, e.g. [ImageNet,ImageNetV2]
+    share_decoding: bool = True  # decode each image once for all checkpoints of a pass
+    max_models_per_pass: int = 8  # checkpoints held in memory together when sharing decoding
+    amp: Any = "auto"  # auto (float16 autocast on CUDA only) | true | false
+    save_logits: bool = False  # write <out>/logits/<model_id>/<set>.safetensors (logits + labels)
+    logits_dtype: str = "float16"  # float16 | bfloat16 | float32
+    # soups stage: an eval run folder whose float32 logits (save_logits, logits_dtype=float32) of the same
+    # checkpoints, data and precision stand in for the ensembles' forward passes (same floats)
+    logits_from: str | None = None
+    # ImageNet-ReaL from timm's labels, same pass as ImageNet top-1. auto: when every val file has its official
+    # name (ILSVRC2012_val_%08d.JPEG), else skipped, saying why; true: required; false: off
+    real: Any = "auto"
+    # path to the multilabel annotations of Shankar et al. 2020 (human_accuracy_v3.0.0.json, docs/data.md);
+    # null: no multilabel column (the run says so once)
+    multilabel: str | None = None
+    # tfds: `correct` or `unclear` counts, mean of per-class accuracies (the dataset's TFDS card; the default:
+    # the paper's ViT-G rows come from a TFDS-based JAX pipeline, so its column most likely follows the card;
+    # not checked against the paper's code); shankar: `correct` only, pooled over images (the authors'
+    # human_accuracy.py). Every record names its protocol.
+    multilabel_protocol: str = "tfds"
+    # a bar per set on stderr with images/s and the time left. auto: when stderr is a terminal (not in a
+    # cluster job's log); true | false. Not part of a run's identity
+    progress: Any = "auto"
+    skip_bad_images: bool = False  # false: an unreadable image is an error naming it; true: skip and count it
+    batch_size: int = 256  # conf/eval/default.yaml: data.batch_size
+    workers: int = 0  # conf/eval/default.yaml: data.workers
+
+
 SCHEMA_NODES = {  # ConfigStore group/name -> dataclass; conf/ refers to them as /schema/<group>@_here_: <name>
     ("schema/soup", "common"): SoupParams,
     ("schema/soup", "greedy"): GreedyParams,
@@ -177,6 +211,7 @@ SCHEMA_NODES = {  # ConfigStore group/name -> dataclass; conf/ refers to them as
     ("schema/soup", "wise_ft"): WiseFTParams,
     ("schema/finetune", "recipe"): Recipe,
     ("schema/world", "pretrain"): PretrainConfig,
+    ("schema/eval", "options"): EvalOptions,
 }
 
 

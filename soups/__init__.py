@@ -9,7 +9,7 @@ The library (soups.library) works on plain state dicts or checkpoint paths, with
 
 The stage's layout: `methods` (the methods behind one interface, picked by name), the math in `average`,
 `greedy`, `learned`, `output_space` (ensembles), `stock` (Model Stock); ingredient resolution and checks in `ingredients` and
-`checks`; the one place that reads weights in `streaming`; scoring in `scoring`; the stage in `pipeline`.
+`checks`; the one place that reads weights in `streaming`; scoring in `scoring`; the stage in `stage`.
 """
 
 from __future__ import annotations

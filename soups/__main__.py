@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 from models.cli import output_dir, overrides, stage_entry
 from soups.config import soup_params
 from soups.diagnose import run_diagnose
-from soups.pipeline import run_soup
+from soups.stage import run_soup
 
 
 def run(cfg: DictConfig) -> None:

@@ -324,8 +324,8 @@ def run_diagnose(cfg: Any, out: Path) -> BasinReport:
     from models.evaluate import resolve_device
     from soups.checks import check_compatible
     from soups.ingredients import describe, resolve_ingredients
-    from soups.pipeline import loader_kwargs
     from soups.scoring import Scorer
+    from soups.stage import loader_kwargs
     from soups.streaming import load_state
 
     ingredients = resolve_ingredients(cfg.ingredients, cfg.model)

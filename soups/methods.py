@@ -2,7 +2,7 @@
 
 A method is a function `(SoupContext) -> SoupOutcome`. It reads ingredients only through the context
 (streaming, one checkpoint or one layer at a time) and scores through its evaluate callbacks; it writes
-no file. The stage (soups.pipeline) evaluates the outcome's models on the sets and writes everything.
+no file. The stage (soups.stage) evaluates the outcome's models on the sets and writes everything.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from models.checkpoint import CheckpointMeta, save_checkpoint
 from models.classifier import classifier_from_clip
 from models.factory import create_clip
+from models.schemas import EvalOptions
 
 TINY_ARCH = "TinyCLIP"  # the project's tiny CLIP (models/model_configs), so subprocesses can build it too
 
@@ -40,9 +41,8 @@ def imagenet_cfg(root: Path, **extra) -> OmegaConf:
 
 
 def eval_cfg(**extra) -> OmegaConf:
-    fields = {"sets": "all", "share_decoding": True, "max_models_per_pass": 8, "amp": False, "save_logits": False}
-    fields.update({"logits_dtype": "float16", "skip_bad_images": False, "batch_size": 64, "workers": 0})
-    return OmegaConf.create({**fields, **extra})
+    """`eval.*` as the stages read it: the typed defaults (models.schemas.EvalOptions), fp32, 64 a batch, no workers."""
+    return OmegaConf.structured(EvalOptions(**{"amp": False, "batch_size": 64, "workers": 0, **extra}))
 
 
 def random_checkpoints(

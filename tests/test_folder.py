@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_module
+from conftest import REPO, run_module
 from folder_dataset import CLASSES, render
 from omegaconf import OmegaConf
 
@@ -23,16 +23,8 @@ from models.world_tokenizer import WorldTokenizer
 
 def data_cfg(root: Path, tmp_path: Path, **extra) -> OmegaConf:
     folder._prepared.cache_clear()  # each test draws its own split
-    return OmegaConf.create(
-        {
-            "name": "folder",
-            "root": str(root),
-            "heldout": "heldout",
-            "split_file": str(tmp_path / "split.json"),
-            "heldout_fraction": 0.25,
-            **extra,
-        }
-    )
+    defaults = OmegaConf.load(REPO / "conf/data/folder.yaml")  # data=folder's own defaults, as the stages compose them
+    return OmegaConf.merge(defaults, {"root": str(root), "split_file": str(tmp_path / "split.json"), "heldout_fraction": 0.25, **extra})
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ from eval.convert import main as convert_main
 from eval.runner import evaluate_checkpoints
 from models.checkpoint import CheckpointMeta, save_checkpoint
 from models.classifier import classifier_from_clip, zeroshot_head_weight
+from models.schemas import EvalOptions
 from tests.test_eval_helpers import one_thread  # noqa: F401
 
 clip_benchmark = pytest.importorskip("clip_benchmark")
@@ -105,17 +106,8 @@ def test_predictions_equal_clip_benchmark(tmp_path, tiny_arch, monkeypatch):
             "heldout_per_class": 1,
         }
     )
-    eval_cfg = OmegaConf.create(
-        {
-            "sets": list(PEER_SETS),
-            "share_decoding": True,
-            "amp": False,
-            "save_logits": True,
-            "logits_dtype": "float32",
-            "skip_bad_images": False,
-            "batch_size": 128,
-            "workers": 0,
-        }
+    eval_cfg = OmegaConf.structured(
+        EvalOptions(sets=list(PEER_SETS), amp=False, save_logits=True, logits_dtype="float32", batch_size=128, workers=0)
     )
     out = tmp_path / "eval"
     records = {r["dataset"]: r for r in evaluate_checkpoints([str(checkpoint)], data_cfg, eval_cfg, out, torch.device("cpu"))}

@@ -12,7 +12,7 @@ from models.checkpoint import sha256_prefix
 from models.cli import identity_config
 from models.logits import save_logits
 from models.results import append_records
-from soups.pipeline import run_soup
+from soups.stage import run_soup
 
 
 def fake_eval_run(folder, cfg, paths, planted, dtype="float32"):

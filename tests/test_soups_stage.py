@@ -29,7 +29,7 @@ from models.factory import create_clip
 from models.results import read_records
 from soups.checks import IngredientSpec, check_compatible
 from soups.ingredients import resolve_paths
-from soups.pipeline import build_context, run_soup
+from soups.stage import build_context, run_soup
 from soups.streaming import iter_safetensors, load_state
 
 ARCH = "SoupTestViT"

@@ -164,3 +164,26 @@ def test_a_typo_or_a_wrong_type_is_one_line_exit_2_before_any_work(case, tmp_pat
     result = run(stage, *overrides, "ingredients=[]" if stage == "soups" else "data.scale=small", "device=cpu", env=env)
     assert_refused(result, *phrases)
     assert not runs.exists()  # refused before the run folder was made
+
+
+@pytest.mark.parametrize("stage", ["eval", "soups"])
+def test_eval_options_are_the_typed_defaults(stage):
+    """`eval.*` has one home: the composed config is EvalOptions' defaults, with the loader following data.*."""
+    from models.schemas import EvalOptions
+
+    cfg = composed(stage)
+    assert OmegaConf.get_type(cfg.eval) is EvalOptions
+    resolved = OmegaConf.to_container(cfg.eval, resolve=True)
+    defaults = dataclasses.asdict(EvalOptions())
+    assert resolved == {**defaults, "batch_size": cfg.data.batch_size, "workers": cfg.data.workers}
+    assert resolved["amp"] == "auto" and resolved["max_models_per_pass"] == 8 and resolved["logits_dtype"] == "float16"
+
+
+def test_world_pretraining_options_are_the_typed_defaults():
+    from models.schemas import PretrainConfig
+
+    cfg = composed("world")
+    assert OmegaConf.get_type(cfg.pretrain) is PretrainConfig
+    resolved = OmegaConf.to_container(cfg.pretrain, resolve=True)
+    assert resolved["steps"] == 1500 == PretrainConfig().steps and resolved["checkpoint_every"] == 250
+    assert resolved["resume_file"] == f"{cfg.foundation}.resume.pt"  # the YAML sets only what depends on other keys

@@ -134,10 +134,11 @@ def per_class_counts(labels: np.ndarray, fraction: float, count: int | None) -> 
 
 
 def split_settings(data_cfg: Any) -> dict[str, Any]:
-    count = data_cfg.get("heldout_per_class")
+    """The held-out draw's settings (conf/data/folder.yaml holds their defaults)."""
+    count = data_cfg.heldout_per_class
     return {
-        "seed": int(data_cfg.get("heldout_seed", 0)),
-        "fraction": float(data_cfg.get("heldout_fraction", 0.1)),
+        "seed": int(data_cfg.heldout_seed),
+        "fraction": float(data_cfg.heldout_fraction),
         "per_class": None if count is None else int(count),
     }
 
@@ -185,9 +186,7 @@ def prepare(data_cfg: Any) -> tuple[Layout, np.ndarray | None, dict[str, str]]:
     """(layout, held-out mask over train or None when val/ serves, the split's provenance for records)."""
     if not data_cfg.get("root"):
         raise UserError("data.root: give the dataset folder, e.g. data.root=/path/to/mydata (docs/your_dataset.md)")
-    return _prepared(
-        str(data_cfg.root), str(data_cfg.get("heldout_split", "auto")), json.dumps(split_settings(data_cfg)), str(data_cfg.split_file)
-    )
+    return _prepared(str(data_cfg.root), str(data_cfg.heldout_split), json.dumps(split_settings(data_cfg)), str(data_cfg.split_file))
 
 
 def sets_on_disk(data_cfg: Any) -> list[tuple[str, str]]:

@@ -212,7 +212,7 @@ def class_info(data_cfg: Any) -> ClassInfo:
 
 def relabellings(data_cfg: Any, eval_cfg: Any, eval_set: EvalSet) -> list:
     """None: the world's photos have one true label each; ReaL and multilabel (ImageNet's) are skipped, saying so."""
-    if str(eval_cfg.get("real", "auto")).lower() != "false" or eval_cfg.get("multilabel"):
+    if str(eval_cfg.real).lower() != "false" or eval_cfg.multilabel:
         log.info("ReaL and multilabel: skipped, the embedded world has no relabelled test set (they are ImageNet's)")
     return []
 

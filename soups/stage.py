@@ -43,11 +43,12 @@ PREDICTIONS = "predictions.safetensors"
 
 def loader_kwargs(eval_cfg: Any) -> dict[str, Any]:
     """The eval protocol's loader settings, as keyword arguments of `models.evaluate.iter_logits`."""
-    kwargs = {"batch_size": int(eval_cfg.batch_size), "workers": int(eval_cfg.workers)}
-    for key in ("amp", "skip_bad_images"):
-        if key in eval_cfg:
-            kwargs[key] = eval_cfg[key]
-    return kwargs
+    return {
+        "batch_size": int(eval_cfg.batch_size),
+        "workers": int(eval_cfg.workers),
+        "amp": eval_cfg.amp,
+        "skip_bad_images": bool(eval_cfg.skip_bad_images),
+    }
 
 
 def build_context(cfg: Any, eval_sets_fn: EvalSetsFn | None = None) -> SoupContext:
