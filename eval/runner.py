@@ -150,6 +150,7 @@ def evaluate_checkpoints(
         raise UserError(f"eval.logits_dtype: unknown dtype {dtype_name!r}; expected one of {sorted(LOGITS_DTYPES)}")
     relabellings = checked_relabellings(data_cfg, eval_cfg, names)
     provenance = [{"path": str(path), "sha256": checkpoint_sha256(path)} for path in paths]
+    out = Path(out)
     reused = reusable_records(out, ids, provenance, names)
     if reused and is_main_process():
         log.info("reusing the records of %d of %d checkpoints, scored by this run before its folder grew", len(reused), len(paths))

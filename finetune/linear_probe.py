@@ -1,8 +1,12 @@
 """`init=lp`: train the head alone on frozen image features, before fine-tuning end to end.
 
 Features are computed once with the eval transform (no augmentation), L2-normalised as the classifier
-does, and cached; the head is then fitted full-batch with AdamW on cross-entropy, starting from the
-zero-shot head. The problem is convex, so the fit is a property of the features, not of the path.
+does, and cached; the head is then fitted full batch by L-BFGS, to convergence, on the L2-penalised
+cross-entropy (multinomial logistic regression, as scikit-learn's LogisticRegression solves it),
+starting from the zero-shot head. The problem is strictly convex, so the fit is a property of the
+features, not of the path: a first-order optimiser with a fixed step budget is not, since the zero-shot
+head's rows have the norm of the logit scale (100 for CLIP) and AdamW's steps of lr per coordinate left
+it where it started (an LP init below chance where the zero-shot head was; docs/your_dataset.md).
 """
 
 from __future__ import annotations
@@ -60,13 +64,21 @@ def cached_features(cache_dir: Path | None, key: dict, compute) -> tuple[torch.T
 def fit_linear_head(
     features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, steps: int, lr: float, weight_decay: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Full-batch AdamW on mean cross-entropy of `features @ weight.T + bias`, from the given head."""
+    """Minimise mean cross-entropy of `features @ weight.T + bias` + weight_decay/2 · ‖weight‖² (the bias
+    unpenalised): scikit-learn's LogisticRegression objective with C = 1 / (weight_decay · n). Full-batch
+    L-BFGS with a strong-Wolfe line search from the given head, at most `steps` iterations (`lr`: its
+    step length, 1 for the line search's unit step) or until the gradient vanishes."""
     weight = weight.detach().clone().float().requires_grad_(True)
     bias = bias.detach().clone().float().requires_grad_(True)
-    optimizer = torch.optim.AdamW([weight, bias], lr=lr, weight_decay=weight_decay)
-    for _ in range(steps):
+    optimizer = torch.optim.LBFGS(
+        [weight, bias], lr=lr, max_iter=steps, tolerance_grad=1e-7, tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe"
+    )
+
+    def objective() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(features @ weight.T + bias, labels)
+        loss = F.cross_entropy(features @ weight.T + bias, labels) + 0.5 * weight_decay * weight.pow(2).sum()
         loss.backward()
-        optimizer.step()
+        return loss
+
+    optimizer.step(objective)
     return weight.detach(), bias.detach()

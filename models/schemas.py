@@ -111,11 +111,12 @@ class WiseFTParams(SoupParams):
 
 @dataclasses.dataclass
 class LinearProbe:
-    """For init=lp: full-batch AdamW on cached frozen features, starting from the zero-shot head."""
+    """For init=lp: logistic regression on cached frozen features by full-batch L-BFGS to convergence,
+    starting from the zero-shot head (finetune/linear_probe.py)."""
 
-    steps: int = 300
-    lr: float = 1.0e-3
-    weight_decay: float = 0.0
+    steps: int = 300  # most L-BFGS iterations
+    lr: float = 1.0  # L-BFGS step length (1: the line search's unit step)
+    weight_decay: float = 1.0e-5  # L2 on the head's weight, on the mean loss: scikit-learn's C = 1 / (weight_decay · n)
     cache: bool = True  # cache features under ${paths.cache}/features
     # An LP-init checkpoint (kind lp) to start from instead of fitting; the sweeps set it to
     # runs/<name>/inits/lp/model.safetensors, so the LP head is fitted once per sweep.
