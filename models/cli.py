@@ -188,8 +188,9 @@ def precheck_overrides(config_name: str, argv: list[str], check: Callable[[DictC
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
     try:
-        if cfg.get("out"):
-            check_writable(Path(str(cfg.out)))
+        out = OmegaConf.select(cfg, "out", throw_on_resolution_failure=False)
+        if out:
+            check_writable(Path(str(out)))
         if check is not None:
             check(cfg)
     except UserError as err:
