@@ -388,8 +388,8 @@ def disk_error(err: OSError, out: Path) -> UserError | None:
         return None
     where = err.filename or out
     return UserError(
-        f"{where}: {DISK_ERRNOS[err.errno]} ({os.strerror(err.errno)}); free space or choose a writable out= / paths.runs=, "
-        "then rerun (finished work is kept, nothing half-written)"
+        f"{where}: {DISK_ERRNOS[err.errno]} ({os.strerror(err.errno)}); free space or fix its permissions (or choose another "
+        "out= / paths.runs=), then rerun (finished work is kept, nothing half-written)"
     )
 
 
