@@ -20,8 +20,9 @@
   refused in one line (exit 2), a dead owner's lock on this host is taken over, saying so.
 - A full disk or an unwritable folder (ENOSPC, EDQUOT, EROFS, EACCES) is one line naming the file, exit 2;
   an unwritable `out` is refused before Hydra opens its log there. Writes are atomic, DONE is not written.
-- SIGTERM (SLURM's preemption, scancel) and SIGINT (Ctrl-C) stop the run at the next Python bytecode:
-  FAILED says it was stopped, one line says to rerun to resume, exit 143 / 130 (128 + the signal).
+- SIGTERM (scancel, a kill) and SIGINT (Ctrl-C) stop the run at the next Python bytecode: FAILED says it
+  was stopped, one line says to rerun to resume, exit 143 / 130 (128 + the signal). Inside a submitit job
+  SIGTERM stays submitit's (it lets it pass; pre-emption goes through its USR2 checkpoint and requeue).
 """
 
 from __future__ import annotations
@@ -192,8 +193,9 @@ def precheck_overrides(config_name: str, argv: list[str], check: Callable[[DictC
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
     try:
-        if cfg.get("out"):
-            check_writable(Path(str(cfg.out)))
+        out = OmegaConf.select(cfg, "out", throw_on_resolution_failure=False)
+        if out:
+            check_writable(Path(str(out)))
         if check is not None:
             check(cfg)
     except UserError as err:
@@ -358,7 +360,7 @@ def report_outcome(outcome: str, where: Path | str) -> None:
 DISK_ERRNOS = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
                errno.EACCES: "permission denied", errno.EPERM: "not permitted"}  # fmt: skip
 # Exit codes of a run stopped by a signal: 128 + the signal's number, as a shell reports it.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # SLURM's preemption / scancel, and Ctrl-C
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # kill / scancel, and Ctrl-C
 
 
 class Stopped(BaseException):
@@ -381,7 +383,11 @@ def _stop_on_signals() -> Iterator[None]:
     def stop(signum: int, frame: Any) -> None:
         raise Stopped(signum)
 
-    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    # Only where nobody else handles the signal: in a submitit job, submitit deliberately lets SIGTERM
+    # pass (SLURM's pre-emption and time limit go through its USR2 checkpoint-and-requeue instead).
+    defaults = (signal.SIG_DFL, signal.default_int_handler)
+    ours = [sig for sig in STOP_SIGNALS if signal.getsignal(sig) in defaults]
+    previous = {sig: signal.signal(sig, stop) for sig in ours}
     try:
         yield
     finally:
@@ -395,8 +401,8 @@ def disk_error(err: OSError, out: Path) -> UserError | None:
         return None
     where = err.filename or out
     return UserError(
-        f"{where}: {DISK_ERRNOS[err.errno]} ({os.strerror(err.errno)}); free space or choose a writable out= / paths.runs=, "
-        "then rerun (finished work is kept, nothing half-written)"
+        f"{where}: {DISK_ERRNOS[err.errno]} ({os.strerror(err.errno)}); free space or fix its permissions (or choose another "
+        "out= / paths.runs=), then rerun (finished work is kept, nothing half-written)"
     )
 
 

@@ -19,6 +19,7 @@ by this machine's pace on the steps done so far.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -127,12 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         step_start = time.monotonic()
         argv = [sys.executable if a == "python" else a for a in step.argv]
-        outcomes_path = timings_path.parent / ".step_outcomes"  # each run of the step appends skip|run
+        # each run of the step appends skip|run; on the runs folder, which the cluster's jobs share
+        outcomes_path = timings_path.parent / ".step_outcomes"
+        new_folders = [f for f in (*reversed(outcomes_path.parent.parents), outcomes_path.parent) if not f.exists()]
         outcomes_path.parent.mkdir(parents=True, exist_ok=True)
         outcomes_path.write_text("")
         result = subprocess.run(argv, cwd=ROOT, env={**os.environ, OUTCOMES_ENV: str(outcomes_path)})
         outcomes = outcomes_path.read_text()
         outcomes_path.unlink()
+        for folder in reversed(new_folders):  # a step refused before any work leaves no empty runs folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
         if result.returncode == 2:  # a user's mistake: the stage has said why in one line; nothing was kept
             return 2
         if result.returncode != 0:

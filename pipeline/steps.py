@@ -90,9 +90,11 @@ def override_key(arg: str) -> str | None:
 
 def changes_outputs(extra: Sequence[str]) -> bool:
     """Whether a user's overrides may change an experiment's outputs: any but the keys that change only
-    how runs go (progress, workers: models.cli.RUN_ONLY_KEYS), `force` and Hydra's own (launcher)."""
+    how runs go (progress, workers: models.cli.RUN_ONLY_KEYS), `force`, Hydra's own (launcher) and where
+    things live (`paths.*`, `data.root`: the cluster's copy of ImageNet is still ImageNet)."""
     keys = [override_key(a) for a in extra]
-    return any(k is not None and k not in (*RUN_ONLY_KEYS, "force") and not k.startswith("hydra") for k in keys)
+    where = ("hydra", "paths.", "data.root")
+    return any(k is not None and k not in (*RUN_ONLY_KEYS, "force") and not k.startswith(where) for k in keys)
 
 
 def _compose(experiment: str, conf_dir: Path | None, overrides: Sequence[str] = ()) -> DictConfig:

@@ -132,15 +132,27 @@ def test_a_second_writer_is_refused_and_a_dead_writers_lock_is_taken_over(crafte
     assert "on host another-host" in result.stderr and "remove" in result.stderr
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
-def test_a_stop_signal_ends_eval_in_one_line_and_the_run_resumes(stop, crafted, faulty, tmp_path):  # noqa: F811
+# eval and soups, one signal each (a real process each: the signal must reach a process of its own)
+STOPS = {
+    "eval": (signal.SIGTERM, lambda c, f: [*imagenet_eval(c, f), "run_name=stopped"], "eval/stopped"),
+    "soups": (
+        signal.SIGINT,
+        lambda c, f: [f"ingredients=[{c / 'imagenet.safetensors'}]", "soup=uniform", *imagenet_eval(c, f)[:3]],
+        "soups/uniform_soup",
+    ),
+}
+
+
+@pytest.mark.parametrize("stage", sorted(STOPS))
+def test_a_stop_signal_ends_the_run_in_one_line_and_it_resumes_later(stage, crafted, faulty, tmp_path):  # noqa: F811
+    stop, overrides, folder = STOPS[stage]
     runs = tmp_path / "runs"
     env = {**os.environ, "MODEL_SOUPS_RUNS": str(runs), "MODEL_SOUPS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    args = [*imagenet_eval(crafted, faulty), "data.batch_size=1", "data.workers=0", "device=cpu", "run_name=stopped"]
+    args = [*overrides(crafted, faulty), "data.batch_size=1", "data.workers=0", "device=cpu"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "eval", *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", stage, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    run_dir = runs / "default/eval/stopped"
+    run_dir = runs / "default" / folder
     while not (run_dir / "LOCK").exists() and process.poll() is None:  # the run has started (its handlers are in place)
         time.sleep(0.05)
     process.send_signal(stop)

@@ -145,6 +145,7 @@ def test_print_shows_the_withheld_overrides_beside_the_step(capsys):
     [
         ((), "results/demo"),
         (("data.workers=0", "finetune.progress=false", "hydra/launcher=local"), "results/demo"),  # how it runs, not what
+        (("paths.data=/cluster/imagenet", "data.root=/cluster/world"), "results/demo"),  # where the data lives
         (("data.scale=small", "sweep.n=3"), "runs/demo/results"),
         (("name=mine",), "runs/mine/results"),
         (("sweep=paper_random",), "runs/demo/results"),
