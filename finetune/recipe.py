@@ -76,13 +76,20 @@ CROP_SCALE, CROP_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)  # timm's (and torchvision'
 HFLIP = 0.5
 
 
-def timm_train_augmentation(spec: str | None, image_size: int | tuple[int, int], mean: tuple[float, ...]) -> Callable | None:
+def timm_train_augmentation(
+    spec: str | None,
+    image_size: int | tuple[int, int],
+    mean: tuple[float, ...],
+    hflip: float = HFLIP,
+    crop_scale: tuple[float, float] = CROP_SCALE,
+) -> Callable | None:
     """The PIL part of timm's ImageNet training pipeline (`timm.data.transforms_factory.transforms_imagenet_train`),
     as the official `finetune.py --timm-aug` builds it, or None when `spec` is off.
 
     A random-resized crop to the model's resolution (area 8-100%, aspect 3/4-4/3, bicubic), a horizontal
     flip (p 0.5), then RandAugment `spec` on the crop (translations of 45% of the resolution, fill with the
-    model's mean). 'rand-mM-n0' is the crop and the flip alone. timm's colour jitter is off, as timm turns
+    model's mean). `hflip` and `crop_scale` are timm's unless the data config says otherwise (the embedded
+    world: conf/data/world.yaml). 'rand-mM-n0' is the crop and the flip alone. timm's colour jitter is off, as timm turns
     it off whenever RandAugment is on. The conversion to a tensor and the model's mean/std follow (the
     model's eval preprocessing, whose resize and centre crop leave an image of its resolution as it is).
     """
@@ -103,8 +110,9 @@ def timm_train_augmentation(spec: str | None, image_size: int | tuple[int, int],
         policy = rand_augment_transform(spec, hparams)
     except (AssertionError, ValueError, KeyError) as err:
         raise UserError(f"finetune.randaug: timm rejects {spec!r} ({err})") from None
-    crop = RandomResizedCropAndInterpolation(image_size, scale=CROP_SCALE, ratio=CROP_RATIO, interpolation="bicubic")
-    return transforms.Compose([crop, transforms.RandomHorizontalFlip(p=HFLIP), policy])
+    crop = RandomResizedCropAndInterpolation(image_size, scale=tuple(crop_scale), ratio=CROP_RATIO, interpolation="bicubic")
+    flip = [transforms.RandomHorizontalFlip(p=hflip)] if hflip > 0 else []  # as timm: no flip step at p = 0
+    return transforms.Compose([crop, *flip, policy])
 
 
 def check_hparams(ft: Mapping[str, Any], world_size: int = 1) -> None:

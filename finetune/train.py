@@ -108,15 +108,33 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
-def train_transform(preprocess, randaug: str | None, image_size: int | tuple[int, int]):
+def train_transform(
+    preprocess,
+    randaug: str | None,
+    image_size: int | tuple[int, int],
+    hflip: float = recipe.HFLIP,
+    crop_scale: tuple[float, float] = recipe.CROP_SCALE,
+):
     """With `finetune.randaug`, timm's ImageNet training pipeline at the model's resolution (crop, flip,
     RandAugment: recipe.timm_train_augmentation), then the model's own conversion and mean/std; without
-    it, the model's eval preprocessing (the official default, without --timm-aug)."""
+    it, the model's eval preprocessing (the official default, without --timm-aug). `hflip` and
+    `crop_scale` come from the data config (`data.train_hflip`, `data.train_crop_scale`; timm's by default)."""
     from torchvision import transforms
 
     mean = next((t.mean for t in getattr(preprocess, "transforms", []) if isinstance(t, transforms.Normalize)), (0.5, 0.5, 0.5))
-    augment = recipe.timm_train_augmentation(randaug, image_size, tuple(float(m) for m in mean))
+    augment = recipe.timm_train_augmentation(randaug, image_size, tuple(float(m) for m in mean), hflip, crop_scale)
     return preprocess if augment is None else transforms.Compose([augment, preprocess])
+
+
+def train_geometry(data_cfg: DictConfig) -> tuple[float, tuple[float, float]]:
+    """The training crop's flip probability and area range: timm's unless the data config sets them."""
+    hflip = float(data_cfg.get("train_hflip", recipe.HFLIP))
+    low, high = (float(x) for x in data_cfg.get("train_crop_scale", recipe.CROP_SCALE))
+    if not 0.0 <= hflip <= 1.0:
+        raise UserError(f"data.train_hflip must be a probability in [0, 1], got {hflip}")
+    if not 0.0 < low <= high <= 1.0:
+        raise UserError(f"data.train_crop_scale must be [low, high] with 0 < low <= high <= 1, got {[low, high]}")
+    return hflip, (low, high)
 
 
 def image_size_of(clip_model: nn.Module) -> int | tuple[int, int]:
@@ -364,7 +382,8 @@ def finetune(cfg: DictConfig) -> Path:
     clip_model, preprocess, tokenizer = create_clip(cfg.model.arch, cfg.model.pretrained)
     activation = activation_of(clip_model.visual)
     info = datasets.class_info(cfg.data)
-    augment = train_transform(preprocess, hp.randaug, image_size_of(clip_model))
+    hflip, crop_scale = train_geometry(cfg.data)
+    augment = train_transform(preprocess, hp.randaug, image_size_of(clip_model), hflip, crop_scale)
     train_data = SeededExamples(
         datasets.train_set(cfg.data, augment), seed, random_transform=augment is not preprocess
     )  # data errors first
@@ -405,6 +424,8 @@ def finetune(cfg: DictConfig) -> Path:
                 train_precision=precision_name_of(autocast_dtype(hp.precision, device)),
                 seed=cfg.seed,
                 data_seed=seed,
+                train_hflip=hflip,
+                train_crop_scale=list(crop_scale),
                 sweep=OmegaConf.to_container(cfg.sweep, resolve=True),
                 lp_train_accuracy=lp_accuracy,
             )

@@ -214,8 +214,9 @@ def to_markdown(findings: list[dict]) -> str:
     lines = ["| finding | a − b | a | b | Δ (pp) | 95% CI (pp) | paper | holds |", "|---|---|---:|---:|---:|---|---|---|"]
     for f in findings:
         lo, hi = f["ci95"]
+        ends = f" [{f['a_model']}: {f['wise_ft_from']} → {f['wise_ft_to']}]" if "wise_ft_to" in f else ""
         lines.append(
-            f"| {f['name']} | {f['a']} − {f['b']} ({f['metric']}) | {f['a_value']:.2f} | {f['b_value']:.2f} | {f['delta_pp']:+.2f} "
+            f"| {f['name']} | {f['a']}{ends} − {f['b']} ({f['metric']}) | {f['a_value']:.2f} | {f['b_value']:.2f} | {f['delta_pp']:+.2f} "
             f"| [{lo:+.2f}, {hi:+.2f}] | {f['paper']} | {'yes' if f['holds'] else 'no'} ({f['claim']}) |"
         )
     return "\n".join(lines) + "\n"

@@ -109,7 +109,9 @@ MODELS = [
     ("greedy_soup", "greedy_soup", (370, 352, 230, 190), {}),
     ("uniform_soup", "uniform_soup", (350, 336, 250, 230), {}),
     ("ensemble", "ensemble", (370, 350, 228, 200), {}),
-    ("wise_ft_alpha0.50", "wise_ft", (330, 300, 260, 250), {"alpha": 0.5}),
+    ("wise_ft_alpha0.50", "wise_ft", (330, 300, 260, 250), {"alpha": 0.5, "wise_ft_from": "zs.safetensors", "wise_ft_to": "m2"}),
+    # a second WiSE-FT curve, worse on held-out: the table's row (and the finding) is the first curve's α = 0.5
+    ("wise_ft_greedy_alpha0.50", "wise_ft", (300, 310, 270, 260), {"alpha": 0.5, "wise_ft_from": "zs.safetensors", "wise_ft_to": "greedy"}),
 ]
 
 
@@ -139,11 +141,19 @@ def test_plots_writes_findings_from_saved_logits(tmp_path):
     assert findings["greedy_vs_best_shifts"]["delta_pp"] == pytest.approx(100 * (30 / N + 10 / N) / 2)
     assert findings["uniform_vs_best_id"]["delta_pp"] == pytest.approx(-1.0)
     assert findings["wise_ft_vs_best_shifts"]["delta_pp"] == pytest.approx(100 * (60 / N + 70 / N) / 2)
+    wise = findings["wise_ft_vs_best_shifts"]
+    assert (wise["a_model"], wise["b_model"], wise["wise_ft_from"], wise["wise_ft_to"]) == (
+        "wise_ft_alpha0.50",
+        "m2",
+        "zs.safetensors",
+        "m2",
+    )
     # trade-off from zero-shot to m2: shifts gain (0 - 20) / 2 images, id gain 140 images, on 400 each
     assert findings["finetune_tradeoff"]["delta_pp"] == pytest.approx(100 * (-10 / N - 140 / N)) and findings["finetune_tradeoff"]["holds"]
     assert findings["finetune_tradeoff"]["ratio"] == pytest.approx(round((-10 / N) / (140 / N), 3))
     assert findings["greedy_soup_vs_ensemble_id"]["delta_pp"] == pytest.approx(0.5)
     assert (out / "fig_reliability.png").stat().st_size > 1000
+    assert "wise_ft [wise_ft_alpha0.50: zs.safetensors → m2] − best_individual" in (out / "findings.md").read_text()
     assert "| greedy_vs_best_id | greedy_soup − best_individual (top1_id) | 88.00 | 85.00 | +3.00 |" in (out / "findings.md").read_text()
     table = pd.read_csv(out / "main_table.csv", index_col="method")
     assert table.loc["greedy_soup", "id_ci95"] == pytest.approx(round(100 * accuracy_half_width([352 / N], [N]), 2))

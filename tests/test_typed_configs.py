@@ -35,7 +35,7 @@ OLD_SOUP_YAML = {  # conf/soup/<option>.yaml before this change (with data=world
     "ensemble": {"name": "ensemble", "run_name": "ensemble", **COMMON},
     "learned": {"name": "learned", "run_name": "learned_soup", **LEARNED, **COMMON},
     "learned_by_layer": {"name": "learned_by_layer", "run_name": "learned_soup_by_layer", **LEARNED, **COMMON},
-    "wise_ft": {"name": "wise_ft", "run_name": "wise_ft", "init": None, "alphas": ALPHAS, "alpha": 0.5, **COMMON},
+    "wise_ft": {"name": "wise_ft", "run_name": "wise_ft", "init": None, "alphas": ALPHAS, "alpha": 0.5, "endpoint": "uniform", **COMMON},
     "model_stock": {"name": "model_stock", "run_name": "model_stock", "init": None, **COMMON},
 }
 OLD_FINETUNE_YAML = {  # conf/finetune/default.yaml before this change (workers: ${data.workers} = 0 for the world)
@@ -90,7 +90,10 @@ def test_every_soup_option_runs_a_registered_method_and_every_method_has_an_opti
 def test_soup_defaults_are_the_documented_ones(option):
     cfg = composed("soups", f"soup={option}")
     resolved = OmegaConf.to_container(cfg.soup, resolve=True)
-    assert resolved == {"init": None, **OLD_SOUP_YAML[option]}  # the old keys and values; init (θ0) for every method
+    expected = {"init": None, **OLD_SOUP_YAML[option]}  # the old keys and values; init (θ0) for every method
+    if option == "wise_ft":  # since issue 26: θ0 is the experiment's zero-shot model (the WiSE-FT reference)
+        expected["init"] = f"{cfg.paths.runs}/{cfg.name}/inits/zeroshot/model.safetensors"
+    assert resolved == expected
     params = soup_params(cfg.soup)
     assert type(params) is METHODS[resolved["name"]].params
     assert dataclasses.asdict(params) == resolved  # what the stage reads and records as hparams.options
