@@ -68,8 +68,9 @@ RUN_ONLY_KEYS = ("finetune.progress", "eval.progress", "data.workers", "finetune
 IDENTITY_IGNORES = ("force", "paths", "out", "pipeline", *RUN_ONLY_KEYS)
 # Also out of a sweep job's identity (`sweep.kind` other than none): the sweep's size. A job's outputs are a
 # pure function of the sweep's seed and its index (finetune/sweeps.py), so `sweep.n=5` after a finished
-# `sweep.n=4` trains only the new job. Stages that read a sweep's folder (eval, soups) keep `sweep.n`: a
-# grown sweep is not silently left out of their finished runs.
+# `sweep.n=4` trains only the new job. Eval leaves it out too: its identity holds the checkpoint files it
+# resolves (INPUTS_KEY), so a grown sweep scores only the new checkpoints. Soups keep `sweep.n`: a grown
+# sweep is not silently left out of a finished soup (the rerun is refused, naming it; force=true remakes it).
 SWEEP_JOB_IGNORES = ("sweep.n",)
 # A stage whose run covers a set of input files (eval: the checkpoints) names them here in its identity, by
 # path and sha256 prefix, instead of the config string that resolves to them (see `stage_entry(inputs=)`).
@@ -217,9 +218,9 @@ def check_writable(folder: Path) -> None:
 
 def without_ignored(config: dict[str, Any]) -> dict[str, Any]:
     """`config` (a resolved config, or one recorded in run_config.json) without the keys that are not part
-    of a run's identity: IDENTITY_IGNORES, and SWEEP_JOB_IGNORES in a sweep job."""
+    of a run's identity: IDENTITY_IGNORES, and SWEEP_JOB_IGNORES in a sweep job or a run named by its input files."""
     sweep_kind = (config.get("sweep") or {}).get("kind", "none") if isinstance(config.get("sweep"), dict) else "none"
-    ignored = IDENTITY_IGNORES + (SWEEP_JOB_IGNORES if sweep_kind != "none" else ())
+    ignored = IDENTITY_IGNORES + (SWEEP_JOB_IGNORES if sweep_kind != "none" or INPUTS_KEY in config else ())
 
     def drop(node: Any, prefix: str) -> Any:
         if not isinstance(node, dict):

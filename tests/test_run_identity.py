@@ -11,9 +11,9 @@ from models.cli import CONF_DIR, check_identity, config_hash, identity_config
 from models.errors import UserError
 
 
-def identity(config_name: str, *overrides: str) -> dict:
+def identity(config_name: str, *overrides: str, inputs: tuple[str, dict] | None = None) -> dict:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return identity_config(compose(config_name, overrides=list(overrides)))
+        return identity_config(compose(config_name, overrides=list(overrides)), inputs)
 
 
 def finished(folder, config: dict) -> None:
@@ -38,9 +38,15 @@ def test_a_sweep_job_is_the_same_run_whatever_the_sweeps_size_workers_or_display
 def test_what_changes_the_outputs_stays_in_the_identity():
     assert identity("finetune", *JOB, "finetune.lr=0.1") != identity("finetune", *JOB, "finetune.lr=0.2")
     assert identity("finetune", *JOB, "sweep.seed=1") != identity("finetune", *JOB)
-    # An eval reads the sweep's folder: a grown sweep is another eval (its new model must not be left out).
-    assert identity("eval", "experiment=demo", "sweep.n=4") != identity("eval", "experiment=demo", "sweep.n=5")
+    # An eval is named by the checkpoint files it resolves (as the stage computes them), not by the sweep's size:
+    # a grown sweep is the same eval with more files, which scores only the new ones.
+    files = ("checkpoints", {"runs/demo/finetune/model_0/model.safetensors": "0a1b2c3d"})
+    assert identity("eval", "experiment=demo", "sweep.n=4", inputs=files) == identity("eval", "experiment=demo", "sweep.n=5", inputs=files)
+    more = ("checkpoints", {**files[1], "runs/demo/finetune/model_1/model.safetensors": "4e5f6a7b"})
+    assert identity("eval", "experiment=demo", inputs=files) != identity("eval", "experiment=demo", inputs=more)
     assert identity("eval", "experiment=demo", "data.workers=0") == identity("eval", "experiment=demo", "data.workers=4")
+    # A soup reads the sweep's folder by name: a grown sweep is another soup (its new model must not be left out).
+    assert identity("soups", "experiment=demo", "sweep.n=4") != identity("soups", "experiment=demo", "sweep.n=5")
 
 
 def test_a_run_recorded_with_keys_now_ignored_is_still_the_same_run(tmp_path):
@@ -50,5 +56,5 @@ def test_a_run_recorded_with_keys_now_ignored_is_still_the_same_run(tmp_path):
     finished(tmp_path, earlier)
     assert check_identity(tmp_path, now, force=False) == "skip"
     changed = dict(now, seed=7)
-    with pytest.raises(UserError, match=r"seed: 0 -> 7"):
+    with pytest.raises(UserError, match=r"seed: None -> 7"):  # base.yaml: seed null (each sweep job its own stream)
         check_identity(tmp_path, changed, force=False)
