@@ -26,7 +26,7 @@ from models.classifier import ImageClassifier, load_classifier
 from models.errors import UserError
 from models.evaluate import SetScores, precision_name, score_models, show_progress
 from models.logits import save_logits
-from models.results import RESULTS_FILE, append_records, make_record, read_records
+from models.results import RESULTS_FILE, append_records, read_records, set_records
 
 log = logging.getLogger(__name__)
 
@@ -68,27 +68,23 @@ def chunks(paths: list[Path], metas: list[CheckpointMeta], size: int) -> list[li
     return [group[start : start + size] for group in by_arch.values() for start in range(0, len(group), size)]
 
 
-def set_records(
+def checkpoint_set_records(
     model_id: str, meta: CheckpointMeta, checkpoint: dict, eval_set: datasets.EvalSet, scores: SetScores, config: list[str], precision: str
 ) -> list[dict]:
-    """The set's record, then one per relabelling of it (ImageNetReaL, ImageNetMultilabel) from the same pass."""
+    """A checkpoint's records on one set (models.results.set_records), per-class accuracies on the set's own."""
     common = {"model_id": model_id, "kind": meta.kind, "checkpoint": checkpoint, "config": config, "arch": meta.arch}
     common.update(classes=meta.classes, skipped=len(scores.skipped), precision=precision, **eval_set.provenance)
-    record = make_record(
-        **common,
-        dataset=eval_set.name,
-        role=eval_set.role,
-        correct=scores.correct,
-        n=scores.n,
+    return set_records(
+        common,
+        eval_set.name,
+        eval_set.role,
+        scores.correct,
+        scores.n,
+        scores.relabelled,
         per_class_top1=scores.per_class_top1(),
         per_class_n=scores.per_class_n.tolist(),
         skipped_examples=scores.skipped[:10],
     )
-    relabelled = [
-        make_record(**common, dataset=name, role="id_relabel", correct=s.correct, n=s.n, top1=s.top1, of_dataset=eval_set.name, **s.extra)
-        for name, s in scores.relabelled.items()
-    ]
-    return [record, *relabelled]
 
 
 def checked_relabellings(data_cfg: Any, eval_cfg: Any, names: Sequence[str]) -> dict[str, list]:
@@ -178,7 +174,7 @@ def evaluate_checkpoints(
             new = [
                 r
                 for i, s in zip(chunk, all_scores)
-                for r in set_records(ids[i], metas[i], provenance[i], eval_set, s, list(config), precision)
+                for r in checkpoint_set_records(ids[i], metas[i], provenance[i], eval_set, s, list(config), precision)
             ]
             for record in new if is_main_process() else []:
                 log.info(

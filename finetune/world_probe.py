@@ -71,7 +71,7 @@ def accuracy(classifier: ImageClassifier, data: WorldArrays, batch_size: int = 1
     return correct / len(data.labels)
 
 
-def finetune(
+def probe_run(
     classifier: ImageClassifier,
     train: WorldArrays,
     run: ProbeRun,
@@ -142,7 +142,7 @@ def _finetune_job(run: ProbeRun) -> tuple[dict, dict]:
     torch.set_num_threads(1)
     ctx = _CONTEXT
     model = copy.deepcopy(ctx["zeroshot"])
-    result = finetune(model, ctx["data"]["train"], run, ctx["preprocess"], heldout=ctx["data"]["heldout"], eval_every=ctx["eval_every"])
+    result = probe_run(model, ctx["data"]["train"], run, ctx["preprocess"], heldout=ctx["data"]["heldout"], eval_every=ctx["eval_every"])
     scores = evaluate_all(model, ctx["evals"])
     config = {**dataclasses.asdict(run.recipe), "shift_px": run.shift_px, "seed": run.seed}
     return {"config": config, "seconds": result["seconds"], "curve": result["curve"], **scores}, model.state_dict()

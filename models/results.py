@@ -84,6 +84,20 @@ def make_record(
     }
 
 
+def set_records(
+    common: Mapping[str, Any], dataset: str, role: str, correct: int, n: int, relabelled: Mapping[str, Any], **extra: Any
+) -> list[dict[str, Any]]:
+    """One model's records on one set: the set's own (with `extra`), then one per relabelling of it scored in
+    the same pass (ImageNetReaL, ImageNetMultilabel: role `id_relabel`, `top1` each one's own metric, and
+    `of_dataset` the set). `common`: the fields every record of the model carries (model_id, kind, ...)."""
+    record = make_record(**common, dataset=dataset, role=role, correct=correct, n=n, **extra)
+    return [record] + [
+        make_record(**common, dataset=name, role="id_relabel", correct=s.correct, n=s.n, top1=s.top1, of_dataset=dataset, **s.extra)
+        for name, s in relabelled.items()
+        if s is not None
+    ]
+
+
 def append_records(run_dir: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> Path:
     """Append records to `<run_dir>/results.jsonl`; each line is written whole, under a lock."""
     path = Path(run_dir) / RESULTS_FILE

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         nargs="+",
         metavar="S",
-        help="run the experiment once per sweep seed (0 is the plain run), then write mean +- sd of each finding to results/demo_seeds/",
+        help="run the experiment once per sweep seed (0 is the plain run), then write mean +- sd of each finding to <pipeline.results>_seeds/ (results/demo_seeds/ for the demo)",
     )
     parser.add_argument(
         "--detach",

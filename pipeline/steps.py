@@ -19,8 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 from models.cli import CONF_DIR, RUN_ONLY_KEYS, one_line
 from models.errors import UserError
 
-SEEDS_DIR = "demo_seeds"  # runs/<SEEDS_DIR>/seed<S>/ holds another sweep seed's runs; results/<SEEDS_DIR>/ the summary
-
 
 @dataclasses.dataclass(frozen=True)
 class Step:
@@ -48,9 +46,9 @@ SPEC_FIELDS = {f.name: f.type for f in dataclasses.fields(StepSpec)}  # name -> 
 TYPES = {"str": (str,), "list[str]": (list,), "float": (int, float), "bool": (bool,)}
 
 
-def seed_runs(runs: str, seed: int) -> str:
-    """The runs folder of the experiment drawn with another sweep seed."""
-    return f"{runs}/{SEEDS_DIR}/seed{seed}"
+def seed_runs(runs: str, experiment: str, seed: int) -> str:
+    """The runs folder of the experiment drawn with another sweep seed: runs/<experiment>_seeds/seed<S>."""
+    return f"{runs}/{experiment}_seeds/seed{seed}"
 
 
 def experiments(conf_dir: Path | None = None) -> list[str]:
@@ -161,7 +159,7 @@ def experiment_steps(
     `extra` are overrides passed to every stage (`name=` and `sweep=` see `split_overrides`).
 
     With `sweep_seed`, the random search is drawn with that seed into its own runs folder
-    (`runs/demo_seeds/seed<S>`), whose tables and findings go to its `results/` (steps with
+    (`runs/<experiment>_seeds/seed<S>`), whose tables and findings go to its `results/` (steps with
     `per_seed: false` are left out): the input of the seeds summary (`seeds_steps`)."""
     name, sweep_choice, rest = split_overrides(extra)
     cfg = _compose(experiment, conf_dir)
@@ -172,7 +170,7 @@ def experiment_steps(
     cfg.paths.runs, cfg.paths.cache = runs, cache
     relocate: list[str] = []
     if sweep_seed is not None:
-        cfg.paths.runs = seed_runs(runs, sweep_seed)
+        cfg.paths.runs = seed_runs(runs, experiment, sweep_seed)
         cfg.pipeline.results = f"{cfg.paths.runs}/results"
         relocate = [f"paths.runs={cfg.paths.runs}"]
     if name:
@@ -210,7 +208,8 @@ def experiment_steps(
 
 
 def seeds_steps(experiment: str, seeds: list[int], runs: str = "runs", cache: str = ".cache", conf_dir: Path | None = None) -> list[Step]:
-    """The experiment once per sweep seed, then mean +- sd of each finding in results/demo_seeds/.
+    """The experiment once per sweep seed, then mean +- sd of each finding in `<pipeline.results>_seeds/`
+    (results/demo_seeds for the demo).
 
     The seed of the experiment's own sweep (conf/sweep/demo.yaml: 0) is the plain experiment, its
     `pipeline.results` folder included."""
@@ -225,10 +224,14 @@ def seeds_steps(experiment: str, seeds: list[int], runs: str = "runs", cache: st
         own = seed == own_seed
         for step in experiment_steps(experiment, runs, cache, sweep_seed=None if own else seed, conf_dir=conf_dir):
             steps.append(dataclasses.replace(step, name=f"seed {seed}: {step.name}"))
-        results = cfg.pipeline.results if own else f"{seed_runs(runs, seed)}/results"
+        results = cfg.pipeline.results if own else f"{seed_runs(runs, experiment, seed)}/results"
         findings.append(f"{results}/findings.json")
     steps.append(
-        Step("mean and sd of each finding over the seeds", ("python", "-m", "plots.seeds", *findings, f"--out=results/{SEEDS_DIR}"), 5)
+        Step(
+            "mean and sd of each finding over the seeds",
+            ("python", "-m", "plots.seeds", *findings, f"--out={cfg.pipeline.results}_seeds"),
+            5,
+        )
     )
     return steps
 

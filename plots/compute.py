@@ -14,7 +14,7 @@ import itertools
 import json
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -199,7 +199,9 @@ def _portable(path: str) -> str:
     return str(resolved.relative_to(Path.cwd())) if resolved.is_relative_to(Path.cwd()) else str(path)
 
 
-def checkpoint_figures(cfg: DictConfig, records: pd.DataFrame, models: pd.DataFrame, sets: SetNames, out: Path, figure: str) -> list[str]:
+def checkpoint_figures(
+    cfg: DictConfig, records: pd.DataFrame, models: pd.DataFrame, sets: SetNames, out: Path, wanted: Sequence[str]
+) -> list[str]:
     init, paths = resolve_checkpoints(cfg, records, models)
     _, preprocess, _ = clip_for_checkpoint(read_meta(init), init)
     data_sets = [subsample(s, cfg.plots.get("max_examples")) for s in eval_sets(cfg.data, preprocess)]
@@ -216,7 +218,6 @@ def checkpoint_figures(cfg: DictConfig, records: pd.DataFrame, models: pd.DataFr
         device=device,
     )
     formats = list(cfg.plots.formats)
-    wanted = ("landscape", "angle", "approx", "soup_size") if figure == "checkpoints" else (figure,)
     summary: dict = {"init": _portable(init), "models": [_portable(p) for p in paths]}
     if "landscape" in wanted:
         data = landscape(evaluator, sets, int(cfg.plots.grid), float(cfg.plots.margin))

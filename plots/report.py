@@ -151,23 +151,23 @@ def greedy_trajectory_file(records: pd.DataFrame) -> Path | None:
 
 
 def record_figures(
-    records: pd.DataFrame, results_root: Path, models: pd.DataFrame, sets: SetNames, out: Path, formats: Sequence[str], which: str
+    records: pd.DataFrame, results_root: Path, models: pd.DataFrame, sets: SetNames, out: Path, formats: Sequence[str], which: Sequence[str]
 ) -> list[str]:
     """Draw figures 1, 2 (trajectory) and 6 where the records allow; return what was skipped and why."""
     skipped = []
-    if which in ("all", "fig1"):
+    if "fig1" in which:
         if models[[ID, AVG]].notna().all(axis=1).any():
             save_figure(figures.fig1_accuracy_vs_robustness(models, sets), out, "fig1_accuracy_vs_robustness", formats)
         else:
             skipped.append("fig1: no model has both id and every shift")
-    if which in ("all", "greedy"):
+    if "greedy" in which:
         path = greedy_trajectory_file(records)
         if path is not None:
             trajectory = read_trajectory(path)
             save_figure(figures.fig2_greedy_trajectory(trajectory, sets), out, "fig2_greedy_trajectory", formats)
         else:
             skipped.append(f"fig2_greedy_trajectory: no {TRAJECTORY_FILE} beside greedy_soup records under {results_root}")
-    if which in ("all", "wise_ft"):
+    if "wise_ft" in which:
         if models["alpha"].notna().sum() >= 2:
             save_figure(figures.fig6_wise_ft(models, sets), out, "fig6_wise_ft", formats)
         else:

@@ -27,7 +27,7 @@ from models.cli import DONE_FILE, RUN_CONFIG_FILE, identity_config, without_igno
 from models.errors import UserError
 from models.evaluate import count_correct, resolve_device
 from models.logits import LOGITS_DIR, load_logits, save_logits
-from models.results import RESULTS_FILE, append_records, make_record, read_records
+from models.results import RESULTS_FILE, append_records, read_records, set_records
 from soups.checks import check_compatible, check_fits_architecture
 from soups.config import soup_params
 from soups.ingredients import architecture_specs, describe, resolve_ingredients
@@ -82,62 +82,42 @@ def build_context(cfg: Any, eval_sets_fn: EvalSetsFn | None = None) -> SoupConte
 Logits = dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]  # (model_id, set) -> (logits, labels)
 
 
+@dataclasses.dataclass
+class Scored:
+    """One candidate's score on one set: what its records (models.results.set_records) are made of."""
+
+    candidate: Candidate
+    eval_set: Any
+    correct: int
+    n: int
+    relabelled: dict[str, Any]  # the id set's other labellings (ImageNetReaL, ImageNetMultilabel), scored in the same pass
+
+
 def evaluate_outcome(
     ctx: SoupContext, outcome: SoupOutcome, keep_logits: bool = False, recorded: RecordedLogits | None = None
-) -> tuple[list[dict[str, Any]], Logits]:
-    """(correct, n) of every candidate on every set, as record fields, and the logits of the ensembles
-    (of every candidate with `keep_logits`). `recorded`: an eval run's saved logits, which stand in
-    for the ensemble members' forward passes (`eval.logits_from`)."""
+) -> tuple[list[Scored], Logits]:
+    """(correct, n) of every candidate on every set, and the logits of the ensembles (of every candidate
+    with `keep_logits`). `recorded`: an eval run's saved logits, which stand in for the ensemble members'
+    forward passes (`eval.logits_from`)."""
     scorer = ctx.scorer
     chunk = ctx.params.eval_chunk
-    rows: list[dict[str, Any]] = []
+    scored: list[Scored] = []
     kept: Logits = {}
     with_state = [c for c in outcome.candidates if c.state is not None]
     for eval_set in scorer.sets:
         for start in range(0, len(with_state), chunk):
             group = with_state[start : start + chunk]
             for candidate, scores in zip(group, scorer.set_scores([c.state for c in group], eval_set, keep_logits)):
-                rows.append(_row(candidate, eval_set, scores.correct, scores.n, scorer.precision))
-                rows += _relabel_rows(candidate, eval_set, scores.relabelled, scorer.precision)
+                scored.append(Scored(candidate, eval_set, scores.correct, scores.n, scores.relabelled))
                 if keep_logits:
                     kept[(candidate.model_id, eval_set.name)] = (scores.logits, scores.labels)
         for candidate in (c for c in outcome.candidates if c.state is None):
             logits, labels, skipped = _ensemble_logits(ctx, candidate.members or [], eval_set, chunk, recorded)
-            rows.append(_row(candidate, eval_set, count_correct(logits, labels), len(labels), scorer.precision))
             predicted = logits.argmax(dim=-1)
             relabelled = {r.name: r.score(predicted, labels, skipped) for r in eval_set.relabellings}
-            rows += _relabel_rows(candidate, eval_set, relabelled, scorer.precision)
+            scored.append(Scored(candidate, eval_set, count_correct(logits, labels), len(labels), relabelled))
             kept[(candidate.model_id, eval_set.name)] = (logits, labels)
-    return rows, kept
-
-
-def _row(candidate: Candidate, eval_set, correct: int, n: int, precision: str) -> dict[str, Any]:
-    return {
-        "model_id": candidate.model_id,
-        "dataset": eval_set.name,
-        "role": eval_set.role,
-        "correct": correct,
-        "n": n,
-        "precision": precision,
-        **eval_set.provenance,
-        **candidate.extra,
-    }
-
-
-def _relabel_rows(candidate: Candidate, eval_set, scored: dict[str, Any], precision: str) -> list[dict[str, Any]]:
-    """Rows for the id set's other labellings (ImageNetReaL, ImageNetMultilabel); `top1` is each one's own metric."""
-    return [
-        {
-            **_row(candidate, eval_set, s.correct, s.n, precision),
-            "dataset": name,
-            "role": "id_relabel",
-            "top1": s.top1,
-            "of_dataset": eval_set.name,
-            **s.extra,
-        }
-        for name, s in scored.items()
-        if s is not None
-    ]
+    return scored, kept
 
 
 class RecordedLogits:
@@ -238,7 +218,7 @@ def _run(ctx: SoupContext, cfg: Any, out: Path, config_overrides: Sequence[str])
     recorded = None
     if cfg.eval.logits_from and any(c.state is None for c in outcome.candidates):
         recorded = RecordedLogits(cfg.eval.logits_from, identity_config(cfg).get("data"), ctx.scorer.precision, ctx.sha256)
-    rows, kept = evaluate_outcome(ctx, outcome, keep_logits, recorded) if ctx.params.evaluate else ([], {})
+    scored, kept = evaluate_outcome(ctx, outcome, keep_logits, recorded) if ctx.params.evaluate else ([], {})
     ensembles = {c.model_id for c in outcome.candidates if c.state is None}
     predictions = {}
     for (model_id, dataset), (logits, labels) in kept.items():
@@ -250,7 +230,7 @@ def _run(ctx: SoupContext, cfg: Any, out: Path, config_overrides: Sequence[str])
     checkpoint = None
     if outcome.checkpoint is not None:
         path = save_checkpoint(out / CHECKPOINT, outcome.checkpoint, checkpoint_meta(ctx, outcome, cfg))
-        checkpoint = {"path": str(path), "sha256": sha256_prefix(path) if rows else ""}  # the hash is only for records
+        checkpoint = {"path": str(path), "sha256": sha256_prefix(path) if scored else ""}  # the hash is only for records
     for name, text in outcome.files.items():
         write_text_atomic(out / name, text)
     if predictions:
@@ -262,21 +242,22 @@ def _run(ctx: SoupContext, cfg: Any, out: Path, config_overrides: Sequence[str])
             save_logits(out, model_id, dataset, logits.to(dtype), labels)
     saved_alpha = outcome.hparams.get("alpha")
     records = []
-    for row in rows:
-        correct = row.pop("correct")
-        owns_checkpoint = checkpoint is not None and (saved_alpha is None or row.get("alpha") == saved_alpha)
-        records.append(
-            make_record(
-                kind=outcome.kind,
-                correct=correct,
-                checkpoint=checkpoint if owns_checkpoint else None,
-                config=config_overrides,
-                method=ctx.params.name,
-                ingredients=len(ctx.ingredients),
-                **row,
-            )
-        )
-        log.info("%s on %s: top1 %.4f", row["model_id"], row["dataset"], records[-1]["top1"])
+    for one in scored:
+        candidate, eval_set = one.candidate, one.eval_set
+        owns_checkpoint = checkpoint is not None and (saved_alpha is None or candidate.extra.get("alpha") == saved_alpha)
+        common = {
+            "model_id": candidate.model_id,
+            "kind": outcome.kind,
+            "checkpoint": checkpoint if owns_checkpoint else None,
+            "config": config_overrides,
+            "method": ctx.params.name,
+            "ingredients": len(ctx.ingredients),
+            "precision": ctx.scorer.precision,
+            **eval_set.provenance,
+            **candidate.extra,
+        }
+        records += set_records(common, eval_set.name, eval_set.role, one.correct, one.n, one.relabelled)
+        log.info("%s on %s: top1 %.4f", candidate.model_id, eval_set.name, one.correct / one.n)
     if records:
         append_records(out, records)
     return outcome

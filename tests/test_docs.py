@@ -43,3 +43,10 @@ def test_the_design_docs_group_table_lists_every_option():
     for group in ("model", "data", "sweep", "soup", "experiment", "logger"):
         listed = re.findall(r"`(\w+)`", table[group].split(";")[0])
         assert sorted(listed) == sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml")), group
+
+
+def test_the_plots_config_lists_every_figure():
+    from plots.catalog import CHOICES
+
+    comment = next(line for line in (REPO / "conf/plots/default.yaml").read_text().splitlines() if line.startswith("figure:"))
+    assert set(CHOICES) <= set(re.findall(r"\w+", comment))

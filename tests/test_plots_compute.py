@@ -18,6 +18,7 @@ from models.classifier import ImageClassifier, embed_dim_of, load_classifier
 from models.evaluate import iter_logits
 from models.factory import create_clip
 from plots.approx import calibrate_beta
+from plots.catalog import wanted
 from plots.evaluator import CombinationEvaluator, average, single
 from plots.table import SetNames
 
@@ -161,7 +162,7 @@ def test_checkpoint_figures_end_to_end(checkpoints, tmp_path, monkeypatch):
     ]
     records = pd.DataFrame(rows)
     models = records.set_index("model_id")[["kind", "heldout"]]
-    compute.checkpoint_figures(cfg, records, models, SetNames("H", "I", ("S1", "S2")), tmp_path, "checkpoints")
+    compute.checkpoint_figures(cfg, records, models, SetNames("H", "I", ("S1", "S2")), tmp_path, wanted("checkpoints"))
     for name in ("fig2_soup_size", "fig3_error_landscape", "fig4_angle_gain", "fig5_soup_vs_ensemble"):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000, name
     summary = json.loads((tmp_path / "checkpoint_figures.json").read_text())

@@ -60,7 +60,7 @@ def test_probe_fine_tune_equals_the_finetune_stage_bit_for_bit(world):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        run = world_probe.finetune(classifier, train, world_probe.ProbeRun(recipe, shift_px=0, seed=3), preprocess, heldout, eval_every=2)
+        run = world_probe.probe_run(classifier, train, world_probe.ProbeRun(recipe, shift_px=0, seed=3), preprocess, heldout, eval_every=2)
     finally:
         torch.set_num_threads(threads)
     probe = classifier.state_dict()
