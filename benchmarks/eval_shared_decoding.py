@@ -8,7 +8,6 @@ model makes decoding dominate (as a GPU does for ViT-B/32); a big model on a CPU
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import tempfile
@@ -19,6 +18,7 @@ import open_clip
 import torch
 from omegaconf import OmegaConf
 
+from benchmarks import miniature_parser
 from datasets import eval_sets
 from datasets.imagenet_miniature import make_miniature, register_tiny_vit
 from models.classifier import classifier_from_clip
@@ -28,15 +28,8 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = miniature_parser(__doc__.splitlines()[0], per_class=1, repeats=2)
     parser.add_argument("--models", type=int, default=8)
-    parser.add_argument("--per-class", type=int, default=1, help="images per class (1000 classes)")
-    parser.add_argument("--size", type=int, default=160, help="image side in px")
-    parser.add_argument("--arch", default=None, help="open_clip architecture (default: the tiny miniature ViT)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=2, help="the fastest run counts")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     folder = Path(tempfile.mkdtemp(prefix="eval_shared_decoding_"))

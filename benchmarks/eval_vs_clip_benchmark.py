@@ -8,7 +8,6 @@ the zero-shot heads are built beforehand for both. Goal: ratio ours/clip_benchma
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import tempfile
@@ -19,6 +18,7 @@ import open_clip
 import torch
 from torch.utils.data import DataLoader
 
+from benchmarks import miniature_parser
 from datasets import eval_sets
 from datasets.imagenet_miniature import make_miniature, register_tiny_vit
 from models.checkpoint import CheckpointMeta, save_checkpoint, to_open_clip_state_dict
@@ -29,14 +29,7 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--per-class", type=int, default=2, help="images per class (1000 classes)")
-    parser.add_argument("--size", type=int, default=160, help="image side in px (real ImageNet photos are ~400)")
-    parser.add_argument("--arch", default=None, help="open_clip architecture (default: the tiny miniature ViT)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=4, help="the fastest pass counts")
+    parser = miniature_parser(__doc__.splitlines()[0], per_class=2, repeats=4)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from clip_benchmark.datasets.builder import build_dataset

@@ -58,22 +58,15 @@ def check_compatible(specs: Sequence[IngredientSpec]) -> None:
         raise UserError("ingredients: the ingredient set is empty; give a glob, a list of checkpoints or a finished sweep folder")
     first = specs[0]
     for other in specs[1:]:
-        if other.arch != first.arch:
-            raise UserError(
-                f"{other.name}: architecture {other.arch!r} differs from {first.name} ({first.arch!r}); soups need one architecture"
-            )
-        if other.activation != first.activation:
-            raise UserError(
-                f"{other.name}: activation {other.activation!r} differs from {first.name} ({first.activation!r}); soups need one architecture"
-            )
-        if other.num_classes != first.num_classes:
-            raise UserError(
-                f"{other.name}: mismatched class counts ({other.num_classes} classes, {first.name} has {first.num_classes}); soups need one class list"
-            )
-        if other.classes != first.classes:
-            raise UserError(
-                f"{other.name}: class list {other.classes!r} differs from {first.name} ({first.classes!r}); soups need one class list"
-            )
+        for field, what, need in (
+            ("arch", "architecture", "one architecture"),
+            ("activation", "activation", "one architecture"),
+            ("num_classes", "mismatched class counts: class count", "one class list"),
+            ("classes", "class list", "one class list"),
+        ):
+            mine, theirs = getattr(other, field), getattr(first, field)
+            if mine != theirs:
+                raise UserError(f"{other.name}: {what} {mine!r} differs from {first.name} ({theirs!r}); soups need {need}")
         missing = sorted(first.tensors.keys() - other.tensors.keys())
         extra = sorted(other.tensors.keys() - first.tensors.keys())
         if missing or extra:
