@@ -64,6 +64,7 @@ STYLES: dict[str, Style] = {
     "greedy_ensemble": Style("Greedy ensemble", "C6", ">", 180),
     "wise_ft": Style("WiSE-FT", "C8", "X", 170),
     "model_stock": Style("Model Stock", "teal", "8", 170),
+    "chance": Style("Chance (most frequent class)", "lightgray", ".", 60),
 }
 
 
