@@ -73,7 +73,7 @@ def with_baselines(table: pd.DataFrame, records: pd.DataFrame, sets: SetNames, m
     if chance.notna().any():
         percent.loc["chance"] = to_percent(chance.to_frame().T)[percent.columns].iloc[0]
     if "zeroshot" in table.index and ID in percent:
-        percent["id_vs_zeroshot"] = (percent[ID] - percent.loc["zeroshot", ID]).round(2)
+        percent["id_vs_zeroshot"] = ((table[ID] - table.loc["zeroshot", ID]) * 100).round(2)
         if "chance" in percent.index:
             percent.loc["chance", "id_vs_zeroshot"] = math.nan
     notes = {row: "at chance" for row in guessing}
@@ -100,6 +100,7 @@ def write_table(records: pd.DataFrame, out: Path, paper_csv: str | None) -> tupl
     percent, chance_line = with_baselines(table, records, sets, models)
     table = with_paper(percent.join(ci_half_widths(records, picked, sets)), paper_csv, sets)
     average = avg_column(sets)
+    table = table[[c for c in table.columns if c != "note"] + ["note"]]  # the words last
     table = table.rename(columns={AVG: average, f"{AVG}_ci95": f"{average}_ci95"})
     relabelled = f"; {', '.join(sets.relabels)}: {sets.id} under those labels" if sets.relabels else ""
     missing = f" only (no records for {', '.join(sets.missing_shifts)})" if sets.missing_shifts else ""
