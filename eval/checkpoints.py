@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from models.checkpoint import natural_key, sha256_prefix
+from models.checkpoint import sha256_prefix
 from models.cli import DONE_FILE
 from models.errors import UserError
 
@@ -28,17 +28,17 @@ def _as_list(spec) -> list[str]:
 
 def _from_folder(folder: Path) -> list[Path]:
     """A run folder or a sweep folder: every finished run's model.safetensors under it."""
-    found = sorted(folder.rglob(CHECKPOINT_NAME), key=natural_key)
+    found = sorted(folder.rglob(CHECKPOINT_NAME))
     finished = [p for p in found if (p.parent / DONE_FILE).exists()]
     for unfinished in sorted(set(found) - set(finished)):
         log.warning("skipping %s: its run has no %s marker (unfinished)", unfinished, DONE_FILE)
     if not found:
-        found = finished = sorted(folder.rglob("*.safetensors"), key=natural_key)
+        found = finished = sorted(folder.rglob("*.safetensors"))
     return finished
 
 
 def resolve_checkpoints(spec: str | Sequence[str] | None) -> list[Path]:
-    """Checkpoint files in the given order (globs and folders in numeric order: model_2 before model_10), each once."""
+    """Checkpoint files in the given order (globs sorted), each once."""
     paths: list[Path] = []
     for item in _as_list(spec):
         path = Path(item)
@@ -47,7 +47,7 @@ def resolve_checkpoints(spec: str | Sequence[str] | None) -> list[Path]:
             if not matched:
                 raise UserError(f"checkpoints: no finished runs with {CHECKPOINT_NAME} (or *.safetensors) under {path}")
         elif glob.has_magic(item):
-            matched = [Path(p) for p in sorted(glob.glob(item, recursive=True), key=natural_key) if Path(p).is_file()]
+            matched = [Path(p) for p in sorted(glob.glob(item, recursive=True)) if Path(p).is_file()]
             if not matched:
                 raise UserError(f"checkpoints: the pattern {item!r} matched no files")
         elif path.is_file():

@@ -37,12 +37,6 @@ OFFICIAL_SOURCE = "model-soups-official"  # hparams["source"] of the released mo
 KINDS = ("zeroshot", "lp", "individual", "soup", "wise_ft", "imported")
 
 
-def natural_key(path: str | Path) -> list[Any]:
-    """Sort key that reads digit runs as numbers: model_2 before model_10, as the official files are numbered
-    (model_0 .. model_71), so ties in greedy soups follow the official order."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
-
-
 @dataclasses.dataclass
 class CheckpointMeta:
     arch: str

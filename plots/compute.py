@@ -24,7 +24,7 @@ from torch.utils.data import Subset
 
 from datasets import EvalSet, eval_sets
 from models.atomic import write_text_atomic
-from models.checkpoint import natural_key, read_meta
+from models.checkpoint import read_meta
 from models.classifier import clip_for_checkpoint
 from models.errors import UserError
 from models.evaluate import resolve_device
@@ -69,7 +69,7 @@ def resolve_checkpoints(cfg: DictConfig, records: pd.DataFrame, models: pd.DataF
     if chosen is None:
         paths = [known[m] for m in individuals(models).index if m in known]
     elif isinstance(chosen, str):
-        paths = sorted(glob.glob(chosen), key=natural_key)
+        paths = sorted(glob.glob(chosen))
     elif isinstance(chosen, (list, ListConfig)):
         paths = [str(p) for p in chosen]
     else:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from models.checkpoint import OFFICIAL_SOURCE, CheckpointMeta, import_checkpoint, natural_key, read_meta, sha256_prefix
+from models.checkpoint import OFFICIAL_SOURCE, CheckpointMeta, import_checkpoint, read_meta, sha256_prefix
 from models.cli import DONE_FILE
 from models.errors import UserError
 from models.factory import wants_quick_gelu
@@ -54,7 +54,7 @@ def _runs_under(folder: Path) -> list[Path]:
     if (folder / CHECKPOINT_NAME).exists():
         runs = [folder]
     else:
-        runs = sorted((p.parent for p in folder.rglob(CHECKPOINT_NAME)), key=natural_key)
+        runs = sorted(p.parent for p in folder.rglob(CHECKPOINT_NAME))
     finished = [run for run in runs if (run / DONE_FILE).exists()]
     if len(finished) < len(runs):
         log.info("%s: skipping %d unfinished run(s) (no %s)", folder, len(runs) - len(finished), DONE_FILE)
@@ -64,10 +64,10 @@ def _runs_under(folder: Path) -> list[Path]:
 
 
 def resolve_paths(spec: Any) -> list[Path]:
-    """Checkpoint paths from a glob, a list of paths/globs, or a (sweep) run folder, in numeric order (model_2 before model_10)."""
+    """Checkpoint paths from a glob, a list of paths/globs, or a (sweep) run folder, in a stable order."""
     paths: list[Path] = []
     for item in _as_list(spec):
-        matches = sorted(glob.glob(item), key=natural_key) if glob.has_magic(item) else [item]
+        matches = sorted(glob.glob(item)) if glob.has_magic(item) else [item]
         if not matches:
             raise UserError(f"ingredients: the glob {item!r} matches no file")
         for match in map(Path, matches):
