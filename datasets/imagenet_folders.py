@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
@@ -48,10 +49,27 @@ class ImageFiles(Dataset):
 
 
 def load_rgb(path: str) -> Image.Image:
-    """Decode like torchvision's `pil_loader` (the loader of ImageFolder and hence of clip_benchmark)."""
+    """Decode like torchvision's `pil_loader` (the loader of ImageFolder and hence of clip_benchmark), with
+    high-bit-depth grey images scaled to 8 bits first (`to_8_bits`)."""
     with open(path, "rb") as handle:
         image = Image.open(handle)
-        return image.convert("RGB")
+        return to_8_bits(image).convert("RGB")
+
+
+def to_8_bits(image: Image.Image) -> Image.Image:
+    """A grey image of more than 8 bits as 8-bit grey, keeping the high byte(s), as Pillow itself reads 48-bit
+    RGB and 64-bit RGBA PNGs. Pillow's `convert("RGB")` clips such pixels at 255 instead: a 16-bit PNG
+    would turn white. Floating-point pixels have no fixed range: refused (ValueError), not guessed."""
+    if image.mode.startswith("I;16"):  # 16-bit grey PNG or TIFF
+        bits = 16
+    elif image.mode == "I":  # 32-bit integer grey; a TIFF says how many of those bits it uses
+        bits = int((getattr(image, "tag_v2", None) or {}).get(258, (32,))[0])
+    elif image.mode == "F":
+        raise ValueError("floating-point pixels (mode F) have no fixed range; save the image with 8 or 16 bits per channel")
+    else:
+        return image
+    pixels = np.asarray(image).astype(np.int64)
+    return Image.fromarray((np.clip(pixels, 0, 2**bits - 1) >> (bits - 8)).astype(np.uint8), "L")
 
 
 def crop_border(image: Image.Image, pixels: int) -> Image.Image:

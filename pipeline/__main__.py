@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import json
 import os
 import resource
@@ -51,6 +52,24 @@ def _withheld(step: Step) -> str:
     if not step.withheld:
         return ""
     return f"  (the step sets these itself, so not passed: {' '.join(step.withheld)})"
+
+
+def at_chance_summary(run_root: Path) -> list[str]:
+    """One line per table and basin check under the experiment's runs that found models at chance: the tables'
+    `note` column (plots/report.py) and the basin check's `at_chance` (soups/diagnose.py)."""
+    lines = []
+    for table in sorted(run_root.rglob("main_table.csv")):
+        with open(table, newline="") as handle:
+            rows = [row["method"] for row in csv.DictReader(handle) if row.get("note", "").startswith("at chance")]
+        if rows:
+            lines.append(f"{_short(table)}: {len(rows)} rows at chance ({', '.join(rows)}): these models cannot do this task")
+    for basin in sorted(run_root.rglob("basin.json")):
+        report = json.loads(basin.read_text())
+        if report.get("at_chance"):
+            lines.append(
+                f"{_short(basin)}: {len(report['at_chance'])} of {len(report['ingredients'])} ingredients at chance on the held-out set"
+            )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n=== {args.experiment}: all {len(steps)} steps done in {_clock(time.monotonic() - started)}; peak RSS of a stage {peak_gib:.2f} GiB"
     )
+    for line in at_chance_summary(runs / name):
+        print(f"warning: {line}")
     return 0
 
 

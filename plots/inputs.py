@@ -63,6 +63,12 @@ def load_any(root: str | os.PathLike) -> pd.DataFrame:
     return load_results(root)
 
 
+def shift_suites() -> list[list[str]]:
+    """Each data config's shift list (conf/data/*.yaml): the five ImageNet shifts, the world's five."""
+    suites = [[str(s) for s in OmegaConf.load(path).get("shifts", [])] for path in sorted(CONF_DIR.glob("data/*.yaml"))]
+    return [suite for suite in suites if suite]
+
+
 def preferred_shift_order() -> list[str]:
     """Shift names in the order of the data configs (conf/data/*.yaml): ImageNet V2, R, Sketch, ObjectNet, A; the world's."""
     order: list[str] = []

@@ -33,6 +33,7 @@ INDIVIDUAL_STYLES: dict[str, Row] = {
         Row("best_individual", "Best individual (held-out)", "C2", "D", 150),
         Row("second_best_individual", "Second-best individual (held-out)", "C2", "d", 110),
         Row("oracle", "Oracle (best per test set)", "gray", "x", 110),
+        Row("chance", "Chance (most frequent class)", "lightgray", ".", 60),
     )
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,14 +15,19 @@ from models.atomic import write_text_atomic
 from models.errors import UserError
 from models.results import json_lines
 from plots import figures
-from plots.inputs import preferred_shift_order
+from plots.inputs import preferred_shift_order, shift_suites
 from plots.methods import table_rows
 from plots.render import save_figure
 from plots.table import (
     AVG,
     ID,
     SetNames,
+    at_chance,
+    avg_column,
+    chance_levels,
     ci_half_widths,
+    individual_labels,
+    individual_note,
     main_table,
     model_accuracies,
     row_label,
@@ -55,23 +61,65 @@ def with_paper(table: pd.DataFrame, paper_csv: str | os.PathLike | None, sets: S
     return joined
 
 
+def with_baselines(table: pd.DataFrame, records: pd.DataFrame, sets: SetNames, models: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """The percent table compared with chance and the zero-shot init: a `chance` row, `id_vs_zeroshot` (pp)
+    and a `note` per row (at chance; how the best individual was chosen). Returns it and the one line that
+    says which rows are at chance (None when none is)."""
+    chance = chance_levels(records, sets)
+    id_counts = (
+        pd.to_numeric(records.loc[records["dataset"] == sets.id, "n"], errors="coerce").dropna() if sets.id else pd.Series(dtype=float)
+    )
+    guessing = at_chance(table, chance, int(id_counts.max()) if len(id_counts) else None)
+    percent = to_percent(table)
+    if chance.notna().any():
+        percent.loc["chance"] = to_percent(chance.to_frame().T)[percent.columns].iloc[0]
+    if "zeroshot" in table.index and ID in percent:
+        percent["id_vs_zeroshot"] = ((table[ID] - table.loc["zeroshot", ID]) * 100).round(2)
+        if "chance" in percent.index:
+            percent.loc["chance", "id_vs_zeroshot"] = math.nan
+    notes = {row: "at chance" for row in guessing}
+    chosen = individual_note(models)
+    for row in ("best_individual", "second_best_individual"):
+        if chosen and row in percent.index:
+            notes[row] = "; ".join(filter(None, [notes.get(row), chosen]))
+    percent["note"] = [notes.get(row, "") for row in percent.index]
+    line = None
+    if guessing:
+        line = (
+            f"{len(guessing)} of {len(table)} rows are at chance on {sets.id} ({', '.join(guessing)}; chance {100 * chance[ID]:.1f}%): "
+            + ("these models cannot do this task." if len(guessing) == len(table) else "those models cannot do this task.")
+        )
+    return percent, line
+
+
 def write_table(records: pd.DataFrame, out: Path, paper_csv: str | None) -> tuple[pd.DataFrame, SetNames, dict[str, str]]:
-    sets = set_names(records, preferred_shift_order())
+    sets = set_names(records, preferred_shift_order(), shift_suites())
     models = model_accuracies(records, sets)
     table, picked = main_table(models, sets)
     if table.empty:
         raise UserError("results: no record matches a table row (kinds zeroshot, lp, individual, or a soup's model_id)")
-    table = with_paper(to_percent(table).join(ci_half_widths(records, picked, sets)), paper_csv, sets)
+    percent, chance_line = with_baselines(table, records, sets, models)
+    table = with_paper(percent.join(ci_half_widths(records, picked, sets)), paper_csv, sets)
+    average = avg_column(sets)
+    table = table[[c for c in table.columns if c != "note"] + ["note"]]  # the words last
+    table = table.rename(columns={AVG: average, f"{AVG}_ci95": f"{average}_ci95"})
     relabelled = f"; {', '.join(sets.relabels)}: {sets.id} under those labels" if sets.relabels else ""
+    missing = f" only (no records for {', '.join(sets.missing_shifts)})" if sets.missing_shifts else ""
     caption = (
-        f"Top-1 accuracy (%). Held-out: {sets.heldout}; id: {sets.id}{relabelled}; avg_shifts: mean over {', '.join(sets.shifts)}; "
-        "*_ci95: half-width of the 95% interval (pp)."
+        f"Top-1 accuracy (%). Held-out: {sets.heldout}; id: {sets.id}{relabelled}; {average}: mean over {', '.join(sets.shifts)}{missing}; "
+        "*_ci95: half-width of the 95% interval (pp); chance: always guessing the most frequent class; "
+        "id_vs_zeroshot: id accuracy minus the zero-shot init's (pp)."
     )
-    write_text_atomic(out / "main_table.md", to_markdown(table, picked))
-    write_text_atomic(out / "main_table.tex", to_latex(table, picked, caption))
+    none_chosen = individual_note(models) if "best_individual" not in picked and individual_note(models) else None
+    footer = "".join(f"\n{line}\n" for line in (chance_line, none_chosen) if line)
+    labels = individual_labels(models)
+    write_text_atomic(out / "main_table.md", to_markdown(table, picked, labels) + footer)
+    write_text_atomic(out / "main_table.tex", to_latex(table, picked, caption, labels))
     write_text_atomic(out / "main_table.csv", to_csv(table))
     write_text_atomic(out / "main_table_models.json", json.dumps(picked, indent=1, sort_keys=True) + "\n")
     log.info("wrote %s/main_table.{md,tex,csv} (%d rows)", out, len(table))
+    if chance_line:
+        print(f"warning: {chance_line}")
     return models, sets, picked
 
 

@@ -29,6 +29,15 @@ class SetNames:
     id: str | None
     shifts: tuple[str, ...]
     relabels: tuple[str, ...] = ()  # role id_relabel: e.g. ImageNetReaL, ImageNetMultilabel
+    missing_shifts: tuple[str, ...] = ()  # shifts of the suite (conf/data) without records: avg_shifts does not cover them
+
+
+def avg_column(sets: SetNames) -> str:
+    """What the shift average is called in a written table: `avg_shifts` only over every shift of the suite,
+    else named for what it averages (`avg_3_of_5_shifts`)."""
+    if not sets.missing_shifts:
+        return AVG
+    return f"avg_{len(sets.shifts)}_of_{len(sets.shifts) + len(sets.missing_shifts)}_shifts"
 
 
 def _one(names: Sequence[str], role: str) -> str | None:
@@ -37,14 +46,17 @@ def _one(names: Sequence[str], role: str) -> str | None:
     return names[0] if names else None
 
 
-def set_names(records: pd.DataFrame, preferred_order: Sequence[str] = ()) -> SetNames:
-    """Read the roles from the records; shifts in `preferred_order` first (the data config's order), then by name."""
+def set_names(records: pd.DataFrame, preferred_order: Sequence[str] = (), suites: Sequence[Sequence[str]] = ()) -> SetNames:
+    """Read the roles from the records; shifts in `preferred_order` first (the data config's order), then by name.
+    `suites`: each data config's shift list; the one that holds every recorded shift names those missing."""
     by_role = {role: sorted(records.loc[records["role"] == role, "dataset"].unique()) for role in ("heldout", "id", "shift", "id_relabel")}
     rank = {name: i for i, name in enumerate(preferred_order)}
     shifts = sorted(by_role["shift"], key=lambda name: (rank.get(name, len(rank)), name))
     relabel_rank = {name: i for i, name in enumerate(RELABEL_ORDER)}
     relabels = sorted(by_role["id_relabel"], key=lambda name: (relabel_rank.get(name, len(relabel_rank)), name))
-    return SetNames(_one(by_role["heldout"], "heldout"), _one(by_role["id"], "id"), tuple(shifts), tuple(relabels))
+    suite = next((list(s) for s in suites if shifts and set(shifts) <= set(s)), list(shifts))
+    missing = tuple(name for name in suite if name not in shifts)
+    return SetNames(_one(by_role["heldout"], "heldout"), _one(by_role["id"], "id"), tuple(shifts), tuple(relabels), missing)
 
 
 def model_accuracies(records: pd.DataFrame, sets: SetNames) -> pd.DataFrame:
@@ -99,6 +111,7 @@ def pick_rows(models: pd.DataFrame) -> dict[str, str]:
         if len(inits):
             picked[row] = inits.index[0]
     pool = individuals(models)
+    pool = pool[pool[HELDOUT].notna()]  # chosen on held-out: only among those with a record of it (individual_note)
     for row, position in (("best_individual", 0), ("second_best_individual", 1)):
         if len(pool) > position:
             picked[row] = pool.index[position]
@@ -111,6 +124,52 @@ def pick_rows(models: pd.DataFrame) -> dict[str, str]:
         default = wise[(wise["alpha"] - WISE_FT_DEFAULT_ALPHA).abs() < 1e-9]
         picked["wise_ft"] = by_heldout(default if len(default) else wise).index[0]
     return picked
+
+
+def individual_note(models: pd.DataFrame) -> str | None:
+    """How the best individual was chosen, when not "by held-out among all": None when every individual has a
+    held-out record (the row is what its label says)."""
+    pool = individuals(models)
+    have = int(pool[HELDOUT].notna().sum())
+    if have == len(pool):
+        return None
+    if have == 0:
+        return f"no individual has a held-out record: no best individual chosen ({len(pool)} individuals)"
+    return f"chosen by held-out among the {have} of {len(pool)} individuals with a held-out record"
+
+
+def individual_labels(models: pd.DataFrame) -> dict[str, str]:
+    """Row labels that say how the best individuals were chosen, when not by held-out among all of them."""
+    pool = individuals(models)
+    have = int(pool[HELDOUT].notna().sum())
+    if have in (0, len(pool)):
+        return {}
+    among = f"held-out, best of the {have} of {len(pool)} with a held-out record"
+    return {"best_individual": f"Best individual ({among})", "second_best_individual": f"Second-best individual ({among})"}
+
+
+def chance_levels(records: pd.DataFrame, sets: SetNames) -> pd.Series:
+    """Per table column, the accuracy of always guessing the most frequent class (1 / classes on a balanced set),
+    from the records' per-class counts; NaN where the records do not have them (the official wide files)."""
+    columns = {sets.heldout: HELDOUT, sets.id: ID, **{s: s for s in (*sets.relabels, *sets.shifts)}}
+    levels = pd.Series(math.nan, index=[HELDOUT, ID, *sets.relabels, *sets.shifts, AVG], dtype=float)
+    if "per_class_n" in records:
+        for name, column in columns.items():
+            counts = [c for c in records.loc[records["dataset"] == name, "per_class_n"] if isinstance(c, list) and sum(c) > 0]
+            if counts:
+                levels[column] = max(counts[-1]) / sum(counts[-1])
+    if sets.shifts:
+        levels[AVG] = levels[list(sets.shifts)].mean(skipna=False)
+    return levels
+
+
+def at_chance(table: pd.DataFrame, chance: pd.Series, n_id: int | None) -> list[str]:
+    """Rows whose id accuracy is not above chance by more than two standard errors of `n_id` guesses (or below it)."""
+    level = chance.get(ID, math.nan)
+    if not n_id or level != level:
+        return []
+    limit = level + 2 * math.sqrt(level * (1 - level) / n_id)
+    return [row for row, value in table[ID].items() if value == value and value <= limit]
 
 
 def oracle_row(models: pd.DataFrame, sets: SetNames) -> pd.Series | None:
@@ -158,18 +217,18 @@ def _cell(value: object) -> str:
     )
 
 
-def row_label(method: str, picked: dict[str, str]) -> str:
-    label = style(method).label
+def row_label(method: str, picked: dict[str, str], labels: dict[str, str] | None = None) -> str:
+    label = (labels or {}).get(method, style(method).label)
     if method in picked and picked[method] != method:
         label += f" ({picked[method]})"
     return label
 
 
-def to_markdown(table: pd.DataFrame, picked: dict[str, str]) -> str:
+def to_markdown(table: pd.DataFrame, picked: dict[str, str], labels: dict[str, str] | None = None) -> str:
     header = ["Method", *table.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(table.columns)) + "|"]
     for method, values in table.iterrows():
-        lines.append("| " + " | ".join([row_label(method, picked), *(_cell(v) for v in values)]) + " |")
+        lines.append("| " + " | ".join([row_label(method, picked, labels), *(_cell(v) for v in values)]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -179,9 +238,9 @@ def _tex_escape(text: str) -> str:
     return text
 
 
-def to_latex(table: pd.DataFrame, picked: dict[str, str], caption: str) -> str:
+def to_latex(table: pd.DataFrame, picked: dict[str, str], caption: str, labels: dict[str, str] | None = None) -> str:
     header = " & ".join(["Method", *(_tex_escape(str(c)) for c in table.columns)]) + r" \\"
-    body = [" & ".join([_tex_escape(row_label(m, picked)), *(_cell(v) for v in values)]) + r" \\" for m, values in table.iterrows()]
+    body = [" & ".join([_tex_escape(row_label(m, picked, labels)), *(_cell(v) for v in values)]) + r" \\" for m, values in table.iterrows()]
     return "\n".join(
         [
             r"% needs \usepackage{booktabs}",

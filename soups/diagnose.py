@@ -61,6 +61,7 @@ class BasinReport:
     tolerance: float  # the gap below which a midpoint counts as a barrier
     resolution: float  # two standard errors of a difference of two held-out accuracies
     verdict: list[str]
+    chance: float | None = None  # the held-out accuracy of guessing (1 / classes), when known
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,6 +75,8 @@ class BasinReport:
             "basins": [[self.names[k] for k in b] for b in self.basins],
             "tolerance": self.tolerance,
             "resolution": self.resolution,
+            "chance": self.chance,
+            "at_chance": [self.names[k] for k in at_chance(self)],
             "verdict": self.verdict,
         }
 
@@ -118,17 +121,43 @@ def _names(names: Sequence[str], members: Sequence[int], limit: int = 4) -> str:
     return shown + (f" and {len(members) - limit} more" if len(members) > limit else "")
 
 
+def chance_margin(chance: float, n: int) -> float:
+    """Two standard errors of an accuracy of `n` guesses at `chance`: above chance + this, a model does better than guessing."""
+    return 2 * math.sqrt(chance * (1 - chance) / n)
+
+
+def at_chance(report: BasinReport) -> list[int]:
+    """Ingredients whose held-out accuracy is not above chance by more than two standard errors (or is below it)."""
+    if report.chance is None:
+        return []
+    limit = report.chance + chance_margin(report.chance, report.n)
+    return [k for k, a in enumerate(report.accuracy) if a <= limit]
+
+
 def verdict(report: BasinReport) -> list[str]:
     """The findings in words, most important first."""
     names, acc, pairs = report.names, report.accuracy, report.pairs
     lines = []
+    guessing = at_chance(report)
+    if guessing:
+        chance = f"chance is {100 * report.chance:.1f}% (±{_pp(chance_margin(report.chance, report.n))} on {report.n} images)"
+        if len(guessing) == len(names):
+            return [
+                f"All {len(names)} ingredients are at chance on the held-out set (best {100 * max(acc):.1f}%; {chance}): "
+                "these models cannot do this task, so there is nothing to soup; see docs/your_dataset.md for what the model can read."
+            ]
+        lines.append(
+            f"{len(guessing)} of {len(names)} ingredients are at chance on the held-out set ({_names(names, guessing)}; {chance}): "
+            "they cannot do this task; leave them out of any soup."
+        )
     main, others = report.basins[0], [k for b in report.basins[1:] for k in b]
     inits = sorted(set(report.init_ids))
     if not others:
         mean_gap = float(np.mean([p.gap for p in pairs])) if pairs else 0.0
+        soupable = "so they can be souped" if not guessing else f"so the {len(names) - len(guessing)} above chance can be souped"
         lines.append(
             f"All {len(names)} ingredients share one basin: no midpoint is more than {_pp(report.tolerance)} below its endpoints "
-            f"(on average {mean_gap * 100:+.1f} pp), so they can be souped."
+            f"(on average {mean_gap * 100:+.1f} pp), {soupable}."
         )
         if len(inits) > 1:
             lines.append(f"Their recorded initialisations differ ({'; '.join(inits[:3])}), yet no midpoint shows a barrier.")
@@ -191,10 +220,12 @@ def basin_check(
     lrs: Sequence[float | None] | None = None,
     max_ingredients: int | None = None,
     chunk: int = 8,
+    chance: float | None = None,
 ) -> BasinReport:
     """Score the ingredients and every pair's midpoint with `heldout_accuracies` (states → (correct, n) each),
     measure update angles relative to `init` when given, and explain the result. Only the `max_ingredients`
-    best on the held-out set are paired (pairs grow with the square); `chunk` midpoints exist at a time."""
+    best on the held-out set are paired (pairs grow with the square); `chunk` midpoints exist at a time.
+    `chance` (1 / classes): ingredients not above it are named as unable to do the task, never as soupable."""
     scores = heldout_accuracies(states)
     if max_ingredients is not None and len(states) > max_ingredients:
         keep = sorted(np.argsort([-c / m for c, m in scores], kind="stable")[:max_ingredients].tolist())
@@ -227,6 +258,7 @@ def basin_check(
         tolerance=tolerance,
         resolution=resolution,
         verdict=[],
+        chance=chance,
     )
     report.verdict = verdict(report)
     return report
@@ -357,7 +389,8 @@ def run_diagnose(cfg: Any, out: Path) -> BasinReport:
     folders = [ing.path.resolve().parent for ing in ingredients]
     common = Path(os.path.commonpath(folders)) if len(set(folders)) == len(folders) else None
     names = [str(f.relative_to(common)) if common is not None else ing.name for f, ing in zip(folders, ingredients)]
-    report = basin_check(states, heldout_accuracies, names, init, init_ids, lrs, cfg.diagnose.get("max_ingredients"), chunk)
+    chance = 1 / ingredients[0].meta.num_classes
+    report = basin_check(states, heldout_accuracies, names, init, init_ids, lrs, cfg.diagnose.get("max_ingredients"), chunk, chance)
     for line in report.verdict:
         log.info("%s", line)
     render_figure(report, out / "basin.png")

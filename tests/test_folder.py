@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_module
+from conftest import REPO, run_in_process, run_module
 from folder_dataset import CLASSES, render
 from omegaconf import OmegaConf
+from PIL import Image
 
 import datasets
 from datasets import folder
+from datasets.imagenet_folders import load_rgb
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.classifier import check_prompt_words
 from models.errors import UserError
@@ -206,3 +208,66 @@ def test_the_folder_experiment_needs_a_root_and_passes_overrides_to_every_stage(
     assert len(commands) == 7 and all("data.root=/data/mine" in c and "model=vit_b32" in c and "name=mine" in c for c in commands)
     assert [c for c in commands if "sweep=" in c] == [commands[2]] and "sweep=paper_random" in commands[2]
     assert "runs/mine/finetune" in commands[3]
+
+
+def write_grey_16_bit(path: Path, pixels: np.ndarray) -> None:
+    """A 16-bit greyscale PNG (Pillow opens it as mode I;16)."""
+    Image.fromarray(pixels.astype(np.uint16)).save(path)
+
+
+def test_16_bit_pngs_score_what_their_8_bit_copies_score(tmp_path):
+    """A folder of 16-bit grey PNGs (each 8-bit value v stored as v·257, as image tools widen it) is the same
+    data as its 8-bit copy: same pixels decoded, same zero-shot scores. Pillow's convert("RGB") clips them white."""
+    rgb = render(tmp_path / "rgb", {"train": 2, "test": 5}, classes=CLASSES[:4])
+    for bits in (8, 16):
+        for source in rgb.rglob("*.png"):
+            target = tmp_path / f"grey{bits}" / source.relative_to(rgb)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            grey = np.asarray(Image.open(source).convert("L"))
+            Image.fromarray(grey).save(target) if bits == 8 else write_grey_16_bit(target, grey.astype(np.uint16) * 257)
+    sample = next((tmp_path / "grey16").rglob("*.png"))
+    assert Image.open(sample).mode == "I;16"
+    eight = np.asarray(load_rgb(str(tmp_path / "grey8" / sample.relative_to(tmp_path / "grey16"))))
+    assert np.array_equal(np.asarray(load_rgb(str(sample))), eight) and eight.min() < 100  # dark ink, not clipped white
+
+    runs = tmp_path / "runs"
+    env = {"MODEL_SOUPS_RUNS": str(runs), "MODEL_SOUPS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    common = ["data=folder", "data.heldout_per_class=1", "device=cpu"]
+    init = run_in_process(
+        "finetune",
+        *common,
+        f"data.root={tmp_path / 'grey8'}",
+        "finetune.epochs=0",
+        "finetune.batch_size=4",
+        "finetune.init=zeroshot",
+        "run_name=zs",
+        env=env,
+    )
+    assert init.returncode == 0, init.stderr[-2000:]
+    checkpoint = next(runs.rglob("zs/model.safetensors"))
+    top1 = {}
+    for bits in (8, 16):
+        root = tmp_path / f"grey{bits}"
+        result = run_in_process(
+            "eval",
+            *common,
+            f"data.root={root}",
+            f"data.split_file={root}/split.json",
+            f"checkpoints=[{checkpoint}]",
+            f"run_name=grey{bits}",
+            env=env,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        records = [json.loads(line) for line in next(runs.rglob(f"grey{bits}/results.jsonl")).read_text().splitlines()]
+        top1[bits] = {r["dataset"]: r["top1"] for r in records}
+    assert top1[16] == top1[8]
+    assert top1[8]["test"] > 0.25 + 0.2  # the tiny CLIP reads grey digits: a blank folder would score chance
+
+
+def test_32_bit_tiffs_keep_their_high_byte_and_float_pixels_are_refused(tmp_path):
+    values = np.array([[0, 1 << 24, 100 << 24, (127 << 24) + 5]], dtype=np.int32)
+    Image.fromarray(values).save(tmp_path / "i32.tif")
+    Image.fromarray((values >> 24).astype(np.float32)).save(tmp_path / "f.tif")
+    assert np.asarray(load_rgb(str(tmp_path / "i32.tif")))[0, :, 0].tolist() == [0, 1, 100, 127]
+    with pytest.raises(ValueError, match="mode F"):
+        load_rgb(str(tmp_path / "f.tif"))

@@ -155,3 +155,21 @@ def test_the_committed_results_folder_takes_only_the_experiments_own_config(extr
     steps = experiment_steps("demo", extra=list(extra))
     outs = [a for s in steps for a in s.argv if a.startswith("out=")]
     assert outs == [f"out={results}", f"out={results}"]  # the tables, and the figures from checkpoints
+
+
+def test_the_summary_names_tables_and_basin_checks_at_chance(tmp_path):
+    """The pipeline's last lines repeat what the table's `note` column and the basin check's `at_chance` say."""
+    import json
+
+    from pipeline.__main__ import at_chance_summary
+
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "main_table.csv").write_text("method,id,note\nzeroshot,17.00,at chance\nuniform_soup,60.00,\nchance,16.67,\n")
+    (tmp_path / "soups").mkdir()
+    (tmp_path / "soups" / "basin.json").write_text(json.dumps({"ingredients": [{}, {}, {}], "at_chance": ["a", "b"]}))
+    (tmp_path / "other.csv").write_text("method,id\nx,1\n")
+    lines = at_chance_summary(tmp_path)
+    assert len(lines) == 2
+    assert lines[0].endswith("main_table.csv: 1 rows at chance (zeroshot): these models cannot do this task")
+    assert lines[1].endswith("basin.json: 2 of 3 ingredients at chance on the held-out set")
+    assert at_chance_summary(tmp_path / "soups" / "nothing_here") == []

@@ -131,3 +131,38 @@ def test_official_results_reproduce_the_published_derivations(reference_dir, tmp
     assert list(table.columns[:8]) == ["heldout", "id", "ImageNetV2", "ImageNetR", "ImageNetSketch", "ObjectNet", "ImageNetA", "avg_shifts"]
     assert json.loads((out / "main_table_models.json").read_text())["best_individual"] == "model_43"
     assert (out / "fig1_accuracy_vs_robustness.png").stat().st_size > 10000
+
+
+def test_the_table_says_what_it_holds_chance_partial_held_out_and_partial_shifts(tmp_path, capsys):
+    """Six balanced classes (chance 1/6), models at chance; one individual without a held-out record; 3 of
+    ImageNet's 5 shifts: the table has a chance row and says "at chance", names how the best individual was
+    chosen, and calls its shift average what it is."""
+    from plots.report import write_table
+
+    sets = {"ImageNet2p": "heldout", "ImageNet": "id", "ImageNetV2": "shift", "ImageNetR": "shift", "ObjectNet": "shift"}
+    rows = [("zs", "zeroshot", 0.17), ("m1", "individual", 0.18), ("m2", "individual", 0.16), ("m3", "individual", 0.19)]
+    records = []
+    for model_id, kind, top1 in rows:
+        for dataset, role in sets.items():
+            if model_id == "m3" and role == "heldout":
+                continue
+            n = 600
+            records.append(
+                make_record(model_id=model_id, kind=kind, dataset=dataset, role=role, correct=round(top1 * n), n=n, per_class_n=[100] * 6)
+            )
+    write_table(pd.DataFrame(records), tmp_path, None)
+    table = pd.read_csv(tmp_path / "main_table.csv", index_col="method", keep_default_na=False)
+    assert "avg_shifts" not in table.columns and "avg_3_of_5_shifts" in table.columns
+    assert table.loc["chance", "id"] == pytest.approx(16.67) and table.loc["chance", "avg_3_of_5_shifts"] == pytest.approx(16.67)
+    # 2 standard errors of 600 guesses at 1/6: 3.0 pp, so 19% is still chance
+    assert all(table.loc[row, "note"].startswith("at chance") for row in ("zeroshot", "best_individual", "oracle"))
+    assert float(table.loc["best_individual", "id_vs_zeroshot"]) == pytest.approx(1.0)  # m1: 18 - 17
+    assert "chosen by held-out among the 2 of 3 individuals with a held-out record" in table.loc["best_individual", "note"]
+    markdown = (tmp_path / "main_table.md").read_text()
+    assert "| Best individual (held-out, best of the 2 of 3 with a held-out record) (m1) |" in markdown
+    assert "| Best individual (held-out) " not in markdown
+    assert "rows are at chance on ImageNet" in markdown and "cannot do this task" in capsys.readouterr().out
+    assert (
+        "mean over ImageNetV2, ImageNetR, ObjectNet only (no records for ImageNetSketch, ImageNetA)"
+        in (tmp_path / "main_table.tex").read_text()
+    )

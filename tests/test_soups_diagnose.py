@@ -103,3 +103,22 @@ def test_update_angles_from_the_streamed_gram_matrix():
     g = update_gram(states, init)
     assert g.tolist() == [[1.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 0.0]]
     assert math.isclose(gram_angle_degrees(g, 0, 1), 45.0) and gram_angle_degrees(g, 0, 2) is None  # the init has no update
+
+
+def test_ingredients_at_chance_are_never_called_soupable():
+    """Untrained copies of one network guess at XOR (50% on 2 classes): their midpoints are as good as their
+    endpoints, one "basin", yet there is nothing to soup. With one good model among them, the two at chance are named."""
+    from soups import basin_check
+
+    torch.set_num_threads(1)
+    guessing = mlp(seed=3).state_dict()
+    copies = [{k: v + 1e-4 * torch.randn_like(v) for k, v in guessing.items()} for _ in range(3)]
+    report = basin_check(copies, heldout_accuracies, ["g0", "g1", "g2"], chance=0.5)
+    assert max(report.accuracy) < 0.5 + 2 * math.sqrt(0.25 / 2000)  # constructed at chance
+    assert report.verdict == [report.verdict[0]] and report.verdict[0].startswith("All 3 ingredients are at chance"), report.verdict
+    assert "can be souped" not in " ".join(report.verdict) and report.to_json()["at_chance"] == ["g0", "g1", "g2"]
+
+    good = train(mlp(guessing), seed=5, steps=400, lr=0.01)
+    mixed = basin_check([good, *copies[:2]], heldout_accuracies, ["good", "g0", "g1"], chance=0.5)
+    assert mixed.verdict[0].startswith("2 of 3 ingredients are at chance on the held-out set (g0, g1; chance is 50.0%"), mixed.verdict
+    assert not any("so they can be souped" in line for line in mixed.verdict)
