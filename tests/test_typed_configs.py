@@ -55,7 +55,7 @@ OLD_FINETUNE_YAML = {  # conf/finetune/default.yaml before this change (workers:
     "freeze_bn": True,
     "workers": 0,
     "threads": None,
-    "lp": {"steps": 300, "lr": 1.0e-3, "weight_decay": 0.0, "cache": True, "init_from": None},
+    "lp": {"steps": 300, "lr": 1.0, "weight_decay": 1.0e-5, "cache": True, "init_from": None},  # L-BFGS: step length, L2
     "save_every_steps": 0,
     "save_every_minutes": 10,
     "keep_state": False,
