@@ -77,13 +77,21 @@ def test_mixup_lambda_follows_beta():
     assert float(lams.var()) == pytest.approx(1 / 8, abs=0.01)
 
 
-@pytest.mark.parametrize("spec", ["rand-m9-n2", "rand-m1-n0", "rand-m9-n2-mstd0.5"])
-def test_randaug_strings_parse_and_build_timm_transforms(spec):
+@pytest.mark.parametrize(
+    "spec, ops, magnitude, std", [("rand-m9-n2", 2, 9, 0.0), ("rand-m1-n0", 0, 1, 0.0), ("rand-m9-n2-mstd0.5", 2, 9, 0.5)]
+)
+def test_randaug_strings_parse_and_build_timm_transforms(spec, ops, magnitude, std):
     from PIL import Image
 
-    transform = recipe.randaug_transform(spec, 32, (0.5, 0.5, 0.5))
-    out = transform(Image.new("RGB", (32, 32), (120, 30, 200)))
+    transform = recipe.randaug_transform(spec, 32, (0.5, 0.4, 0.3))
+    assert transform.num_layers == ops and {(op.magnitude, op.magnitude_std) for op in transform.ops} == {(magnitude, std)}
+    # translations up to 45% of the side (int(0.45 * 32) = 14 px); uncovered pixels filled with the mean in 0..255
+    assert {(op.hparams["translate_const"], op.kwargs["fillcolor"]) for op in transform.ops} == {(14, (128, 102, 76))}
+    image = Image.new("RGB", (32, 32), (120, 30, 200))
+    out = transform(image)
     assert out.size == (32, 32)
+    if ops == 0:  # no operation applied: the very pixels
+        assert out.tobytes() == image.tobytes()
 
 
 @pytest.mark.parametrize("spec", ["rand-m9-x2", "randaug-m9-n2", "rand", "m9-n2", "rand-m-n2", "rand-m9-n2-"])

@@ -1,7 +1,8 @@
 """The soup method registry and the typed (structured) configs of soup.* and finetune.*.
 
-The expected defaults below are the values conf/soup/*.yaml and conf/finetune/default.yaml held before the
-dataclasses (models/schemas.py) became their one source: the documented defaults.
+The soup values expected below are the protocol's, from the papers and the official code (PROTOCOL); the finetune
+defaults are the values conf/finetune/default.yaml held before the dataclasses (models/schemas.py) became their one
+source: the documented defaults.
 """
 
 from __future__ import annotations
@@ -19,25 +20,22 @@ import soups
 import soups.greedy
 from models.cli import CONF_DIR
 from models.errors import UserError
-from models.schemas import ACCEPT, Recipe, SoupParams
+from models.schemas import ACCEPT, GreedyParams, LearnedParams, Recipe, SoupParams, WiseFTParams
 from soups.config import soup_params
 from soups.registry import all_methods
 
-COMMON = {"evaluate": True, "eval_chunk": 8, "accumulate": "float32"}
-GREEDY = {"order": "sorted", "accept": "gt", "early_rejection": True}
-LEARNED = {"lr": 0.05, "weight_decay": 0.0, "epochs": 5, "batch_size": 256, "workers": 0}  # data=world: batch 256, 0 workers
-ALPHAS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
-OLD_SOUP_YAML = {  # conf/soup/<option>.yaml before this change (with data=world's loader settings)
-    "uniform": {"name": "uniform", "run_name": "uniform_soup", **COMMON},
-    "greedy": {"name": "greedy", "run_name": "greedy_soup", **GREEDY, **COMMON},
-    "greedy_random_order": {"name": "greedy", "run_name": "greedy_soup_random_order", **GREEDY, "order": "random", **COMMON},
-    "greedy_ensemble": {"name": "greedy_ensemble", "run_name": "greedy_ensemble", **GREEDY, **COMMON},
-    "ensemble": {"name": "ensemble", "run_name": "ensemble", **COMMON},
-    "learned": {"name": "learned", "run_name": "learned_soup", **LEARNED, **COMMON},
-    "learned_by_layer": {"name": "learned_by_layer", "run_name": "learned_soup_by_layer", **LEARNED, **COMMON},
-    "wise_ft": {"name": "wise_ft", "run_name": "wise_ft", "init": None, "alphas": ALPHAS, "alpha": 0.5, **COMMON},
-    "model_stock": {"name": "model_stock", "run_name": "model_stock", "init": None, **COMMON},
+# The values of the protocol, from their sources; every other field is its dataclass's default (models/schemas.py,
+# the one copy). Greedy soup (paper, Recipe 1) takes ingredients best held-out first and keeps one only when held-out
+# accuracy rises strictly (the official code's `>`); WiSE-FT evaluates alpha = 0, 0.1, ..., 1 and reports 0.5 (WiSE-FT
+# paper); the learned soups train with AdamW at lr 0.05 for 5 epochs (the official by-layer script), on the data's loader.
+PROTOCOL = {
+    SoupParams: {"init": None, "evaluate": True, "accumulate": "float32"},
+    GreedyParams: {"accept": "gt", "early_rejection": True},
+    LearnedParams: {"lr": 0.05, "weight_decay": 0.0, "epochs": 5, "batch_size": 256, "workers": 0},  # data=world: 256, 0 workers
+    WiseFTParams: {"alphas": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0], "alpha": 0.5},
 }
+ORDER = {"greedy": "sorted", "greedy_ensemble": "sorted", "greedy_random_order": "random"}  # the paper's ablation: random
+SOUP_OPTIONS = sorted(p.stem for p in (REPO / "conf/soup").glob("*.yaml"))
 OLD_FINETUNE_YAML = {  # conf/finetune/default.yaml before this change (workers: ${data.workers} = 0 for the world)
     "init": "zeroshot",
     "lr": 3.0e-5,
@@ -73,10 +71,8 @@ def composed(stage: str, *overrides: str):
 
 
 def test_every_soup_option_runs_a_registered_method_and_every_method_has_an_option():
-    options = sorted(p.stem for p in (REPO / "conf/soup").glob("*.yaml"))
-    assert options == sorted(OLD_SOUP_YAML)
     names = set()
-    for option in options:
+    for option in SOUP_OPTIONS:
         soup = composed("soups", f"soup={option}").soup
         names.add(str(soup.name))
         assert OmegaConf.get_type(soup) is METHODS[str(soup.name)].params  # the YAML starts from the method's own class
@@ -86,14 +82,25 @@ def test_every_soup_option_runs_a_registered_method_and_every_method_has_an_opti
         assert method.reference and issubclass(method.params, SoupParams) and callable(method.run)
 
 
-@pytest.mark.parametrize("option", sorted(OLD_SOUP_YAML))
-def test_soup_defaults_are_the_documented_ones(option):
+@pytest.mark.parametrize("option", SOUP_OPTIONS)
+def test_soup_defaults_are_the_protocols(option):
     cfg = composed("soups", f"soup={option}")
     resolved = OmegaConf.to_container(cfg.soup, resolve=True)
-    assert resolved == {"init": None, **OLD_SOUP_YAML[option]}  # the old keys and values; init (θ0) for every method
     params = soup_params(cfg.soup)
     assert type(params) is METHODS[resolved["name"]].params
     assert dataclasses.asdict(params) == resolved  # what the stage reads and records as hparams.options
+    for params_class, values in PROTOCOL.items():
+        if isinstance(params, params_class):
+            assert {key: resolved[key] for key in values} == values, params_class.__name__
+    if isinstance(params, GreedyParams):
+        assert params.order == ORDER[option]
+
+
+def test_each_soup_option_writes_a_row_of_the_main_table():
+    from plots.methods import MODEL_ID_ROWS, WISE_FT_KIND
+
+    run_names = [composed("soups", f"soup={option}").soup.run_name for option in SOUP_OPTIONS]
+    assert sorted(run_names) == sorted([*MODEL_ID_ROWS, WISE_FT_KIND])  # one option per row; wise_ft's row picks its alpha
 
 
 def test_soup_params_of_a_hand_built_config_fill_the_same_defaults():
