@@ -18,7 +18,13 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO.parent / "shared" / "reference" / "model-soups-official"
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# torch's threads: OMP_NUM_THREADS when set (`OMP_NUM_THREADS=1` beside other jobs, as docs/benchmarks.md advises; the
+# stages run in this process by `run_in_process` then use what a fresh `python -m` would), else two.
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or min(2, os.cpu_count() or 1))
+
+# The one wall-clock bound in the suite: it stops a hung process, never a slow one (a loaded 2-core machine runs a
+# stage many times slower than an idle one), so no test's outcome depends on the machine's speed.
+HANG_S = 3600.0
 
 
 @pytest.fixture
@@ -35,7 +41,7 @@ def mark_done(*run_dirs: Path) -> None:
         (Path(run_dir) / "DONE").write_text("")
 
 
-def run_module(module: str, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_module(module: str, *args: str, env: dict | None = None, timeout: float = HANG_S) -> subprocess.CompletedProcess:
     """Run `python -m module args...` from the repo root, capturing output."""
     full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, env=full_env, timeout=timeout)
@@ -48,7 +54,7 @@ def run_in_process(module: str, *args: str, env: dict | None = None) -> subproce
 
     The return code is the SystemExit code (0 when `main` returns); an escaping exception is code 1 with
     its traceback on stderr, as the interpreter would print it. Hydra's global state, the logging handlers
-    it installs, the working directory, `sys.argv` and the environment are restored afterwards."""
+    it installs, the working directory, `sys.argv`, the environment and torch's thread count are restored afterwards."""
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
@@ -58,6 +64,9 @@ def run_in_process(module: str, *args: str, env: dict | None = None) -> subproce
     saved_loggers = [(lg, lg.handlers[:], lg.level, lg.disabled, lg.propagate) for lg in loggers]
     stdout, stderr = io.StringIO(), io.StringIO()
     os.environ.update({"HYDRA_FULL_ERROR": "0", **(env or {})})
+    saved_threads = torch.get_num_threads()
+    if os.environ.get("OMP_NUM_THREADS"):  # as the command would start: torch reads it once, at import
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     sys.argv = [str(REPO / module.replace(".", "/") / "__main__.py"), *args]  # as `python -m` sets it
     os.chdir(REPO)
     code = 0
@@ -72,6 +81,7 @@ def run_in_process(module: str, *args: str, env: dict | None = None) -> subproce
                 code = 1
     finally:
         os.chdir(saved_cwd)
+        torch.set_num_threads(saved_threads)
         sys.argv = saved_argv
         os.environ.clear()
         os.environ.update(saved_env)

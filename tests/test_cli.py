@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import REPO, run_in_process, run_module
+from conftest import HANG_S, REPO, run_in_process, run_module
 
 TOY_STAGE = textwrap.dedent(
     """
@@ -45,7 +45,7 @@ def toy(tmp_path):
             cwd=REPO,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=HANG_S,
             env=env,
         )
 

@@ -154,13 +154,15 @@ def test_sixteen_eval_processes_lose_no_records(tree, tmp_path):
 
 
 def test_world_records_are_what_plots_read(tmp_path):
-    """`python -m eval` on the embedded world (small scale): seven records per checkpoint, read back by plots."""
+    """The eval stage on the embedded world (small scale): seven records per checkpoint, read back by plots."""
     from datasets.world import arrays, normalised_batch
     from plots.inputs import load_any
 
     checkpoints = random_checkpoints(tmp_path / "sweep", 2, num_classes=10, classes="world")
     out = tmp_path / "eval"
-    result = run_module("eval", "data.scale=small", f"paths.cache={tmp_path / 'cache'}", f"checkpoints={tmp_path / 'sweep'}", f"out={out}")
+    result = run_in_process(
+        "eval", "data.scale=small", f"paths.cache={tmp_path / 'cache'}", f"checkpoints={tmp_path / 'sweep'}", f"out={out}"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     table = load_any(out)
     world_sets = ["heldout", "photo", "photo_v2", "rendition", "sketch", "unusual", "hard"]

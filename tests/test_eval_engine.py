@@ -9,7 +9,7 @@ import socket
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import mark_done
+from conftest import HANG_S, mark_done
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -133,9 +133,9 @@ def test_gloo_ranks_agree_with_one_process():
     processes = [context.Process(target=_rank_main, args=(rank, 2, port, queue)) for rank in range(2)]
     for process in processes:
         process.start()
-    results = dict(queue.get(timeout=120) for _ in processes)
+    results = dict(queue.get(timeout=HANG_S) for _ in processes)
     for process in processes:
-        process.join(timeout=60)
+        process.join(timeout=HANG_S)
         assert process.exitcode == 0
     assert results[0] == expected and results[1] == expected  # every rank holds the whole set's numbers
 
@@ -151,7 +151,7 @@ def _writer(run_dir: str, index: int) -> None:
 
 
 def test_sixteen_concurrent_writers_lose_no_records(tmp_path):
-    run_in_processes(_writer, [(str(tmp_path / "runs" / f"job{i}"), i) for i in range(16)], timeout=60)
+    run_in_processes(_writer, [(str(tmp_path / "runs" / f"job{i}"), i) for i in range(16)])
     mark_done(*(tmp_path / "runs").iterdir(), tmp_path / "shared")
     table = load_results(tmp_path / "runs")
     assert len(table) == 16 * 3 and sorted(set(table["model_id"])) == sorted(f"model_{i}" for i in range(16))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import HANG_S
 from omegaconf import OmegaConf
 
 from models.checkpoint import CheckpointMeta, save_checkpoint
@@ -65,7 +66,7 @@ def random_checkpoints(
     return paths
 
 
-def run_in_processes(target, arg_lists: list[tuple], timeout: float = 120) -> None:
+def run_in_processes(target, arg_lists: list[tuple], timeout: float = HANG_S) -> None:
     """Run `target(*args)` for each args in forked processes at once; each must exit 0."""
     import multiprocessing
 

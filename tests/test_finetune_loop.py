@@ -7,6 +7,7 @@ import signal
 
 import pytest
 import torch
+from conftest import HANG_S
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -146,7 +147,7 @@ def test_wandb_logger_works_offline_inside_the_run_folder(tmp_path):
 
     env = {**os.environ, "WANDB_MODE": "offline", "HOME": str(tmp_path / "home"), "WANDB_API_KEY": ""}
     result = subprocess.run(
-        [sys.executable, "-c", WANDB_SCRIPT, str(tmp_path / "run")], cwd=REPO, capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-c", WANDB_SCRIPT, str(tmp_path / "run")], cwd=REPO, capture_output=True, text=True, env=env, timeout=HANG_S
     )
     assert result.returncode == 0, result.stderr[-2000:]
     (log_file,) = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))

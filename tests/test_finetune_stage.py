@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_module
+from conftest import HANG_S, REPO, run_module
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
@@ -113,7 +113,7 @@ def test_resume_after_sigkill_mid_epoch_is_bit_identical(world, reference):
     # Micro-batch 15 is in step 7 of epoch 0; the last saved state is at step 6 (save_every_steps=3).
     env = {**os.environ, "HYDRA_FULL_ERROR": "0", **world["env"], "KILL_AT": "15"}
     killed = subprocess.run(
-        [sys.executable, "-c", KILLER, "name=resumed", *RECIPE], cwd=REPO, capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-c", KILLER, "name=resumed", *RECIPE], cwd=REPO, capture_output=True, text=True, env=env, timeout=HANG_S
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     folder = run_dir(world, "resumed")
@@ -161,7 +161,7 @@ def test_ddp_on_two_processes_matches_one_process_at_the_same_global_batch(world
         capture_output=True,
         text=True,
         env=env,
-        timeout=400,
+        timeout=HANG_S,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     # and 1 process x 1 step of 100: with mixup on, results depend on the global batch only

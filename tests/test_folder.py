@@ -147,7 +147,7 @@ def test_the_whole_pipeline_on_a_folder_dataset_and_the_basin_check(tmp_path):
     runs = tmp_path / "runs"
     env = {"MODEL_SOUPS_RUNS": str(runs), "MODEL_SOUPS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     common = [f"data.root={root}", "data.heldout_per_class=4", "finetune.batch_size=16"]
-    result = run_module("pipeline", "folder", *common, "sweep.n=2", env=env, timeout=900)
+    result = run_module("pipeline", "folder", *common, "sweep.n=2", env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     base = runs / "folder"
 

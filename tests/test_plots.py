@@ -5,7 +5,7 @@ import math
 
 import pandas as pd
 import pytest
-from conftest import mark_done, run_module
+from conftest import mark_done, run_in_process, run_module
 
 from models.results import append_records, make_record
 from plots.inputs import load_official
@@ -90,7 +90,7 @@ def test_cli_writes_tables_and_figures(tmp_path):
     ]
     (runs / "b" / "greedy_trajectory.jsonl").write_text("".join(json.dumps(t) + "\n" for t in trajectory))
     out = tmp_path / "out"
-    result = run_module("plots", f"results={runs}", f"out={out}", "hydra.output_subdir=null")
+    result = run_module("plots", f"results={runs}", f"out={out}", "hydra.output_subdir=null")  # the stage's one real `python -m` here
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(out / "main_table.csv", index_col="method")
     assert table.loc["greedy_soup", "avg_shifts"] == pytest.approx(58.33)
@@ -103,7 +103,7 @@ def test_cli_writes_tables_and_figures(tmp_path):
 
 
 def test_cli_bad_input_is_one_line(tmp_path):
-    result = run_module("plots", f"results={tmp_path / 'nowhere'}", f"out={tmp_path / 'out'}")
+    result = run_in_process("plots", f"results={tmp_path / 'nowhere'}", f"out={tmp_path / 'out'}")
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "nowhere" in result.stderr and "not found" in result.stderr
     assert not (tmp_path / "out" / "main_table.csv").exists()
@@ -111,7 +111,7 @@ def test_cli_bad_input_is_one_line(tmp_path):
     bad.mkdir()
     (bad / "results.jsonl").write_text('{"model_id": "x"}\n{"also": "bad"}\n')
     mark_done(bad)
-    result = run_module("plots", f"results={bad}", f"out={tmp_path / 'out2'}")
+    result = run_in_process("plots", f"results={bad}", f"out={tmp_path / 'out2'}")
     assert result.returncode == 2 and "results.jsonl:1" in result.stderr
 
 
@@ -119,7 +119,7 @@ def test_official_results_reproduce_the_published_derivations(reference_dir, tmp
     records = load_official(reference_dir)
     assert set(records.loc[records["kind"] == "lp", "model_id"]) == {"model_0"}  # hparam_info.json's LP init
     out = tmp_path / "official"
-    result = run_module("plots", f"results={reference_dir}", f"out={out}", "hydra.output_subdir=null")
+    result = run_in_process("plots", f"results={reference_dir}", f"out={out}", "hydra.output_subdir=null")
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(out / "main_table.csv", index_col="method")
     # ../shared/reference/README.md: figures derived from these files

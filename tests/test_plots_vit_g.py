@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from conftest import REPO, mark_done, run_module
+from conftest import REPO, mark_done, run_in_process
 
 from models.results import append_records, make_record
 from plots.table import main_table, model_accuracies, set_names, to_percent
@@ -45,7 +45,7 @@ def test_the_published_vit_g_rows_print_beside_ours_in_their_layout(tmp_path):
     append_records(tmp_path / "runs" / "a", records())
     mark_done(tmp_path / "runs" / "a")
     out = tmp_path / "out"
-    result = run_module(
+    result = run_in_process(
         "plots", f"results={tmp_path / 'runs'}", f"out={out}", "figure=table", "plots.beside=vit_g14", "hydra.output_subdir=null"
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -66,7 +66,7 @@ def test_the_published_vit_g_rows_print_beside_ours_in_their_layout(tmp_path):
 def test_an_unknown_published_table_is_one_line_and_writes_nothing(tmp_path):
     append_records(tmp_path / "runs" / "a", records())
     mark_done(tmp_path / "runs" / "a")
-    result = run_module("plots", f"results={tmp_path / 'runs'}", f"out={tmp_path / 'out'}", "plots.beside=vit_h99")
+    result = run_in_process("plots", f"results={tmp_path / 'runs'}", f"out={tmp_path / 'out'}", "plots.beside=vit_h99")
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
     assert "plots.beside=vit_h99" in result.stderr and "vit_h99_table.csv" in result.stderr
     assert not (tmp_path / "out" / "main_table.csv").exists()

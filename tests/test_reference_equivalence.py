@@ -26,7 +26,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from conftest import REPO, run_module
+from conftest import HANG_S, REPO, run_module
 from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import load_file
@@ -206,7 +206,7 @@ def test_import_and_eval_equal_openai_clip_on_every_set(official_run):
         "eval.save_logits=true",
         "eval.logits_dtype=float32",
         env={"OMP_NUM_THREADS": "1", "MODEL_SOUPS_RUNS": str(base / "runs")},
-        timeout=600,
+        timeout=HANG_S,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     records = {json.loads(line)["dataset"]: json.loads(line) for line in (base / "eval" / "results.jsonl").read_text().splitlines()}

@@ -9,7 +9,7 @@ from importlib import resources
 import pandas as pd
 import pytest
 import torch
-from conftest import run_module
+from conftest import run_in_process
 from omegaconf import OmegaConf
 
 import datasets
@@ -88,7 +88,7 @@ def official_tree(tmp_path_factory):
 def test_real_and_multilabel_from_the_imagenet_pass_match_hand_computation(official_tree, tmp_path):
     root, mini, _, labels_file = official_tree
     out = tmp_path / "eval"
-    result = run_module(
+    result = run_in_process(
         "eval", *COMMON, f"data.root={mini.root}", f"checkpoints={root / 'sweep'}", f"out={out}", f"eval.multilabel={labels_file}"
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -115,7 +115,7 @@ def test_real_and_multilabel_from_the_imagenet_pass_match_hand_computation(offic
     assert "multilabel column is left out" not in result.stdout + result.stderr
 
     # the main table of this run shows both columns, in percent
-    plots = run_module("plots", f"results={out}", f"out={tmp_path / 'plots'}", "figure=table", "hydra.output_subdir=null")
+    plots = run_in_process("plots", f"results={out}", f"out={tmp_path / 'plots'}", "figure=table", "hydra.output_subdir=null")
     assert plots.returncode == 0, plots.stderr[-2000:]
     table = pd.read_csv(tmp_path / "plots" / "main_table.csv", index_col="method")
     # eval.sets=[ImageNet]: no held-out records, so no "best individual (held-out)" is chosen and the table says so
@@ -131,7 +131,9 @@ def test_real_and_multilabel_from_the_imagenet_pass_match_hand_computation(offic
 def test_soups_record_real_for_weight_and_output_space_soups(official_tree, tmp_path, soup):
     root, mini, _, _ = official_tree
     out = tmp_path / soup
-    result = run_module("soups", *COMMON, *SOUPS, f"soup={soup}", f"data.root={mini.root}", f"ingredients={root / 'sweep'}", f"out={out}")
+    result = run_in_process(
+        "soups", *COMMON, *SOUPS, f"soup={soup}", f"data.root={mini.root}", f"ingredients={root / 'sweep'}", f"out={out}"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     records = {r["dataset"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
     sets = [timm_real_labels()[i - 1] for i in VAL_INDICES]
@@ -144,7 +146,7 @@ def test_soups_record_real_for_weight_and_output_space_soups(official_tree, tmp_
 
 def test_without_a_multilabel_file_the_run_says_so_once(official_tree, tmp_path):
     root, mini, checkpoints, _ = official_tree
-    result = run_module("eval", *COMMON, f"data.root={mini.root}", f"checkpoints={checkpoints[0]}", f"out={tmp_path / 'eval'}")
+    result = run_in_process("eval", *COMMON, f"data.root={mini.root}", f"checkpoints={checkpoints[0]}", f"out={tmp_path / 'eval'}")
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     assert output.count("multilabel column is left out") == 1
@@ -163,18 +165,18 @@ def test_bad_inputs_are_one_line_and_write_nothing(official_tree, tmp_path):
     root, official, checkpoints, _ = official_tree
     mini = make_miniature(tmp_path / "data", sets=("val", "ImageNetR"))  # val names are not official
     args = [*COMMON[:-2], f"data.root={mini.root}", f"checkpoints={checkpoints[0]}", "eval.sets=[ImageNetR,ImageNet]"]
-    line = one_error_line(run_module("eval", *args, "eval.real=true", f"out={tmp_path / 'named'}"))
+    line = one_error_line(run_in_process("eval", *args, "eval.real=true", f"out={tmp_path / 'named'}"))
     assert "eval.real=true" in line and "ILSVRC2012_val_%08d.JPEG" in line and "eval.real=false" in line
     assert not (tmp_path / "named" / "results.jsonl").exists()  # ImageNetR comes first, yet nothing was scored
     # auto: skipped, saying why; the ImageNet records are written without a ReaL one
-    auto = run_module("eval", *args, f"out={tmp_path / 'auto'}")
+    auto = run_in_process("eval", *args, f"out={tmp_path / 'auto'}")
     assert auto.returncode == 0 and "ReaL: skipped" in auto.stdout + auto.stderr
     assert [json.loads(x)["dataset"] for x in (tmp_path / "auto" / "results.jsonl").read_text().splitlines()] == ["ImageNetR", "ImageNet"]
     # a malformed multilabel file
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"initial_annots": {val_name(0): {"correct": ["n99999999"]}}, "problematic_images": {}}))
     args = [*COMMON, f"data.root={official.root}", f"checkpoints={checkpoints[0]}", f"eval.multilabel={bad}"]
-    line = one_error_line(run_module("eval", *args, f"out={tmp_path / 'malformed'}"))
+    line = one_error_line(run_in_process("eval", *args, f"out={tmp_path / 'malformed'}"))
     assert str(bad) in line and "n99999999" in line and "docs/data.md" in line
     assert not (tmp_path / "malformed" / "results.jsonl").exists()
 

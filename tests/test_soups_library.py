@@ -1,5 +1,5 @@
 """`from soups import ...`: the library on plain state dicts and on checkpoint paths, against hand
-computations and an independent greedy loop; its docstring examples and the README's snippet run."""
+computations and an independent greedy loop; its docstring examples and the README's snippet give the values they state."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import re
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import HANG_S, REPO
 
 import soups
 import soups.library
@@ -26,11 +26,20 @@ def test_the_docstring_examples_run():
     assert attempted >= 5 and failed == 0
 
 
-def test_the_readme_snippet_runs(tmp_path, monkeypatch):
+def test_the_readme_snippet_runs_and_prints_what_it_says(tmp_path, monkeypatch, capsys):
     text = (REPO / "README.md").read_text()
     (snippet,) = re.findall(r"## Use as a library\n.*?```python\n(.*?)```", text, flags=re.S)
     monkeypatch.chdir(tmp_path)
-    exec(compile(snippet, "README.md", "exec"), {})  # noqa: S102 - the README's own example, run as a user would
+    names: dict = {}
+    exec(compile(snippet, "README.md", "exec"), names)  # noqa: S102 - the README's own example, run as a user would
+    # By hand: the scores -|w - 1.1| are -0.2, -0.1, -0.2 (in float32, model 2's is the larger of the tie), so
+    # best first is [1, 2, 0]; each addition brings the mean closer to 1.1 (1.0 -> 1.15 -> 3.2 / 3), so all stay.
+    assert capsys.readouterr().out == "[1, 2, 0]\n"
+    assert "print(chosen)  # [1, 2, 0]" in snippet  # the README says what it prints
+    mean = torch.full((2, 2), 3.2 / 3)
+    torch.testing.assert_close(names["uniform"]["head.weight"], mean)
+    torch.testing.assert_close(names["greedy"]["head.weight"], mean)
+    torch.testing.assert_close(names["robust"]["head.weight"], (torch.full((2, 2), 1.0) + mean) / 2)  # alpha 0.5 from models[1]
 
 
 def test_uniform_soup_is_the_mean_from_dicts_and_from_files(tmp_path):
@@ -140,7 +149,7 @@ def test_the_library_imports_no_hydra():
     import sys
 
     code = "import sys, soups; soups.greedy_soup; assert not any(m.startswith('hydra') for m in sys.modules), 'hydra imported'"
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=HANG_S)
     assert result.returncode == 0, result.stderr[-2000:]
 
 

@@ -136,7 +136,7 @@ def test_a_bad_save_dtype_is_refused_before_pretraining(tmp_path):
 
     foundation = tmp_path / "f.safetensors"
     result = run_module(
-        "datasets.world", "task=pretrain", "pretrain.save_dtype=int8", f"paths.cache={tmp_path}", f"foundation={foundation}", timeout=120
+        "datasets.world", "task=pretrain", "pretrain.save_dtype=int8", f"paths.cache={tmp_path}", f"foundation={foundation}"
     )
     assert result.returncode == 2 and "pretrain.save_dtype: 'int8'" in result.stderr, result.stderr[-500:]
     assert len(result.stderr.strip().splitlines()) == 1
