@@ -76,7 +76,11 @@ def release(lock: Path) -> None:
 
 @contextlib.contextmanager
 def run_lock(folder: Path) -> Iterator[Path]:
-    """Hold `folder/LOCK` for the block (see the module docstring)."""
+    """Hold `folder/LOCK` for the block (see the module docstring). Under torchrun the ranks of one job share
+    its folder: rank 0 holds the lock for all of them."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield folder / LOCK_FILE
+        return
     lock = acquire(folder)
     try:
         yield lock

@@ -143,6 +143,22 @@ STOPS = {
 }
 
 
+# The stage as a user runs it, held inside its run (lock taken, handlers in place) until a signal arrives, so
+# the stop never races the run's end on a fast machine.
+HELD = """
+import runpy, sys, time
+import models.cli as cli
+save = cli._save_hydra_files
+def held(*args):
+    save(*args)
+    while True:
+        time.sleep(0.05)
+cli._save_hydra_files = held
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
 @pytest.mark.parametrize("stage", sorted(STOPS))
 def test_a_stop_signal_ends_the_run_in_one_line_and_it_resumes_later(stage, crafted, faulty, tmp_path):  # noqa: F811
     stop, overrides, folder = STOPS[stage]
@@ -150,7 +166,7 @@ def test_a_stop_signal_ends_the_run_in_one_line_and_it_resumes_later(stage, craf
     env = {**os.environ, "MODEL_SOUPS_RUNS": str(runs), "MODEL_SOUPS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     args = [*overrides(crafted, faulty), "data.batch_size=1", "data.workers=0", "device=cpu"]
     process = subprocess.Popen(
-        [sys.executable, "-m", stage, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", HELD, stage, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     run_dir = runs / "default" / folder
     while not (run_dir / "LOCK").exists() and process.poll() is None:  # the run has started (its handlers are in place)

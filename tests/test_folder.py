@@ -205,7 +205,7 @@ def test_the_folder_experiment_needs_a_root_and_passes_overrides_to_every_stage(
     assert result.returncode == 2 and result.stderr.strip() == "error: the folder experiment needs data.root=ROOT (your dataset's folder)"
     listed = run_module("pipeline", "folder", "--print", "data.root=/data/mine", "name=mine", "model=vit_b32", "sweep=paper_random")
     commands = [line for line in listed.stdout.splitlines() if line.startswith("python")]
-    assert len(commands) == 7 and all("data.root=/data/mine" in c and "model=vit_b32" in c and "name=mine" in c for c in commands)
+    assert len(commands) == 10 and all("data.root=/data/mine" in c and "model=vit_b32" in c and "name=mine" in c for c in commands)
     assert [c for c in commands if "sweep=" in c] == [commands[2]] and "sweep=paper_random" in commands[2]
     assert "runs/mine/finetune" in commands[3]
 
