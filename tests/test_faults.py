@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_in_process
+from conftest import HANG_S, REPO, run_in_process
 from test_bad_input import UNIFORM, assert_one_line_exit_2, crafted, left_behind, pair  # noqa: F401 - crafted is a fixture
 
 from datasets.imagenet_miniature import make_miniature
@@ -172,7 +172,7 @@ def test_a_stop_signal_ends_the_run_in_one_line_and_it_resumes_later(stage, craf
     while not (run_dir / "LOCK").exists() and process.poll() is None:  # the run has started (its handlers are in place)
         time.sleep(0.05)
     process.send_signal(stop)
-    _, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=HANG_S)  # a hang bound, never a slow machine's limit
     assert process.returncode == 128 + stop, stderr[-3000:]
     name = stop.name
     assert stderr.strip().splitlines()[-1] == (
