@@ -77,13 +77,19 @@ def test_mixup_lambda_follows_beta():
     assert float(lams.var()) == pytest.approx(1 / 8, abs=0.01)
 
 
-@pytest.mark.parametrize("spec", ["rand-m9-n2", "rand-m1-n0", "rand-m9-n2-mstd0.5"])
-def test_randaug_strings_parse_and_build_timm_transforms(spec):
+@pytest.mark.parametrize(
+    ("spec", "layers", "magnitude", "std"), [("rand-m9-n2", 2, 9, 0.0), ("rand-m1-n0", 0, 1, 0.0), ("rand-m9-n2-mstd0.5", 2, 9, 0.5)]
+)
+def test_randaug_strings_build_timms_policy_with_their_n_and_m(spec, layers, magnitude, std):
     from PIL import Image
+    from timm.data.auto_augment import RandAugment
 
     transform = recipe.timm_train_augmentation(spec, 32, (0.5, 0.5, 0.5))
-    out = transform(Image.new("RGB", (50, 40), (120, 30, 200)))
-    assert out.size == (32, 32)  # cropped to the model's resolution
+    policy = transform.transforms[-1]  # crop, flip, then the policy (tests/test_finetune_transform.py: tensor for tensor)
+    assert isinstance(policy, RandAugment) and policy.num_layers == layers
+    assert {(op.magnitude, op.magnitude_std, op.prob) for op in policy.ops} == {(magnitude, std, 0.5)}  # timm's p 0.5
+    assert len(policy.ops) == 15  # timm's default op list ('rand' without an increasing-magnitude variant)
+    assert transform(Image.new("RGB", (50, 40), (120, 30, 200))).size == (32, 32)  # cropped to the model's resolution
 
 
 @pytest.mark.parametrize("spec", ["rand-m9-x2", "randaug-m9-n2", "rand", "m9-n2", "rand-m-n2", "rand-m9-n2-"])

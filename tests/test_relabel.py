@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from importlib import resources
@@ -29,8 +30,9 @@ COMMON = ["data=imagenet", "data.workers=0", "data.batch_size=250", "eval.sets=[
 SOUPS = ["model=tiny_clip", "model.classes=imagenet1k", "device=cpu", "data.heldout_split=seeded", "data.heldout_per_class=1"]
 
 
+@functools.cache
 def timm_real_labels() -> list[list[int]]:
-    """timm's file, read here directly (not through the project's loader)."""
+    """timm's file, read here directly (not through the project's loader), once."""
     return json.loads((resources.files("timm.data") / "_info" / "imagenet_real_labels.json").read_text())
 
 
