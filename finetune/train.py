@@ -387,8 +387,11 @@ def finetune(cfg: DictConfig) -> Path:
     train_data = SeededExamples(
         datasets.train_set(cfg.data, augment), seed, random_transform=augment is not preprocess
     )  # data errors first
-    head = zeroshot_head_weight(clip_model, tokenizer, info.classnames, info.templates)  # init=zeroshot
-    classifier = classifier_from_clip(clip_model, head).to(device)
+    if lp_from:  # the LP init file holds every weight: no zero-shot head (a text-tower pass over classes x templates)
+        classifier = classifier_from_clip(clip_model, num_classes=len(info.classnames)).to(device)
+    else:
+        head = zeroshot_head_weight(clip_model, tokenizer, info.classnames, info.templates)  # init=zeroshot, or the LP's start
+        classifier = classifier_from_clip(clip_model, head).to(device)
     del clip_model  # the text tower is not trained
 
     lp_accuracy = None

@@ -52,7 +52,7 @@ def run_in_process(module: str, *args: str, env: dict | None = None) -> subproce
     environment set as the command would have them, stdout and stderr captured. Saves the ~9 s of imports
     a fresh interpreter pays; the real `python -m` path stays tested by the cases that use `run_module`.
 
-    The return code is the SystemExit code (0 when `main` returns); an escaping exception is code 1 with
+    The return code is the SystemExit code (or the int `main` returns, else 0); an escaping exception is code 1 with
     its traceback on stderr, as the interpreter would print it. Hydra's global state, the logging handlers
     it installs, the working directory, `sys.argv`, the environment and torch's thread count are restored afterwards."""
     from hydra.core.global_hydra import GlobalHydra
@@ -73,7 +73,8 @@ def run_in_process(module: str, *args: str, env: dict | None = None) -> subproce
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             try:
-                main()
+                returned = main()
+                code = returned if isinstance(returned, int) else 0  # `sys.exit(main())` modules return their code
             except SystemExit as exit_:
                 code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
             except Exception:

@@ -143,11 +143,16 @@ def test_frozen_batchnorm_keeps_pretrained_statistics_but_trains_its_affine_weig
     before = {k: v.clone() for k, v in model[1].state_dict().items()}
     model.train()
     freeze_batchnorm(model)
-    model(torch.randn(8, 3, 5, 5) * 3 + 1).sum().backward()
+    images = torch.randn(8, 3, 5, 5) * 3 + 1
+    model(images).sum().backward()
     after = model[1].state_dict()
     assert torch.equal(after["running_mean"], before["running_mean"])  # zeros: no update from the batch
     assert int(after["num_batches_tracked"]) == 0
-    assert model[1].weight.grad is not None and model[0].training
+    # the affine weight still learns, normalised by the running statistics (mean 0, variance 1), not the batch's:
+    # d sum / d weight_c = sum over the batch of conv_c / sqrt(1 + eps)
+    expected = model[0](images).detach().sum(dim=(0, 2, 3)) / (1 + model[1].eps) ** 0.5
+    torch.testing.assert_close(model[1].weight.grad, expected)
+    assert model[0].training
 
 
 @pytest.mark.parametrize("magnitude", [1, 20])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import HANG_S, REPO, run_module
+from conftest import HANG_S, REPO, run_in_process, run_module
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
@@ -320,3 +320,24 @@ def test_a_two_job_sweep_through_submitit_local_then_a_relaunch_skips_it(world):
     again = run_module("finetune", *[a.replace("submitit_local", "basic") for a in args], env=world["env"])  # one process
     assert again.returncode == 0, again.stderr[-3000:]
     assert {i: (sweep_dir / f"model_{i}" / "model.safetensors").stat().st_mtime_ns for i in (0, 1)} == stamps
+
+
+def test_a_job_from_the_lp_init_file_starts_from_its_weights_without_a_zero_shot_head(world, monkeypatch):
+    """A sweep job reads every weight from inits/lp, so it builds no zero-shot head (at ViT-B/32 scale a pass of
+    the text tower over 1000 classes x 80 templates in each of the 72 jobs); epochs=0 saves exactly the LP init."""
+    import finetune.train
+
+    common = ["data.scale=small", "model.pretrained=null", "finetune.init=lp", "finetune.epochs=0", "finetune.progress=false"]
+    lp = run_in_process("finetune", "name=lp_file", *common, "finetune.lp.steps=5", env=world["env"])
+    assert lp.returncode == 0, lp.stderr[-3000:]
+    lp_file = run_dir(world, "lp_file") / "model.safetensors"
+
+    def no_head(*args, **kwargs):
+        raise AssertionError("a zero-shot head was built for a job that reads the LP init")
+
+    monkeypatch.setattr(finetune.train, "zeroshot_head_weight", no_head)
+    job = run_in_process("finetune", "name=from_lp_file", *common, f"finetune.lp.init_from={lp_file}", env=world["env"])
+    assert job.returncode == 0, job.stderr[-3000:]
+    started, fitted = load_file(str(run_dir(world, "from_lp_file") / "model.safetensors")), load_file(str(lp_file))
+    assert started.keys() == fitted.keys() and all(torch.equal(started[k], fitted[k]) for k in fitted)
+    assert read_meta(run_dir(world, "from_lp_file") / "model.safetensors").hparams["lp_init_from"] == str(lp_file)

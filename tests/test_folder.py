@@ -187,7 +187,7 @@ def test_the_whole_pipeline_on_a_folder_dataset_and_the_basin_check(tmp_path):
         copy = other / path.parent.name / "model.safetensors"
         save_checkpoint(copy, permuted(state, 0), meta)
         copies.append(copy)
-    bad = run_module(
+    bad = run_in_process(
         "soups", "diagnose", "experiment=folder", *common, f"ingredients=[{lp},{fine},{copies[0]},{copies[1]}]", "run_name=bad", env=env
     )
     assert bad.returncode == 0, bad.stderr[-2000:]
@@ -201,9 +201,9 @@ def test_the_whole_pipeline_on_a_folder_dataset_and_the_basin_check(tmp_path):
 
 
 def test_the_folder_experiment_needs_a_root_and_passes_overrides_to_every_stage():
-    result = run_module("pipeline", "folder")
+    result = run_in_process("pipeline", "folder")
     assert result.returncode == 2 and result.stderr.strip() == "error: the folder experiment needs data.root=ROOT (your dataset's folder)"
-    listed = run_module("pipeline", "folder", "--print", "data.root=/data/mine", "name=mine", "model=vit_b32", "sweep=paper_random")
+    listed = run_in_process("pipeline", "folder", "--print", "data.root=/data/mine", "name=mine", "model=vit_b32", "sweep=paper_random")
     commands = [line for line in listed.stdout.splitlines() if line.startswith("python")]
     assert len(commands) == 10 and all("data.root=/data/mine" in c and "model=vit_b32" in c and "name=mine" in c for c in commands)
     assert [c for c in commands if "sweep=" in c] == [commands[2]] and "sweep=paper_random" in commands[2]

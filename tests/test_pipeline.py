@@ -6,7 +6,7 @@ import csv
 
 import pytest
 import torch
-from conftest import run_module
+from conftest import run_in_process, run_module
 
 from models.checkpoint import load_checkpoint, read_meta
 from pipeline.steps import Step, experiment_steps, found_finished, time_left
@@ -65,7 +65,7 @@ def test_report_outcome_appends_to_the_pipelines_file(tmp_path, monkeypatch):
 
 
 def test_print_lists_the_commands():
-    result = run_module("pipeline", "paper_vitb32", "--print")
+    result = run_in_process("pipeline", "paper_vitb32", "--print")
     assert result.returncode == 0
     assert "python -m finetune -m experiment=paper_vitb32 sweep=paper_random hydra/launcher=slurm" in result.stdout
 

@@ -145,7 +145,9 @@ def test_batched_reads_equal_image_by_image_reads_bit_for_bit(small_world, monke
     for arch in ("TinyCLIP", "TinyCLIP-Chars"):
         _, preprocess, _ = create_clip(arch)
         dataset = world.WorldDataset(photos, preprocess)
-        assert world.plain_normalisation(preprocess, (32, 32)) is not None
+        # OpenAI CLIP's mean and std (open_clip.constants.OPENAI_DATASET_MEAN / _STD), the tiny CLIPs' preprocessing
+        mean, std = world.plain_normalisation(preprocess, (32, 32))
+        assert (tuple(mean), tuple(std)) == ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
         batch = dataset.__getitems__(indices)
         for (image, label), i in zip(batch, indices):
             expected, expected_label = dataset[i]
