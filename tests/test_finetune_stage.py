@@ -247,10 +247,19 @@ def test_an_unknown_model_or_missing_weights_are_user_errors(tmp_path):
 def test_a_sweep_jobs_values_override_the_recipe():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("finetune", overrides=["sweep=demo", "sweep.index=3", "finetune.lr=0.5"])
-    hp, merged = resolve_recipe(cfg)
+    hp = resolve_recipe(cfg)
     drawn = sweeps.job_hparams(OmegaConf.to_container(cfg.sweep))
     assert hp.lr == drawn["lr"] != 0.5 and hp.epochs == drawn["epochs"] and hp.init == "lp"
-    assert merged["lp"]["steps"] == cfg.finetune.lp.steps
+    assert hp.lp.steps == cfg.finetune.lp.steps
+
+
+def test_a_sweep_jobs_values_take_the_recipes_types():
+    """The run's one recipe is typed: an official replay's `mix: 0` (an int in hparam_info.json) trains and is
+    recorded as the float 0.0, as every other sweep's value is."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("finetune", overrides=["sweep=paper_grid", "+sweep.fixed.mixup=0", "+sweep.fixed.epochs=3"])
+    hp = resolve_recipe(cfg)
+    assert (type(hp.mixup), hp.mixup, type(hp.epochs), hp.epochs) == (float, 0.0, int, 3)
 
 
 def test_lp_init_fits_the_head_on_cached_frozen_features(world, monkeypatch):
