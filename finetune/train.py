@@ -166,9 +166,9 @@ def load_lp_init(path: str, classifier: ImageClassifier, arch: str, activation: 
     return meta.hparams.get("lp_train_accuracy")
 
 
-def lp_init(cfg: DictConfig, classifier: ImageClassifier, preprocess, device: torch.device) -> float:
-    """Fit the head on frozen features of the training split (init=lp); return its training accuracy."""
-    lp_cfg = cfg.finetune.lp
+def lp_init(cfg: DictConfig, hp: Recipe, classifier: ImageClassifier, preprocess, device: torch.device) -> float:
+    """Fit the head on frozen features of the training split (init=lp, settings `hp.lp`); return its training accuracy."""
+    lp_cfg = hp.lp
     pretrained = str(cfg.model.pretrained)
     key = {"arch": cfg.model.arch, "pretrained": pretrained, "data": OmegaConf.to_container(cfg.data, resolve=True)}
     fingerprint = datasets.train_fingerprint(cfg.data)
@@ -180,7 +180,7 @@ def lp_init(cfg: DictConfig, classifier: ImageClassifier, preprocess, device: to
 
     def compute():
         plain = datasets.train_set(cfg.data, preprocess)
-        return linear_probe.extract_features(classifier, plain, cfg.data.batch_size, cfg.finetune.workers, device)
+        return linear_probe.extract_features(classifier, plain, cfg.data.batch_size, hp.workers, device)
 
     features, labels = linear_probe.cached_features(cache_dir, key, compute)
     features, labels = features.to(device), labels.to(device)  # full-batch fit where the model lives (the GPU on a cluster)
@@ -455,7 +455,7 @@ def finetune(cfg: DictConfig) -> Path:
         log.info("LP init read from %s (training accuracy %s)", lp_from, lp_accuracy)
     elif hp.init == "lp" and ranks.main:
         if state.load_state(run_dir) is None:
-            lp_accuracy = lp_init(cfg, classifier, preprocess, device)  # DDP below broadcasts rank 0's weights
+            lp_accuracy = lp_init(cfg, hp, classifier, preprocess, device)  # DDP below broadcasts rank 0's weights
             log.info("linear probe: training accuracy %.4f", lp_accuracy)
             write_text_atomic(run_dir / LP_FILE, json.dumps({"lp_train_accuracy": lp_accuracy}) + "\n")
         else:  # resumed: the saved state holds the LP-initialised weights; the metadata needs its accuracy too

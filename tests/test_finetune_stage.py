@@ -280,7 +280,7 @@ def test_lp_init_fits_the_head_on_cached_frozen_features(world, monkeypatch):
     tower_before = {k: v.clone() for k, v in classifier.visual.state_dict().items()}
     zeroshot_head = classifier.head.weight.detach().clone()
 
-    lp_init(cfg, classifier, preprocess, torch.device("cpu"))
+    lp_init(cfg, resolve_recipe(cfg), classifier, preprocess, torch.device("cpu"))
     assert all(torch.equal(tower_before[k], v) for k, v in classifier.visual.state_dict().items())  # frozen
     (cached,) = list((cache / "features").glob("features-*.safetensors"))
     features = load_file(str(cached))
@@ -297,13 +297,13 @@ def test_lp_init_fits_the_head_on_cached_frozen_features(world, monkeypatch):
     # a second LP reads the cache instead of touching the data
     extract = linear_probe.extract_features
     monkeypatch.setattr(linear_probe, "extract_features", lambda *a, **k: pytest.fail("features recomputed"))
-    lp_init(cfg, classifier, preprocess, torch.device("cpu"))
+    lp_init(cfg, resolve_recipe(cfg), classifier, preprocess, torch.device("cpu"))
     # a world release with other set sizes (same data config) has another train set: its features are not the cached ones
     world_suite = importlib.import_module("datasets.world")
     sizes = world_suite.train_fingerprint(cfg.data)
     monkeypatch.setattr(world_suite, "train_fingerprint", lambda data_cfg: {**sizes, "train": sizes["train"] + 1})
     monkeypatch.setattr(linear_probe, "extract_features", extract)
-    lp_init(cfg, classifier, preprocess, torch.device("cpu"))
+    lp_init(cfg, resolve_recipe(cfg), classifier, preprocess, torch.device("cpu"))
     assert len(list((cache / "features").glob("features-*.safetensors"))) == 2
 
 
