@@ -9,8 +9,6 @@ model makes decoding dominate (as a GPU does for ViT-B/32); a big model on a CPU
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,9 +16,8 @@ import open_clip
 import torch
 from omegaconf import OmegaConf
 
-from benchmarks import miniature_parser
+from benchmarks import miniature_parser, miniature_val
 from datasets import eval_sets
-from datasets.imagenet_miniature import make_miniature, register_tiny_vit
 from models.classifier import classifier_from_clip
 from models.evaluate import score_models
 
@@ -32,10 +29,7 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=8)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    folder = Path(tempfile.mkdtemp(prefix="eval_shared_decoding_"))
-    try:
-        arch = args.arch or register_tiny_vit()
-        mini = make_miniature(folder / "data", sets=("val",), per_class=args.per_class, size=args.size)
+    with miniature_val(args, "eval_shared_decoding_") as (arch, mini, folder):
         models = []
         for seed in range(args.models):
             torch.manual_seed(seed)
@@ -63,8 +57,6 @@ def main() -> None:
         RESULTS.mkdir(exist_ok=True)
         record = {"images": n, "arch": arch, "seconds": best, "ratio": ratio, "identical_counts": same, **vars(args)}
         (RESULTS / "eval_shared_decoding.json").write_text(json.dumps(record, indent=1))
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

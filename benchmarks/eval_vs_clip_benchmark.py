@@ -9,8 +9,6 @@ the zero-shot heads are built beforehand for both. Goal: ratio ours/clip_benchma
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,9 +16,8 @@ import open_clip
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarks import miniature_parser
+from benchmarks import miniature_parser, miniature_val
 from datasets import eval_sets
-from datasets.imagenet_miniature import make_miniature, register_tiny_vit
 from models.checkpoint import CheckpointMeta, save_checkpoint, to_open_clip_state_dict
 from models.classifier import classifier_from_clip, load_classifier, zeroshot_head_weight
 from models.evaluate import score_models
@@ -35,10 +32,7 @@ def main() -> None:
     from clip_benchmark.datasets.builder import build_dataset
     from clip_benchmark.metrics.zeroshot_classification import run_classification, zero_shot_classifier
 
-    folder = Path(tempfile.mkdtemp(prefix="eval_vs_clip_benchmark_"))
-    try:
-        arch = args.arch or register_tiny_vit()
-        mini = make_miniature(folder / "data", sets=("val",), per_class=args.per_class, size=args.size)
+    with miniature_val(args, "eval_vs_clip_benchmark_") as (arch, mini, folder):
         torch.manual_seed(0)
         clip_model, _, transform = open_clip.create_model_and_transforms(arch)
         tokenizer = open_clip.get_tokenizer(arch)
@@ -102,8 +96,6 @@ def main() -> None:
             **vars(args),
         }
         (RESULTS / "eval_vs_clip_benchmark.json").write_text(json.dumps(record, indent=1))
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ the benchmark replays `soups.greedy.greedy_select` on recorded per-example outco
   (one eval batch).
 
 Loops compared on the same outcomes: `official` (every candidate scored on every example), `batches` (exact
-early rejection on eval batches of 256 in set order, the previous code), `ordered` (hardest examples first,
+early rejection on eval batches of 256 in set order), `ordered` (hardest examples first,
 growing chunks from 32: what the soups stage runs), `ordered+own` (also knowing each ingredient's own
 per-example outcomes and the first soup's, as the greedy ensemble does). Each must choose exactly the
 official loop's ingredients, with the same held-out counts wherever a candidate was scored in full; the

@@ -1,8 +1,9 @@
 """Fine-tune one CLIP image tower + linear head: one run, or one job of a sweep.
 
-`finetune(cfg)` builds everything, then `train_loop` reads top to bottom: data, forward, loss, backward,
-clip, step, schedule, log. The recipe's math lives in `finetune/recipe.py`, the data order in
-`finetune/data.py`, the resumable state in `finetune/state.py`.
+`finetune(cfg)` builds everything from one typed recipe (`resolve_recipe`), then `train_loop` reads top to
+bottom: restore (`_restore`), then per step the schedule, data, label smoothing, mixup, forward, loss,
+backward, clip and step (`_optimizer_step`), log, save (`_maybe_save`). The recipe's math lives in
+`finetune/recipe.py`, the data order in `finetune/data.py`, the resumable state in `finetune/state.py`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -59,16 +60,19 @@ class Ranks:
         return self.rank == 0
 
 
-def resolve_recipe(cfg: DictConfig) -> tuple[Recipe, dict[str, Any]]:
-    """The job's recipe (finetune.* with the sweep job's values on top, typed by `Recipe`) and the raw merged dict."""
+def resolve_recipe(cfg: DictConfig) -> Recipe:
+    """The job's recipe: finetune.* with the sweep job's values on top, typed by `Recipe` (a sweep's value
+    takes the field's type, e.g. replay's `mix: 0` is 0.0), then checked. The one recipe object of the run:
+    it trains, and it is what the checkpoint's hparams and the logger record."""
     merged = OmegaConf.to_container(cfg.finetune, resolve=True)
     merged.update(sweeps.job_hparams(OmegaConf.to_container(cfg.sweep, resolve=True)))
     try:
-        typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Recipe), merged))
+        hp = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Recipe), merged))
     except OmegaConfBaseException as err:  # a sweep's value of the wrong type, or a key the recipe lacks
         raise UserError(f"finetune.{err.full_key}: {str(err).splitlines()[0]}") from None
-    recipe.check_hparams(merged, world_size=int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))))
-    return typed, merged  # type: ignore[return-value]
+    world_size = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
+    recipe.check_hparams(dataclasses.asdict(hp), world_size=world_size)
+    return hp  # type: ignore[return-value]
 
 
 # --- set-up ------------------------------------------------------------------------------------------
@@ -162,9 +166,9 @@ def load_lp_init(path: str, classifier: ImageClassifier, arch: str, activation: 
     return meta.hparams.get("lp_train_accuracy")
 
 
-def lp_init(cfg: DictConfig, classifier: ImageClassifier, preprocess, device: torch.device) -> float:
-    """Fit the head on frozen features of the training split (init=lp); return its training accuracy."""
-    lp_cfg = cfg.finetune.lp
+def lp_init(cfg: DictConfig, hp: Recipe, classifier: ImageClassifier, preprocess, device: torch.device) -> float:
+    """Fit the head on frozen features of the training split (init=lp, settings `hp.lp`); return its training accuracy."""
+    lp_cfg = hp.lp
     pretrained = str(cfg.model.pretrained)
     key = {"arch": cfg.model.arch, "pretrained": pretrained, "data": OmegaConf.to_container(cfg.data, resolve=True)}
     fingerprint = datasets.train_fingerprint(cfg.data)
@@ -176,7 +180,7 @@ def lp_init(cfg: DictConfig, classifier: ImageClassifier, preprocess, device: to
 
     def compute():
         plain = datasets.train_set(cfg.data, preprocess)
-        return linear_probe.extract_features(classifier, plain, cfg.data.batch_size, cfg.finetune.workers, device)
+        return linear_probe.extract_features(classifier, plain, cfg.data.batch_size, hp.workers, device)
 
     features, labels = linear_probe.cached_features(cache_dir, key, compute)
     features, labels = features.to(device), labels.to(device)  # full-batch fit where the model lives (the GPU on a cluster)
@@ -190,6 +194,33 @@ def lp_init(cfg: DictConfig, classifier: ImageClassifier, preprocess, device: to
 
 
 # --- the loop ---------------------------------------------------------------------------------------
+
+
+def fresh_sums() -> dict[str, float]:
+    """The running sums of an epoch's metrics (`epoch_metrics`); saved with the state, so a resumed epoch
+    logs what an uninterrupted one would."""
+    return {"loss": 0.0, "steps": 0, "seconds": 0.0}
+
+
+@dataclasses.dataclass
+class LoopState:
+    """Where training stands: optimizer steps done, the epoch's running sums, steps taken in this call and
+    when the state was last saved (for `save_every_minutes`)."""
+
+    step: int = 0
+    sums: dict[str, float] = dataclasses.field(default_factory=fresh_sums)
+    taken: int = 0
+    last_save: float = dataclasses.field(default_factory=time.monotonic)
+
+    def count(self, step_loss: torch.Tensor, tic: float) -> float:
+        """One more optimizer step of loss `step_loss`, timed from `tic`; returns the time it ended."""
+        self.step += 1
+        self.sums["loss"] += float(step_loss)
+        self.sums["steps"] += 1
+        self.taken += 1
+        toc = time.perf_counter()
+        self.sums["seconds"] += toc - tic
+        return toc
 
 
 def train_loop(
@@ -216,55 +247,38 @@ def train_loop(
     ranks = ranks or Ranks()
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     amp_dtype = autocast_dtype(hp.precision, device)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None  # fp16's loss scaling
     per_epoch = steps_per_epoch(len(train_data), hp.batch_size)
     if hp.batch_size > len(train_data):
         raise UserError(f"finetune.batch_size={hp.batch_size} is larger than the training split ({len(train_data)} examples)")
     total_steps = hp.epochs * per_epoch
+    save_to = run_dir if ranks.main else None  # rank 0 writes the state; every rank takes part in the decision
 
-    step, sums = 0, {"loss": 0.0, "steps": 0, "seconds": 0.0}
-    saved = state.load_state(run_dir) if run_dir is not None else None
-    if saved is not None:  # resume: weights, optimizer moments, position, RNG
-        classifier.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        if scaler is not None and saved["scaler"] is not None:
-            scaler.load_state_dict(saved["scaler"])
-        step, sums = int(saved["step"]), dict(saved["epoch_sums"])
-        state.set_rng_states(saved["rng"])
-        log.info("resuming from %s at step %d of %d", run_dir / state.STATE_FILE, step, total_steps)
+    at = _restore(run_dir, classifier, optimizer, scaler, total_steps)  # resume: weights, optimizer moments, position, RNG
     if logbook is not None:
-        logbook.rewind(step)  # a fresh start (step 0) also clears the metrics of an earlier forced run
-
+        logbook.rewind(at.step)  # a fresh start (step 0) also clears the metrics of an earlier forced run
     guard = PreemptionGuard().install()
-    bar = tqdm(
-        total=total_steps,
-        initial=step,
-        unit="img",
-        unit_scale=hp.batch_size,
-        disable=not (show_progress and ranks.main) or total_steps == 0,  # epochs=0 saves an init: no loop
-        dynamic_ncols=True,
-    )
-    last_save, taken = time.monotonic(), 0
+    bar = progress_bar(total_steps, at.step, hp.batch_size, show_progress and ranks.main)
     train_mode(model, hp.freeze_bn)
-    while step < total_steps:
-        epoch, start = divmod(step, per_epoch)
+    while at.step < total_steps:
+        epoch, start = divmod(at.step, per_epoch)
         sampler = StepBatchSampler(len(train_data), hp.batch_size, hp.grad_accum, seed, epoch, ranks.rank, ranks.world, start_step=start)
         micro_batches = iter(DataLoader(train_data, batch_sampler=sampler, num_workers=hp.workers, pin_memory=device.type == "cuda"))
         tic = time.perf_counter()
         for _ in range(start, per_epoch):
-            lr = recipe.warmup_cosine_lr(step, hp.lr, hp.warmup_steps, total_steps)  # schedule, per batch
+            lr = recipe.warmup_cosine_lr(at.step, hp.lr, hp.warmup_steps, total_steps)  # schedule, per batch
             for group in optimizer.param_groups:
                 group["lr"] = lr
             step_loss = torch.zeros((), device=device)
             # the step's examples (fewer at an epoch's last, partial step) and this rank's share of them
-            sizes = micro_batch_sizes(len(train_data), hp.batch_size, hp.grad_accum * ranks.world, step % per_epoch)
+            sizes = micro_batch_sizes(len(train_data), hp.batch_size, hp.grad_accum * ranks.world, at.step % per_epoch)
             for micro in range(hp.grad_accum):
                 images, labels = next(micro_batches)  # data
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                 targets = recipe.soft_targets(labels, num_classes, hp.label_smoothing)  # label smoothing
                 # mixup: one lam per optimizer step, the same on every rank and micro-batch, so results depend on
                 # the global batch only (not on world size x grad_accum)
-                mix_rng = torch.Generator().manual_seed(counter_seed(seed, step, 0))
+                mix_rng = torch.Generator().manual_seed(counter_seed(seed, at.step, 0))
                 images, targets = recipe.mixup(images, targets, hp.mixup, mix_rng)  # mixup
                 last = micro == hp.grad_accum - 1
                 sync = nullcontext() if last or ranks.world == 1 else model.no_sync()  # all-reduce grads once per step
@@ -276,51 +290,95 @@ def train_loop(
                     (scaler.scale(loss) if scaler else loss).backward()  # backward
                 step_loss += loss.detach()  # x world: the ranks' mean (epoch_metrics) is the step's mean
             if not torch.isfinite(step_loss):
-                raise UserError(f"loss is {step_loss.item()} at step {step} (epoch {epoch}); lower finetune.lr or check the data")
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            if hp.grad_clip:
-                torch.nn.utils.clip_grad_norm_(classifier.parameters(), hp.grad_clip)  # clip
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()  # step
-            optimizer.zero_grad(set_to_none=True)
-
-            step += 1
-            sums["loss"] += float(step_loss)  # log
-            sums["steps"] += 1
-            taken += 1
-            toc = time.perf_counter()
-            sums["seconds"] += toc - tic
-            tic = toc
+                raise UserError(f"loss is {step_loss.item()} at step {at.step} (epoch {epoch}); lower finetune.lr or check the data")
+            _optimizer_step(classifier, optimizer, scaler, hp.grad_clip)  # clip, step
+            tic = at.count(step_loss, tic)  # log
             bar.update(1)
             bar.set_postfix(loss=f"{float(step_loss):.4f}", lr=f"{lr:.2e}", refresh=False)
-
-            epoch_end = step % per_epoch == 0
+            epoch_end = at.step % per_epoch == 0
             if epoch_end:
                 if logbook is not None:
-                    logbook.log_epoch(epoch_metrics(epoch, step, lr, sums, hp.batch_size, ranks, device))
-                sums = {"loss": 0.0, "steps": 0, "seconds": 0.0}
-            timed = hp.save_every_minutes and time.monotonic() - last_save > 60 * hp.save_every_minutes
-            periodic = hp.save_every_steps and step % hp.save_every_steps == 0
+                    logbook.log_epoch(epoch_metrics(epoch, at.step, lr, at.sums, hp.batch_size, ranks, device))
+                at.sums = fresh_sums()
             preempted = stop_requested(guard, ranks, device)
-            if (timed or periodic or preempted or epoch_end) and step < total_steps:
-                if ranks.main and run_dir is not None:
-                    state.save_state(run_dir, classifier, optimizer, step, sums, scaler)
-                last_save = time.monotonic()
+            _maybe_save(at, hp, total_steps, epoch_end or preempted, save_to, classifier, optimizer, scaler)  # save
             if preempted:
-                barrier(ranks)
-                bar.close()
-                guard.hand_over()  # submitit: checkpoint() + requeue + exit
-                raise SystemExit(-1)  # ranks other than 0: submitit's handler returns without exiting
+                _hand_over(guard, bar, ranks)
             if after_step is not None:
-                after_step(step)
+                after_step(at.step)
                 train_mode(model, hp.freeze_bn)
     bar.close()
     guard.uninstall()
-    return taken
+    return at.taken
+
+
+def _restore(
+    run_dir: Path | None, classifier: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, total_steps: int
+) -> LoopState:
+    """The loop's state: at step 0, or where the run folder's saved state left off (weights, optimizer
+    moments, loss scale, position, epoch sums and RNG states restored)."""
+    saved = state.load_state(run_dir) if run_dir is not None else None
+    if saved is None:
+        return LoopState()
+    classifier.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if scaler is not None and saved["scaler"] is not None:
+        scaler.load_state_dict(saved["scaler"])
+    state.set_rng_states(saved["rng"])
+    log.info("resuming from %s at step %d of %d", run_dir / state.STATE_FILE, saved["step"], total_steps)
+    return LoopState(step=int(saved["step"]), sums=dict(saved["epoch_sums"]))
+
+
+def _optimizer_step(
+    classifier: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, grad_clip: float | None
+) -> None:
+    """Clip the global gradient norm (on unscaled gradients under fp16), step AdamW, clear the gradients."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(classifier.parameters(), grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _maybe_save(
+    at: LoopState,
+    hp: Recipe,
+    total_steps: int,
+    due: bool,
+    run_dir: Path | None,
+    classifier: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+) -> None:
+    """Save the resumable state when `due` (an epoch's end, a preemption), every `save_every_steps` steps
+    and every `save_every_minutes`; not after the last step (the checkpoint follows). `run_dir` None: no
+    file (ranks other than 0, or a run in memory), but the clock restarts as on rank 0."""
+    timed = hp.save_every_minutes and time.monotonic() - at.last_save > 60 * hp.save_every_minutes
+    periodic = hp.save_every_steps and at.step % hp.save_every_steps == 0
+    if (timed or periodic or due) and at.step < total_steps:
+        if run_dir is not None:
+            state.save_state(run_dir, classifier, optimizer, at.step, at.sums, scaler)
+        at.last_save = time.monotonic()
+
+
+def _hand_over(guard: PreemptionGuard, bar: tqdm, ranks: Ranks) -> NoReturn:
+    """Preempted, the state saved: every rank stops at this step and submitit requeues the job."""
+    barrier(ranks)
+    bar.close()
+    guard.hand_over()  # submitit: checkpoint() + requeue + exit
+    raise SystemExit(-1)  # ranks other than 0: submitit's handler returns without exiting
+
+
+def progress_bar(total_steps: int, step: int, batch_size: int, show: bool) -> tqdm:
+    """Images per second and the time left; off where not shown and for epochs=0 (the init is saved, no loop)."""
+    return tqdm(
+        total=total_steps, initial=step, unit="img", unit_scale=batch_size, disable=not show or total_steps == 0, dynamic_ncols=True
+    )
 
 
 def train_mode(model: nn.Module, freeze_bn: bool) -> None:
@@ -366,7 +424,7 @@ def epoch_metrics(
 
 def finetune(cfg: DictConfig) -> Path:
     """Fine-tune one model into the run folder; return the checkpoint path."""
-    hp, merged = resolve_recipe(cfg)
+    hp = resolve_recipe(cfg)
     run_dir = output_dir()
     ranks = setup_distributed()
     device = pick_device(cfg.device, ranks)
@@ -400,7 +458,7 @@ def finetune(cfg: DictConfig) -> Path:
         log.info("LP init read from %s (training accuracy %s)", lp_from, lp_accuracy)
     elif hp.init == "lp" and ranks.main:
         if state.load_state(run_dir) is None:
-            lp_accuracy = lp_init(cfg, classifier, preprocess, device)  # DDP below broadcasts rank 0's weights
+            lp_accuracy = lp_init(cfg, hp, classifier, preprocess, device)  # DDP below broadcasts rank 0's weights
             log.info("linear probe: training accuracy %.4f", lp_accuracy)
             write_text_atomic(run_dir / LP_FILE, json.dumps({"lp_train_accuracy": lp_accuracy}) + "\n")
         else:  # resumed: the saved state holds the LP-initialised weights; the metadata needs its accuracy too
@@ -413,15 +471,18 @@ def finetune(cfg: DictConfig) -> Path:
         model = torch.compile(model)
 
     logbook = Logbook(
-        run_dir, cfg.logger, str(cfg.run_name), {"finetune": merged, "model": OmegaConf.to_container(cfg.model)}, enabled=ranks.main
+        run_dir,
+        cfg.logger,
+        str(cfg.run_name),
+        {"finetune": dataclasses.asdict(hp), "model": OmegaConf.to_container(cfg.model)},
+        enabled=ranks.main,
     )
     try:
-        train_loop(model, classifier, train_data, hp, len(info.classnames), seed, device, ranks, run_dir, logbook, cfg.finetune.progress)
+        train_loop(model, classifier, train_data, hp, len(info.classnames), seed, device, ranks, run_dir, logbook, hp.progress)
         checkpoint = run_dir / CHECKPOINT_FILE
         if ranks.main:
             hparams = dict(
-                merged,
-                init=hp.init,
+                dataclasses.asdict(hp),
                 parent_pretrained=cfg.model.pretrained,
                 lp_init_from=str(lp_from) if lp_from else None,
                 train_precision=precision_name_of(autocast_dtype(hp.precision, device)),
@@ -442,10 +503,10 @@ def finetune(cfg: DictConfig) -> Path:
                 activation=activation,
             )
             save_checkpoint(checkpoint, classifier.state_dict(), meta)
-            if cfg.finetune.heldout_eval:
+            if hp.heldout_eval:
                 heldout = held_out_record(cfg, classifier.eval(), preprocess, device, checkpoint, meta.kind, seed)
                 logbook.log_summary({"heldout_top1": heldout["top1"]})
-            if not cfg.finetune.keep_state:
+            if not hp.keep_state:
                 (run_dir / state.STATE_FILE).unlink(missing_ok=True)
         barrier(ranks)  # DONE (written after we return) must not precede rank 0's checkpoint
     finally:

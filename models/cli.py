@@ -288,7 +288,7 @@ def check_identity(out: Path, config: dict[str, Any], force: bool, inputs_key: s
     if force:
         return "clean" if recorded_path.exists() or done.exists() else "run"
     if not recorded_path.exists():
-        if done.exists():  # finished before run identities were recorded: keep the old behaviour
+        if done.exists():  # DONE without a recorded identity (a run folder older than run_config.json): finished
             return "skip"
         return "run"
     try:
@@ -297,7 +297,7 @@ def check_identity(out: Path, config: dict[str, Any], force: bool, inputs_key: s
         raise UserError(f"{recorded_path}: unreadable; pass force=true to rerun this folder from scratch") from None
     if not isinstance(recorded, dict):
         raise UserError(f"{recorded_path}: not a config object; pass force=true to rerun this folder from scratch")
-    recorded = without_ignored(recorded)  # recorded by a version whose identity held keys it no longer does
+    recorded = without_ignored(recorded)  # like with like: a record may hold keys the identity ignores
     # The same config, or one that differs only by keys that are null on one side and absent on the
     # other (an option added later with a null default: the run computed the same thing).
     differing = differing_keys(recorded, config)
@@ -479,15 +479,9 @@ def _run_locked(
     except UserError as err:
         _fail(out, err)
         return None
-    except OSError as err:
-        if disk_error(err, out) is not None:
+    except Exception as err:
+        if isinstance(err, OSError) and disk_error(err, out) is not None:
             raise  # run_task says it in one line
-        _note_failed(out, traceback.format_exc())
-        if is_multirun():
-            log.exception("job failed (traceback in %s)", out / FAILED_FILE)
-            return None
-        raise
-    except Exception:
         _note_failed(out, traceback.format_exc())
         if is_multirun():
             log.exception("job failed (traceback in %s)", out / FAILED_FILE)

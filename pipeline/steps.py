@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from models.cli import CONF_DIR, RUN_ONLY_KEYS, one_line
 from models.errors import UserError
@@ -41,6 +41,24 @@ class StepSpec:
     per_seed: bool = True  # runs again for each extra sweep seed (--seeds)
 
 
+# Steps that several experiments run with the same arguments, declared once. An experiment's step
+# `{use: inits, estimate_s: 15}` is the named mapping, its `{experiment}` the experiment's name, with the
+# step's own fields on top; its ${...} resolve in the experiment's config, as a step written out would.
+SHARED_STEPS: dict[str, dict[str, Any]] = {
+    "inits": {  # the zero-shot model and the LP init (the paper's model_0) every sweep job starts from
+        "name": "zero-shot and LP inits",
+        "module": "finetune",
+        "args": ["-m", "experiment={experiment}", "finetune.epochs=0", "finetune.init=zeroshot,lp",
+                 "hydra.sweep.dir=${paths.runs}/${name}/inits", "hydra.sweep.subdir=\\${finetune.init}"],
+        "launch": True,
+    },
+    "individuals": {
+        "name": "eval of the inits and every fine-tuned model",
+        "module": "eval",
+        "args": ["experiment={experiment}", "checkpoints=[${paths.runs}/${name}/inits,${paths.runs}/${name}/finetune]", "run_name=individuals"],
+        "launch": True,
+    },
+}  # fmt: skip
 PIPELINE_KEYS = {"steps", "launcher", "sweep", "results", "needs"}
 SPEC_FIELDS = {f.name: f.type for f in dataclasses.fields(StepSpec)}  # name -> the annotation, as text
 TYPES = {"str": (str,), "list[str]": (list,), "float": (int, float), "bool": (bool,)}
@@ -128,9 +146,27 @@ def _spec(entry: Any, where: str) -> StepSpec:
     return StepSpec(**entry)
 
 
+def _use_shared_steps(experiment: str, steps: Any, where: str) -> None:
+    """Replace each `{use: NAME, ...}` entry of `steps` (unresolved) by SHARED_STEPS[NAME] for `experiment`,
+    the entry's other fields on top."""
+    if not isinstance(steps, ListConfig):
+        return
+    for i, entry in enumerate(steps):
+        if not isinstance(entry, DictConfig) or "use" not in entry:
+            continue
+        use = entry.use
+        if use not in SHARED_STEPS:
+            raise UserError(f"{where}.steps[{i}].use: unknown shared step {use!r} (pipeline/steps.py has {', '.join(SHARED_STEPS)})")
+        shared = {**SHARED_STEPS[use], "args": [arg.replace("{experiment}", experiment) for arg in SHARED_STEPS[use]["args"]]}
+        step = OmegaConf.merge(shared, entry)  # unresolved: the ${...} resolve with the rest of the pipeline
+        del step["use"]
+        steps[i] = step
+
+
 def _pipeline(experiment: str, cfg: DictConfig) -> dict[str, Any]:
-    """The experiment's resolved `pipeline:` key, its steps checked."""
+    """The experiment's resolved `pipeline:` key (its shared steps filled in), its steps checked."""
     where = f"conf/experiment/{experiment}.yaml: pipeline"
+    _use_shared_steps(experiment, cfg.pipeline.get("steps"), where)
     try:
         pipeline = OmegaConf.to_container(cfg.pipeline, resolve=True)
     except Exception as err:  # an interpolation that names no key

@@ -247,10 +247,19 @@ def test_an_unknown_model_or_missing_weights_are_user_errors(tmp_path):
 def test_a_sweep_jobs_values_override_the_recipe():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("finetune", overrides=["sweep=demo", "sweep.index=3", "finetune.lr=0.5"])
-    hp, merged = resolve_recipe(cfg)
+    hp = resolve_recipe(cfg)
     drawn = sweeps.job_hparams(OmegaConf.to_container(cfg.sweep))
     assert hp.lr == drawn["lr"] != 0.5 and hp.epochs == drawn["epochs"] and hp.init == "lp"
-    assert merged["lp"]["steps"] == cfg.finetune.lp.steps
+    assert hp.lp.steps == cfg.finetune.lp.steps
+
+
+def test_a_sweep_jobs_values_take_the_recipes_types():
+    """The run's one recipe is typed: an official replay's `mix: 0` (an int in hparam_info.json) trains and is
+    recorded as the float 0.0, as every other sweep's value is."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("finetune", overrides=["sweep=paper_grid", "+sweep.fixed.mixup=0", "+sweep.fixed.epochs=3"])
+    hp = resolve_recipe(cfg)
+    assert (type(hp.mixup), hp.mixup, type(hp.epochs), hp.epochs) == (float, 0.0, int, 3)
 
 
 def test_lp_init_fits_the_head_on_cached_frozen_features(world, monkeypatch):
@@ -271,7 +280,7 @@ def test_lp_init_fits_the_head_on_cached_frozen_features(world, monkeypatch):
     tower_before = {k: v.clone() for k, v in classifier.visual.state_dict().items()}
     zeroshot_head = classifier.head.weight.detach().clone()
 
-    lp_init(cfg, classifier, preprocess, torch.device("cpu"))
+    lp_init(cfg, resolve_recipe(cfg), classifier, preprocess, torch.device("cpu"))
     assert all(torch.equal(tower_before[k], v) for k, v in classifier.visual.state_dict().items())  # frozen
     (cached,) = list((cache / "features").glob("features-*.safetensors"))
     features = load_file(str(cached))
@@ -288,13 +297,13 @@ def test_lp_init_fits_the_head_on_cached_frozen_features(world, monkeypatch):
     # a second LP reads the cache instead of touching the data
     extract = linear_probe.extract_features
     monkeypatch.setattr(linear_probe, "extract_features", lambda *a, **k: pytest.fail("features recomputed"))
-    lp_init(cfg, classifier, preprocess, torch.device("cpu"))
+    lp_init(cfg, resolve_recipe(cfg), classifier, preprocess, torch.device("cpu"))
     # a world release with other set sizes (same data config) has another train set: its features are not the cached ones
     world_suite = importlib.import_module("datasets.world")
     sizes = world_suite.train_fingerprint(cfg.data)
     monkeypatch.setattr(world_suite, "train_fingerprint", lambda data_cfg: {**sizes, "train": sizes["train"] + 1})
     monkeypatch.setattr(linear_probe, "extract_features", extract)
-    lp_init(cfg, classifier, preprocess, torch.device("cpu"))
+    lp_init(cfg, resolve_recipe(cfg), classifier, preprocess, torch.device("cpu"))
     assert len(list((cache / "features").glob("features-*.safetensors"))) == 2
 
 

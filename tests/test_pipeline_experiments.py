@@ -486,6 +486,45 @@ def test_a_new_experiment_is_a_yaml_file(conf_copy, tmp_path, monkeypatch, capsy
     assert list(timings) == ["mean and sd of two seeds' findings"]
 
 
+SHARED = """\
+# @package _global_
+name: mine
+pipeline:
+  sweep: demo
+  results: results/mine
+  launcher: [hydra/launcher=slurm]
+  steps:
+    - use: inits
+      estimate_s: 3
+    - use: individuals
+      name: eval here
+      launch: false
+"""
+INITS = "python -m finetune -m experiment=mine finetune.epochs=0 finetune.init=zeroshot,lp hydra.sweep.dir={runs}/mine/inits 'hydra.sweep.subdir=${{finetune.init}}'"
+
+
+def test_a_shared_step_takes_the_experiments_name_and_its_own_fields(conf_copy):
+    (conf_copy / "experiment/mine.yaml").write_text(SHARED)
+    assert listed(experiment_steps("mine")) == [
+        ("zero-shot and LP inits", 3, INITS.format(runs="runs") + " hydra/launcher=slurm"),
+        ("eval here", 60.0, "python -m eval experiment=mine 'checkpoints=[runs/mine/inits,runs/mine/finetune]' run_name=individuals"),
+    ]
+
+
+def test_seeds_of_another_experiment_go_to_its_own_folders(conf_copy):
+    (conf_copy / "experiment/mine.yaml").write_text(SHARED.replace("  launcher: [hydra/launcher=slurm]\n", ""))
+    seed1 = "runs/mine_seeds/seed1"
+    assert listed(seeds_steps("mine", [0, 1]))[::2] == [
+        ("seed 0: zero-shot and LP inits", 3, INITS.format(runs="runs")),
+        ("seed 1: zero-shot and LP inits", 3, INITS.format(runs=f"{seed1}") + f" paths.runs={seed1}"),
+        (
+            "mean and sd of each finding over the seeds",
+            5,
+            f"python -m plots.seeds results/mine/findings.json {seed1}/results/findings.json --out=results/mine_seeds",
+        ),
+    ]
+
+
 STEP = {"name": "s", "module": "plots", "args": ["figure=table"]}
 
 
@@ -499,6 +538,10 @@ STEP = {"name": "s", "module": "plots", "args": ["figure=table"]}
         ({"steps": [{**STEP, "launch": "yes"}]}, "pipeline.steps[0].launch: 'yes' is not a bool"),
         ({"steps": [{**STEP, "estimate_s": True}]}, "pipeline.steps[0].estimate_s: True is not a float"),
         ({"steps": ["python -m plots"]}, "pipeline.steps[0]: a step is a mapping"),
+        (
+            {"steps": [STEP, {"use": "nope"}]},
+            "pipeline.steps[1].use: unknown shared step 'nope' (pipeline/steps.py has inits, individuals)",
+        ),
         ({"steps": []}, "pipeline.steps: a list of steps is needed"),
         ({"step": [STEP]}, "pipeline: unknown key 'step'"),
         ([STEP], "pipeline: a mapping with steps: [...] is needed"),
