@@ -166,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return result.returncode
-        if not found_finished(outcomes):  # a step that skipped finished work keeps its real timing and sets no pace
+        if found_finished(outcomes):
+            print(f"    step {number}: every run had finished with this config; nothing was redone", flush=True)
+        else:  # a step that skipped finished work keeps its real timing and sets no pace
             timed_now[step.name] = timings[step.name] = round(time.monotonic() - step_start, 1)
             write_text_atomic(timings_path, json.dumps(timings, indent=1))
     # ru_maxrss of waited-for children: the largest single stage process (KiB on Linux).

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import io
 import logging
 import os
 import subprocess
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -94,3 +96,65 @@ def run_in_process(module: str, *args: str, env: dict | None = None) -> subproce
                     handler.close()
             lg.handlers[:], lg.level, lg.disabled, lg.propagate = handlers, level, disabled, propagate
     return subprocess.CompletedProcess([sys.executable, "-m", module, *args], code, stdout.getvalue(), stderr.getvalue())
+
+
+# --- long end-to-end commands, started with the session -----------------------------------------------------
+# A test marked `@pytest.mark.early(module, *args, prepare=f, times=n)` gets `python -m module args` started when
+# the session starts (n times in a row: a rerun), in a folder of its own (runs/ and cache/ there, one thread), so
+# it runs on the second core beside the rest of the suite (one process, mostly one core); the test, run last,
+# waits for it through the `early` fixture. `prepare(folder)`, if given, writes the inputs first and returns more
+# args. Nothing here reads a clock: a test waits for its commands' end, however long (HANG_S bounds a hang).
+
+
+@dataclasses.dataclass
+class EarlyRun:
+    folder: Path
+    args: tuple[str, ...]
+    times: int
+    results: list[subprocess.CompletedProcess] = dataclasses.field(default_factory=list)
+    stamps: list[dict[Path, int]] = dataclasses.field(default_factory=list)  # after each run: mtime of every file in runs/
+    thread: threading.Thread | None = None
+
+    def run(self) -> None:
+        env = {**os.environ, "HYDRA_FULL_ERROR": "0", **early_env(self.folder)}
+        for _ in range(self.times):
+            done = subprocess.run([sys.executable, "-m", *self.args], cwd=REPO, capture_output=True, text=True, env=env, timeout=HANG_S)
+            self.results.append(done)
+            self.stamps.append({p: p.stat().st_mtime_ns for p in (self.folder / "runs").rglob("*") if p.is_file()})
+            if done.returncode != 0:
+                break
+
+    def wait(self) -> list[subprocess.CompletedProcess]:
+        self.thread.join(timeout=HANG_S)
+        return self.results
+
+
+def early_env(folder: Path) -> dict[str, str]:
+    return {"MODEL_SOUPS_RUNS": str(folder / "runs"), "MODEL_SOUPS_CACHE": str(folder / "cache"), "OMP_NUM_THREADS": "1"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The early tests last, so their commands have the whole suite's time to run beside it."""
+    items.sort(key=lambda item: item.get_closest_marker("early") is not None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _early_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, EarlyRun]:
+    runs = {}
+    for item in request.session.items:
+        marker = item.get_closest_marker("early")
+        if marker is None:
+            continue
+        folder = tmp_path_factory.mktemp(f"early_{item.name[:40]}")
+        prepare = marker.kwargs.get("prepare")
+        run = EarlyRun(folder, (*marker.args, *(prepare(folder) if prepare else ())), marker.kwargs.get("times", 1))
+        run.thread = threading.Thread(target=run.run, daemon=True)
+        run.thread.start()
+        runs[item.nodeid] = run
+    return runs
+
+
+@pytest.fixture
+def early(request: pytest.FixtureRequest, _early_runs: dict[str, EarlyRun]) -> EarlyRun:
+    """This test's commands, started with the session (see above)."""
+    return _early_runs[request.node.nodeid]

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import run_module
+from conftest import run_in_process, run_module
 
 from models.logits import save_logits
 from models.results import append_records, make_record
@@ -132,7 +132,7 @@ def test_plots_writes_findings_from_saved_logits(tmp_path):
     append_records(run, records)
     (run / "DONE").write_text("")
     out = tmp_path / "out"
-    result = run_module("plots", f"results={tmp_path / 'runs'}", f"out={out}", "figure=findings", "hydra.output_subdir=null")
+    result = run_in_process("plots", f"results={tmp_path / 'runs'}", f"out={out}", "figure=findings", "hydra.output_subdir=null")
     assert result.returncode == 0, result.stderr
     findings = {f["name"]: f for f in json.loads((out / "findings.json").read_text())}
     assert set(findings) == {f.name for f in FINDINGS}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_in_process, run_module
+from conftest import REPO, early_env, run_in_process, run_module
 from folder_dataset import CLASSES, render
 from omegaconf import OmegaConf
 from PIL import Image
@@ -141,15 +141,22 @@ def permuted(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tenso
     return state
 
 
+FOLDER_COMMON = ["data.heldout_per_class=4", "finetune.batch_size=16"]
+
+
+def digits_folder(folder: Path) -> list[str]:
+    """The folder pipeline's input, written before its early start: 10 digit classes, 12 + 4 + 4 images each."""
+    return [f"data.root={render(folder / 'digits', {'train': 12, 'test': 4, 'inverted': 4})}", *FOLDER_COMMON, "sweep.n=2"]
+
+
 @pytest.mark.slow
-def test_the_whole_pipeline_on_a_folder_dataset_and_the_basin_check(tmp_path):
-    root = render(tmp_path / "digits", {"train": 12, "test": 4, "inverted": 4})
-    runs = tmp_path / "runs"
-    env = {"MODEL_SOUPS_RUNS": str(runs), "MODEL_SOUPS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    common = [f"data.root={root}", "data.heldout_per_class=4", "finetune.batch_size=16"]
-    result = run_module("pipeline", "folder", *common, "sweep.n=2", env=env)
+@pytest.mark.early("pipeline", "folder", prepare=digits_folder)  # the real `python -m pipeline`, started with the session
+def test_the_whole_pipeline_on_a_folder_dataset_and_the_basin_check(early, tmp_path):
+    env = early_env(early.folder)
+    common = [f"data.root={early.folder / 'digits'}", *FOLDER_COMMON]
+    (result,) = early.wait()
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    base = runs / "folder"
+    base = early.folder / "runs" / "folder"
 
     with open(base / "plots/plots/main_table.csv") as handle:
         rows = {row["method"]: row for row in csv.DictReader(handle)}

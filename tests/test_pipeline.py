@@ -6,7 +6,7 @@ import csv
 
 import pytest
 import torch
-from conftest import run_in_process, run_module
+from conftest import run_in_process
 
 from models.checkpoint import load_checkpoint, read_meta
 from pipeline.steps import Step, experiment_steps, found_finished, time_left
@@ -78,11 +78,11 @@ SMALL = ("++sweep.fixed.epochs=1", "plots.grid=3", "plots.max_examples=100")
 
 
 @pytest.mark.slow
-def test_the_dry_run_passes_end_to_end_and_resumes(tmp_path):
-    env = {"MODEL_SOUPS_RUNS": str(tmp_path / "runs"), "MODEL_SOUPS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    first = run_module("pipeline", "paper_vitb32_dryrun", *SMALL, env=env)
+@pytest.mark.early("pipeline", "paper_vitb32_dryrun", *SMALL, times=2)  # the real `python -m pipeline`, run twice, from the session's start
+def test_the_dry_run_passes_end_to_end_and_resumes(early):
+    first, *again = early.wait()
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    base = tmp_path / "runs/paper_vitb32_dryrun"
+    base = early.folder / "runs/paper_vitb32_dryrun"
 
     with open(base / "plots/plots/main_table.csv") as handle:
         rows = {row["method"]: row for row in csv.DictReader(handle)}
@@ -110,11 +110,13 @@ def test_the_dry_run_passes_end_to_end_and_resumes(tmp_path):
         assert meta.hparams["train_precision"] == "fp32" and meta.activation == "quick_gelu"
         assert meta.hparams["epochs"] == 1  # SMALL's fixed value over the drawn one
 
-    # A second run reuses every finished stage.
-    stamps = {p: p.stat().st_mtime_ns for p in base.rglob("model.safetensors")}
-    second = run_module("pipeline", "paper_vitb32_dryrun", *SMALL, env=env)
-    assert second.returncode == 0
-    assert {p: p.stat().st_mtime_ns for p in base.rglob("model.safetensors")} == stamps
+    # The same command again reuses every finished stage: every step found its work finished, nothing was rewritten.
+    (second,) = again
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    written = {p: t for p, t in early.stamps[0].items() if p.name in ("model.safetensors", "results.jsonl", "DONE")}
+    assert written and all(early.stamps[1][p] == t for p, t in written.items())
+    resumable = [n for n, s in enumerate(experiment_steps("paper_vitb32_dryrun"), 1) if stage_of(s.argv) in ("finetune", "eval", "soups")]
+    assert len(resumable) == 7 and all(f"step {n}: every run had finished" in second.stdout for n in resumable), second.stdout[-3000:]
 
 
 def test_a_steps_own_arguments_win_over_the_users_overrides():

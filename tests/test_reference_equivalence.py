@@ -26,7 +26,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from conftest import HANG_S, REPO, run_module
+from conftest import REPO, run_in_process
 from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import load_file
@@ -193,7 +193,7 @@ def test_import_and_eval_equal_openai_clip_on_every_set(official_run):
     meta = read_meta(imported / "model_0.safetensors")
     assert meta.activation == "quick_gelu" and meta.hparams["source"] == "model-soups-official"
 
-    result = run_module(
+    result = run_in_process(
         "eval",
         "data=imagenet",
         f"data.root={base / 'data'}",
@@ -206,7 +206,6 @@ def test_import_and_eval_equal_openai_clip_on_every_set(official_run):
         "eval.save_logits=true",
         "eval.logits_dtype=float32",
         env={"OMP_NUM_THREADS": "1", "MODEL_SOUPS_RUNS": str(base / "runs")},
-        timeout=HANG_S,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     records = {json.loads(line)["dataset"]: json.loads(line) for line in (base / "eval" / "results.jsonl").read_text().splitlines()}
@@ -250,7 +249,7 @@ def test_official_checkpoint_with_the_wrong_shapes_for_the_arch_is_refused(offic
 
 
 def _eval(base: Path, checkpoint: Path, out: Path, *extra: str):
-    return run_module(
+    return run_in_process(
         "eval",
         "data=imagenet",
         f"data.root={base / 'data'}",
@@ -287,7 +286,7 @@ def test_official_checkpoints_on_another_split_are_refused_as_contaminated(offic
 
 def test_an_lp_init_that_does_not_exist_is_refused(tmp_path):
     env = {"MODEL_SOUPS_RUNS": str(tmp_path / "runs"), "MODEL_SOUPS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    result = run_module(
+    result = run_in_process(
         "finetune", "data.scale=small", "finetune.init=lp", f"finetune.lp.init_from={tmp_path / 'nope.safetensors'}", env=env
     )
     line = _one_line(result.stderr)

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from conftest import run_module
+from conftest import run_in_process
 from omegaconf import OmegaConf
 
 import datasets
@@ -48,9 +48,9 @@ def zeroshot_classifier():
 
 
 def test_probe_fine_tune_equals_the_finetune_stage_bit_for_bit(world):
-    """The stage's run (a subprocess, its own data loading) and the probe's fine-tune on the same recipe end
+    """The stage's run (its command, its own data loading) and the probe's fine-tune on the same recipe end
     on the same weights; the probe's held-out curve, taken between steps, does not disturb training."""
-    result = run_module("finetune", "name=stage", *STAGE, env=world["env"])
+    result = run_in_process("finetune", "name=stage", *STAGE, env=world["env"])
     assert result.returncode == 0, result.stderr[-3000:]
     stage = read_tensors(world["runs"] / "stage" / "finetune" / "finetune" / "model.safetensors")
 
