@@ -19,6 +19,7 @@ ACCUMULATE = ("float32", "float64")
 ORDERS = ("sorted", "random")
 ACCEPT = ("gt", "ge")  # soups.greedy.ACCEPT_RULES: strict > (the official code) or >= (the paper)
 ENDPOINTS = ("uniform", "best")  # WiSE-FT's fine-tuned endpoint among several ingredients
+HEADS = ("own", "zeroshot", "auto")  # eval.head (models/heads.py)
 
 
 def _one_of(field: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -178,6 +179,10 @@ class EvalOptions:
     conf/eval/default.yaml starts from this class and only points batch_size and workers at `data.*`."""
 
     sets: Any = "all"  # all | heldout | id | shifts | a list of set names, e.g. [ImageNet,ImageNetV2]
+    # own: the checkpoint's head (the dataset must have its classes) | zeroshot: a zero-shot head for the dataset's
+    # classes from the pretrained text tower of the checkpoint's foundation | auto: own where the checkpoint (or a
+    # soup across tasks' ingredient) was fine-tuned on these classes, else zero-shot (models/heads.py)
+    head: str = "own"
     share_decoding: bool = True  # decode each image once for all checkpoints of a pass
     max_models_per_pass: int = 8  # checkpoints held in memory together when sharing decoding
     amp: Any = "auto"  # auto (float16 autocast on CUDA only) | true | false
