@@ -85,13 +85,19 @@ def zeroshot_head(meta: CheckpointMeta, info: Any, foundation: str) -> tuple[tor
     return weight, torch.zeros(weight.shape[0]), {"head": "zeroshot", "text_tower": text_tower_identity(foundation)}
 
 
+def mean_head(paths: list[str | os.PathLike]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean head.weight and head.bias of checkpoints fine-tuned on one task (float32)."""
+    heads = [dict(iter_safetensors(path, list(HEAD_KEYS))) for path in paths]
+    weight = torch.stack([h["head.weight"].float() for h in heads]).mean(dim=0)
+    return weight, torch.stack([h["head.bias"].float() for h in heads]).mean(dim=0)
+
+
 def task_head(meta: CheckpointMeta, classes_id: str, source: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]] | None:
     """For a soup across tasks: the mean head of its ingredients fine-tuned on `classes_id` (heads are only
     ever averaged within one task), checked against the sha256 the soup recorded; None when it has none."""
     entries = (meta.hparams.get(TASK_HEADS) or {}).get(classes_id)
     if not entries:
         return None
-    heads = []
     for entry in entries:
         path = Path(entry["path"])
         if not path.is_file() or not sha256_prefix(path).startswith(entry["sha256"]):
@@ -99,9 +105,7 @@ def task_head(meta: CheckpointMeta, classes_id: str, source: str | os.PathLike) 
                 f"{source}: the head of its {classes_id} ingredient {path} is missing or changed since the soup was made; "
                 "use eval.head=zeroshot or rebuild the soup"
             )
-        heads.append(dict(iter_safetensors(path, list(HEAD_KEYS))))
-    weight = torch.stack([h["head.weight"].float() for h in heads]).mean(dim=0)
-    bias = torch.stack([h["head.bias"].float() for h in heads]).mean(dim=0)
+    weight, bias = mean_head([e["path"] for e in entries])
     return weight, bias, {"head": "ingredient", "head_from": [e["path"] for e in entries]}
 
 

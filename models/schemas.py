@@ -43,6 +43,10 @@ class SoupParams:
     evaluate: bool = True  # evaluate the result on eval.sets and write results records
     eval_chunk: int = 8  # models scored per decoded batch (shared decoding) when evaluating several
     accumulate: str = "float32"  # dtype of running sums: float32 | float64
+    # ingredients fine-tuned on different tasks (class lists) from one foundation: the method averages their shared
+    # image tower only; heads are never averaged across tasks, and the soup is scored on this stage's data with the
+    # head of its ingredients of that task, else a zero-shot head (models/heads.py)
+    across_tasks: bool = False
 
     def __post_init__(self) -> None:
         _one_of("accumulate", self.accumulate, ACCUMULATE)
@@ -105,6 +109,23 @@ class WiseFTParams(SoupParams):
         if any(not 0.0 <= float(a) <= 1.0 for a in self.alphas):
             raise ValueError(f"alphas: every α must lie in [0, 1] (interpolation, not extrapolation), got {list(self.alphas)}")
         check_alpha(self.alpha)
+
+
+def _task_arithmetic_scalings() -> list[float]:
+    return [round(0.05 * i, 2) for i in range(21)]  # Ilharco et al. 2023, Sec. 2: λ in {0, 0.05, ..., 1}, picked on held-out
+
+
+@dataclasses.dataclass
+class TaskArithmeticParams(SoupParams):
+    """Task arithmetic (Ilharco et al. 2023): θ0 + λ·Σ_i (θ_i − θ0) from the foundation θ0 (`init`)."""
+
+    scaling: float | None = None  # λ; null: the one of `scalings` with the best held-out accuracy, as the reference picks it
+    scalings: list[float] = dataclasses.field(default_factory=_task_arithmetic_scalings)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.scaling is None and not self.scalings:
+            raise ValueError("scalings: the list is empty; give the λ to try, e.g. soup.scalings=[0.3,0.5], or one soup.scaling=0.4")
 
 
 # --- finetune.* -----------------------------------------------------------------------------------------
@@ -215,6 +236,7 @@ SCHEMA_NODES = {  # ConfigStore group/name -> dataclass; conf/ refers to them as
     ("schema/soup", "greedy"): GreedyParams,
     ("schema/soup", "learned"): LearnedParams,
     ("schema/soup", "wise_ft"): WiseFTParams,
+    ("schema/soup", "task_arithmetic"): TaskArithmeticParams,
     ("schema/finetune", "recipe"): Recipe,
     ("schema/world", "pretrain"): PretrainConfig,
     ("schema/eval", "options"): EvalOptions,
