@@ -117,7 +117,7 @@ def _task_arithmetic_scalings() -> list[float]:
 
 @dataclasses.dataclass
 class TaskArithmeticParams(SoupParams):
-    """Task arithmetic (Ilharco et al. 2023): θ0 + λ·Σ_i (θ_i − θ0) from the foundation θ0 (`init`)."""
+    """Task arithmetic (Ilharco et al. 2023): θ0 + λ·Σ_t τ_t from the foundation θ0 (`init`), one task vector per task."""
 
     scaling: float | None = None  # λ; null: the one of `scalings` with the best held-out accuracy, as the reference picks it
     scalings: list[float] = dataclasses.field(default_factory=_task_arithmetic_scalings)

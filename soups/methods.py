@@ -7,6 +7,7 @@ no file. The stage (soups.stage) evaluates the outcome's models on the sets and 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -51,6 +52,7 @@ class SoupOutcome:
     weights: list[float] | None = None  # per ingredient, for the checkpoint metadata
     hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
     init_weight: float | None = None  # weight of the init checkpoint (wise_ft, model_stock)
+    members: list[int] | None = None  # the ingredients the soup is made of (the greedy soup's selection); None: all
     files: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> text, written to <out>/
 
 
@@ -223,6 +225,7 @@ def greedy_method(ctx: SoupContext) -> SoupOutcome:
         weights,
         hparams={"order": ctx.params.order, "accept": ctx.params.accept, **savings},
         files={"greedy_trajectory.jsonl": _trajectory(ctx, steps, individual, n)},
+        members=sorted(members),
     )
 
 
@@ -383,10 +386,12 @@ def model_stock_method(ctx: SoupContext) -> SoupOutcome:
 def task_arithmetic_method(ctx: SoupContext) -> SoupOutcome:
     params: TaskArithmeticParams = ctx.params
     init = ctx.load_init()
+    # one task vector per task (the reference's τ_t): of several fine-tunes of one task (one class list), their mean
+    per_task = collections.Counter(ing.meta.classes for ing in ctx.ingredients)
     running = average.RunningSum(_accumulate_dtype(ctx))
-    for i in range(len(ctx.ingredients)):
-        running.add(ctx.stream(i, borrowed=True), name=ctx.ingredients[i].name)
-    count = running.count
+    for i, ing in enumerate(ctx.ingredients):
+        running.add(ctx.stream(i, borrowed=True), weight=1.0 / per_task[ing.meta.classes], name=ing.name)
+    count = len(per_task)  # Σ_t τ_t = Σ_i w_i θ_i − T·θ0, the weights of each task summing to 1
     scalings = [float(params.scaling)] if params.scaling is not None else [float(x) for x in params.scalings]
     heldout: dict[float, float] = {}
     if len(scalings) > 1:  # the reference picks λ on held-out data: the best held-out accuracy, the smallest λ on ties
@@ -405,8 +410,8 @@ def task_arithmetic_method(ctx: SoupContext) -> SoupOutcome:
         "task_arithmetic",
         [Candidate(ctx.run_name, state, extra={"scaling": scaling})],
         state,
-        [scaling] * count,
-        hparams={"scaling": scaling, "heldout_top1_by_scaling": heldout},
+        [scaling / per_task[ing.meta.classes] for ing in ctx.ingredients],
+        hparams={"scaling": scaling, "tasks": count, "heldout_top1_by_scaling": heldout},
         init_weight=1.0 - scaling * count,
         files=files,
     )

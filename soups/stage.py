@@ -234,8 +234,10 @@ def checkpoint_meta(ctx: SoupContext, outcome: SoupOutcome, cfg: Any) -> Checkpo
         **outcome.hparams,
         "options": dataclasses.asdict(ctx.params),
     }
-    if ctx.across is not None:
-        hparams.update(head=ctx.across.provenance, **{TASK_HEADS: ctx.across.task_heads})
+    if ctx.across is not None:  # each task's head: of the ingredients of that task the soup is made of
+        kept = {ctx.ingredients[i].name for i in (outcome.members if outcome.members is not None else range(len(ctx.ingredients)))}
+        task_heads = {classes: [e for e in entries if e["path"] in kept] for classes, entries in ctx.across.task_heads.items()}
+        hparams.update(head=ctx.across.provenance, **{TASK_HEADS: {k: v for k, v in task_heads.items() if v}})
     kind = "wise_ft" if outcome.kind == "wise_ft" else "soup"
     return CheckpointMeta(
         arch=first.arch,

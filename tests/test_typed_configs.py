@@ -23,7 +23,7 @@ from models.schemas import ACCEPT, Recipe, SoupParams
 from soups.config import soup_params
 from soups.methods import all_methods
 
-COMMON = {"evaluate": True, "eval_chunk": 8, "accumulate": "float32"}
+COMMON = {"evaluate": True, "eval_chunk": 8, "accumulate": "float32", "across_tasks": False}
 GREEDY = {"order": "sorted", "accept": "gt", "early_rejection": True}
 LEARNED = {"lr": 0.05, "weight_decay": 0.0, "epochs": 5, "batch_size": 256, "workers": 0}  # data=world: batch 256, 0 workers
 ALPHAS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
@@ -37,6 +37,14 @@ OLD_SOUP_YAML = {  # conf/soup/<option>.yaml before this change (with data=world
     "learned_by_layer": {"name": "learned_by_layer", "run_name": "learned_soup_by_layer", **LEARNED, **COMMON},
     "wise_ft": {"name": "wise_ft", "run_name": "wise_ft", "init": None, "alphas": ALPHAS, "alpha": 0.5, "endpoint": "uniform", **COMMON},
     "model_stock": {"name": "model_stock", "run_name": "model_stock", "init": None, **COMMON},
+    "task_arithmetic": {  # added with it: λ over Ilharco et al.'s grid 0, 0.05, ..., 1
+        "name": "task_arithmetic",
+        "run_name": "task_arithmetic",
+        "init": None,
+        "scaling": None,
+        "scalings": [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0],
+        **COMMON,
+    },
 }
 OLD_FINETUNE_YAML = {  # conf/finetune/default.yaml before this change (workers: ${data.workers} = 0 for the world)
     "init": "zeroshot",
@@ -91,7 +99,7 @@ def test_soup_defaults_are_the_documented_ones(option):
     cfg = composed("soups", f"soup={option}")
     resolved = OmegaConf.to_container(cfg.soup, resolve=True)
     expected = {"init": None, **OLD_SOUP_YAML[option]}  # the old keys and values; init (θ0) for every method
-    if option == "wise_ft":  # since issue 26: θ0 is the experiment's zero-shot model (the WiSE-FT reference)
+    if option in ("wise_ft", "task_arithmetic"):  # θ0: the experiment's zero-shot model (issue 26; the references)
         expected["init"] = f"{cfg.paths.runs}/{cfg.name}/inits/zeroshot/model.safetensors"
     assert resolved == expected
     params = soup_params(cfg.soup)
