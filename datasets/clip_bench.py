@@ -36,10 +36,9 @@ def build(data_cfg: Any, split: str, transform: Callable | None) -> Dataset:
         return build_dataset(name, root=root, transform=transform, split=split, download=False)
     except ValueError as err:  # clip_benchmark: "Unsupported dataset: ..."
         raise UserError(f"data.dataset: {err}") from None
-    except (RuntimeError, OSError, AssertionError) as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+    except (RuntimeError, OSError, AssertionError):  # torchvision: "Dataset not found or corrupted"
         raise UserError(
-            f"data.root: clip_benchmark's {name} ({split} split) is not under {root} ({reason}); on a machine with network run "
+            f"data.root: clip_benchmark's {name} ({split} split) is not under {root}; on a machine with network run "
             f"{fetch_command(name, root)} and copy {root} here"
         ) from None
 

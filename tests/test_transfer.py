@@ -126,6 +126,15 @@ def test_the_tasks_partition_the_character_world_and_unknown_ones_are_refused(tm
         datasets.class_info(world_cfg(tmp_path, "vowels"))
 
 
+def test_a_public_dataset_not_fetched_is_one_line_naming_what_to_fetch(tmp_path):
+    cfg = OmegaConf.merge(OmegaConf.load(REPO / "conf/data/clip_benchmark.yaml"), {"dataset": "flowers", "root": str(tmp_path / "cb")})
+    with pytest.raises(UserError) as refused:
+        datasets.class_info(cfg)
+    message = str(refused.value)
+    assert "\n" not in message and f"not under {tmp_path / 'cb'}" in message
+    assert f"build_dataset as b; [b('flowers', root='{tmp_path / 'cb'}', split=s) for s in ('train', 'test')]" in message
+
+
 # --- soups across tasks -----------------------------------------------------------------------------------
 
 
