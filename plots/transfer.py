@@ -27,7 +27,7 @@ from models.atomic import write_text_atomic
 from models.errors import UserError
 from models.logits import LOGITS_DIR, load_logits
 from models.results import load_results
-from plots.findings import holds
+from plots.findings import comparison
 from plots.stats import accuracy_half_width, bootstrap_ci
 
 ZEROSHOT = "zeroshot"
@@ -178,21 +178,11 @@ def measure(finding: TransferFinding, runs: Path, rows: Mapping[str, Mapping[str
 
     delta, lo, hi = bootstrap_ci(samples, statistic, seed=seed)
     values = [100 * float(np.mean([samples[t][:, i].mean() for t in tasks])) for i in (0, 1)]
-    return {
-        "name": finding.name,
-        "on": list(tasks),
-        "a": finding.a,
-        "b": finding.b,
-        "a_model": rows[finding.a] if finding.a == "own_best" else rows[finding.a][tasks[0]],
-        "b_model": rows[finding.b] if finding.b == "own_best" else rows[finding.b][tasks[0]],
-        "a_value": round(values[0], 3),
-        "b_value": round(values[1], 3),
-        "delta_pp": round(delta, 3),
-        "ci95": [round(lo, 3), round(hi, 3)],
-        "claim": finding.claim,
-        "holds": holds(finding.claim, lo, hi),
-        "reference": finding.reference,
+    models = {
+        f"{side}_model": rows[row] if row == "own_best" else rows[row][tasks[0]] for side, row in (("a", finding.a), ("b", finding.b))
     }
+    found = comparison(finding.a, finding.b, values, delta, lo, hi, finding.claim)
+    return {"name": finding.name, "on": list(tasks), **found, **models, "reference": finding.reference}
 
 
 def figure(table: pd.DataFrame, rows: Mapping[str, Mapping[str, str]], tasks: Sequence[str], unseen: str):

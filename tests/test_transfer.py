@@ -187,15 +187,19 @@ def test_a_soup_of_two_foundations_is_refused_in_one_line(tmp_path):
     _, states = fine_tunes(tmp_path)
     save(tmp_path / "runs/t/finetune/other/model.safetensors", states["digits_a"], "world-v5:lower_am", pretrained=OTHER_FOUNDATION)
     env = {"MODEL_SOUPS_RUNS": str(tmp_path / "runs"), "MODEL_SOUPS_CACHE": str(tmp_path / "cache")}
-    args = ["model=tiny_clip_chars", "data.version=5", "data.scale=small", "data.task=digits", "name=t", "soup=uniform"]
-    done = run_in_process("soups", *args, "soup.across_tasks=true", f"ingredients={tmp_path}/runs/t/finetune", env=env)
+    args = ["model=tiny_clip_chars", "data.version=5", "data.scale=small", "data.task=digits", "name=t"]
+    done = run_in_process("soups", *args, "soup=uniform", "soup.across_tasks=true", f"ingredients={tmp_path}/runs/t/finetune", env=env)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and "foundation" in lines[0] and "other" in lines[0]
     assert not (tmp_path / "runs/t/soups/uniform_soup/model.safetensors").exists()
     # without soup.across_tasks, different heads are refused as before, and the line says how to soup them
     pair = f"ingredients=[{tmp_path}/runs/t/finetune/digits_a,{tmp_path}/runs/t/finetune/upper_b]"
-    done = run_in_process("soups", *args, pair, "run_name=one_task", env=env)
+    done = run_in_process("soups", *args, "soup=uniform", pair, "run_name=one_task", env=env)
     assert done.returncode == 2 and "soup.across_tasks=true" in done.stderr
+    done = run_in_process("soups", *args, "soup=learned", "soup.across_tasks=true", "run_name=learned", pair, env=env)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        "error: soup.across_tasks: learned does not soup across tasks; use one of greedy, model_stock, task_arithmetic, uniform"
+    )
 
 
 def test_image_towers_of_two_architectures_are_refused_in_one_line():
