@@ -42,6 +42,7 @@ LABELS = {
     "task_arithmetic": "Task arithmetic",
 }
 ABSTRACT = "model soups 'improve zero-shot performance on new downstream tasks' (abstract), over the fine-tuned models"
+AGAINST_ZEROSHOT = "the abstract read against the foundation itself: fine-tunes elsewhere, souped, beat the zero-shot model on a new task"
 ILHARCO = "Ilharco et al. 2023: a sum of task vectors keeps most, not all, of each task's fine-tuned accuracy"
 
 
@@ -60,6 +61,8 @@ FINDINGS = (
     TransferFinding("uniform_vs_best_unseen", "unseen", "uniform_soup", BEST_INDIVIDUAL, "greater", ABSTRACT),
     TransferFinding("model_stock_vs_best_unseen", "unseen", "model_stock", BEST_INDIVIDUAL, "greater", ABSTRACT),
     TransferFinding("task_arithmetic_vs_best_unseen", "unseen", "task_arithmetic", BEST_INDIVIDUAL, "greater", ABSTRACT),
+    TransferFinding("greedy_vs_zeroshot_unseen", "unseen", "greedy_soup", ZEROSHOT, "greater", AGAINST_ZEROSHOT),
+    TransferFinding("uniform_vs_zeroshot_unseen", "unseen", "uniform_soup", ZEROSHOT, "greater", AGAINST_ZEROSHOT),
     TransferFinding("uniform_vs_own_best_seen", "seen", "uniform_soup", "own_best", "less", ILHARCO),
     TransferFinding(
         "task_arithmetic_vs_zeroshot_seen",
@@ -189,7 +192,7 @@ def figure(table: pd.DataFrame, rows: Mapping[str, Mapping[str, str]], tasks: Se
     from plots.render import new_figure
 
     shown = [r for r in table.index if not str(r).startswith("best_") or r == BEST_INDIVIDUAL]
-    fig, (ax,) = new_figure(width=10.0, height=5.5)
+    fig, (ax,) = new_figure(width=11.5, height=5.5)
     width = 0.8 / len(shown)
     for i, row in enumerate(shown):
         x = np.arange(len(tasks)) + (i - (len(shown) - 1) / 2) * width
@@ -200,7 +203,7 @@ def figure(table: pd.DataFrame, rows: Mapping[str, Mapping[str, str]], tasks: Se
     ax.set_ylabel("Top-1 on the task's photo test set (%), 95% interval")
     ax.set_ylim(max(0.0, float(np.nanmin(table[list(tasks)].to_numpy())) - 10), 100)
     ax.set_title("Soups across tasks: own heads where fine-tuned, zero-shot heads elsewhere")
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
     return fig
 
 
