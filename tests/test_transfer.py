@@ -107,6 +107,51 @@ def test_without_its_text_tower_a_zero_shot_head_is_refused_in_one_line(tmp_path
     assert done.returncode == 2 and "eval.head=zeroshot" in done.stderr
 
 
+def test_on_the_imagenet_suite_a_zero_shot_head_scores_what_the_zero_shot_init_does(tmp_path, monkeypatch):
+    """Another checkpoint of the foundation (a 10-class head) scored on ImageNet and ImageNet-R (1000 logits projected
+    to R's 200) with eval.head=zeroshot: the zero-shot init's own logits, set by set."""
+    import open_clip
+
+    from datasets.imagenet_miniature import make_miniature, register_tiny_vit
+    from eval.runner import evaluate_checkpoints
+    from models.schemas import EvalOptions
+
+    monkeypatch.setattr(open_clip, "OPENAI_IMAGENET_TEMPLATES", open_clip.OPENAI_IMAGENET_TEMPLATES[:1])  # 1,000 prompts, not 80,000
+    arch = register_tiny_vit()
+    mini = make_miniature(tmp_path / "data", sets=("val", "ImageNetR"), size=8)
+    torch.manual_seed(0)
+    model, _, _ = open_clip.create_model_and_transforms(arch)
+    foundation = tmp_path / "foundation.pt"
+    torch.save(model.eval().state_dict(), foundation)
+    head = zeroshot_head_weight(
+        model, open_clip.get_tokenizer(arch), list(open_clip.IMAGENET_CLASSNAMES), open_clip.OPENAI_IMAGENET_TEMPLATES
+    )
+    init = save_checkpoint(
+        tmp_path / "zeroshot/model.safetensors",
+        classifier_from_clip(model, head).state_dict(),
+        CheckpointMeta(arch, str(foundation), 1000, "imagenet1k", "zeroshot"),
+    )
+    other = save_checkpoint(
+        tmp_path / "other/model.safetensors",
+        classifier_from_clip(model, torch.randn(10, head.shape[1])).state_dict(),
+        CheckpointMeta(arch, str(foundation), 10, "folder:ten", "individual"),
+    )
+    data_cfg = OmegaConf.create(
+        {"name": "imagenet", "root": str(mini.root), "heldout": "ImageNet2p", "id": "ImageNet", "shifts": ["ImageNetR"]}
+    )
+    options = {"sets": ["ImageNet", "ImageNetR"], "amp": False, "save_logits": True, "logits_dtype": "float32", "workers": 0}
+    cpu = torch.device("cpu")
+    evaluate_checkpoints([str(init)], data_cfg, OmegaConf.structured(EvalOptions(**options)), tmp_path / "own", cpu)
+    records = evaluate_checkpoints(
+        [str(other)], data_cfg, OmegaConf.structured(EvalOptions(head="zeroshot", **options)), tmp_path / "zs", cpu
+    )
+    assert {r["dataset"]: r["head"] for r in records} == {"ImageNet": "zeroshot", "ImageNetR": "zeroshot"}
+    for name in ("ImageNet", "ImageNetR"):
+        ours = load_file(str(tmp_path / f"zs/logits/other/{name}.safetensors"))
+        theirs = load_file(str(tmp_path / f"own/logits/zeroshot/{name}.safetensors"))
+        assert ours["logits"].shape == theirs["logits"].shape and torch.allclose(ours["logits"], theirs["logits"], atol=1e-5)
+
+
 # --- the world's tasks ------------------------------------------------------------------------------------
 
 
