@@ -226,6 +226,15 @@ def test_soups_across_tasks_average_the_image_tower_and_keep_each_tasks_head(tmp
     assert torch.equal(upper[0], b["head.weight"]) and upper[2]["head"] == "ingredient"
     letters = head_for(meta, datasets.class_info(world_cfg(tmp_path, "letters_nz")), "auto", "soup")
     assert letters[0].shape == (26, 64) and letters[2]["head"] == "zeroshot"
+    # the greedy soup's heads come from the ingredients it keeps, and it is selected with the stage's task's head
+    done = run_in_process("soups", *common[:-1], "soup=greedy", "data.task=lower_am", "eval.sets=heldout", env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    trajectory = [json.loads(line) for line in (tmp_path / "runs/t/soups/greedy_soup/greedy_trajectory.jsonl").open()]
+    kept = sorted(step["ingredient"] for step in trajectory if step["accepted"])
+    assert 0 < len(kept) < len(trajectory)  # it kept some, not all: the heads of the others are left out
+    greedy = read_meta(tmp_path / "runs/t/soups/greedy_soup/model.safetensors")
+    assert sorted(e["path"] for entries in greedy.hparams["task_heads"].values() for e in entries) == kept
+    assert greedy.classes == "world-v5:lower_am" and greedy.hparams["head"]["head"] == "zeroshot"  # no lower_am ingredient
 
 
 def test_a_soup_of_two_foundations_is_refused_in_one_line(tmp_path):
