@@ -44,12 +44,13 @@ def check_head_choice(choice: str) -> None:
 def foundation_of(meta: CheckpointMeta, source: str | os.PathLike, chosen: str | None = None) -> str:
     """Where the checkpoint's pretrained text tower comes from: `chosen` (model.pretrained the user gave),
     else the foundation the checkpoint records; refused in one line when it cannot be found."""
+    from models.factory import looks_like_path  # open_clip loads only when a head is built (a soup need not)
+
     foundation = chosen or meta.pretrained
     fix = "pass model.pretrained=<the foundation it was fine-tuned from> (a file, or an open_clip tag such as openai)"
     if not foundation:
         raise UserError(f"{source}: records no foundation, so there is no text tower for a zero-shot head; {fix}")
-    looks_like_file = "/" in str(foundation) or str(foundation).endswith((".safetensors", ".pt", ".bin", ".pth"))
-    if looks_like_file and not Path(str(foundation)).is_file():
+    if looks_like_path(str(foundation)) and not Path(str(foundation)).is_file():
         raise UserError(f"{source}: its foundation {foundation} (the text tower of a zero-shot head) is not found; {fix}")
     return str(foundation)
 
