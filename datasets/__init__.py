@@ -27,7 +27,7 @@ from models.checkpoint import CheckpointMeta, is_official_release
 from models.errors import UserError
 from models.sets import EvalSet, Relabelling, RelabelScore, UnreadableImage  # noqa: F401 - defined with the runtime that scores them; re-exported
 
-SUITES = {"world": "datasets.world", "imagenet": "datasets.imagenet", "folder": "datasets.folder"}
+SUITES = {"world": "datasets.world", "imagenet": "datasets.imagenet", "folder": "datasets.folder", "clip_benchmark": "datasets.clip_bench"}
 
 
 @dataclasses.dataclass

@@ -25,6 +25,7 @@ from models.checkpoint import CheckpointMeta, read_meta
 from models.classifier import ImageClassifier, load_classifier
 from models.errors import UserError
 from models.evaluate import SetScores, precision_name, score_models, show_progress
+from models.heads import check_head_choice, head_for
 from models.logits import save_logits
 from models.results import RESULTS_FILE, append_records, read_records, set_records
 
@@ -51,7 +52,8 @@ def check_classes(meta: CheckpointMeta, info: datasets.ClassInfo, path: Path) ->
     if meta.num_classes != len(info.classnames) or meta.classes != info.classes_id:
         raise UserError(
             f"{path}: checkpoint has {meta.num_classes} classes ({meta.classes!r}) but the dataset has "
-            f"{len(info.classnames)} ({info.classes_id!r}); pick the matching data=... or checkpoint"
+            f"{len(info.classnames)} ({info.classes_id!r}); pick the matching data=... or checkpoint, or score its image tower with a "
+            "zero-shot head for these classes: eval.head=zeroshot"
         )
 
 
@@ -69,11 +71,20 @@ def chunks(paths: list[Path], metas: list[CheckpointMeta], size: int) -> list[li
 
 
 def checkpoint_set_records(
-    model_id: str, meta: CheckpointMeta, checkpoint: dict, eval_set: datasets.EvalSet, scores: SetScores, config: list[str], precision: str
+    model_id: str,
+    meta: CheckpointMeta,
+    checkpoint: dict,
+    eval_set: datasets.EvalSet,
+    scores: SetScores,
+    config: list[str],
+    precision: str,
+    head: dict | None = None,
 ) -> list[dict]:
-    """A checkpoint's records on one set (models.results.set_records), per-class accuracies on the set's own."""
+    """A checkpoint's records on one set (models.results.set_records), per-class accuracies on the set's own.
+    `head`: the provenance of a head other than the checkpoint's own (models.heads.head_for), with the classes it scores."""
     common = {"model_id": model_id, "kind": meta.kind, "checkpoint": checkpoint, "config": config, "arch": meta.arch}
-    common.update(classes=meta.classes, skipped=len(scores.skipped), precision=precision, **eval_set.provenance)
+    common.update(classes=meta.classes, head="own", skipped=len(scores.skipped), precision=precision, **eval_set.provenance)
+    common.update(head or {})
     return set_records(
         common,
         eval_set.name,
@@ -120,17 +131,23 @@ def evaluate_checkpoints(
     device: torch.device,
     config: Sequence[str] = (),
     expected_arch: str | None = None,
+    chosen_foundation: str | None = None,
 ) -> list[dict]:
     """Evaluate every checkpoint on the selected sets; the main process appends records to `out/results.jsonl`.
 
     Each checkpoint is rebuilt from its own metadata; `expected_arch` (a `model=` the user chose) must match it.
+    With `eval.head` other than own, each is scored with the head models.heads.head_for gives it on this data
+    (a zero-shot head from `chosen_foundation`, the model.pretrained the user chose, or the checkpoint's own).
     """
+    check_head_choice(str(eval_cfg.head))
     paths = resolve_checkpoints(checkpoints)
     ids = model_ids(paths)
     metas = [read_meta(p) for p in paths]
     info = datasets.class_info(data_cfg)
-    for path, meta in zip(paths, metas):
-        check_classes(meta, info, path)
+    heads = [head_for(meta, info, str(eval_cfg.head), path, chosen_foundation) for path, meta in zip(paths, metas)]
+    for path, meta, head in zip(paths, metas, heads):
+        if head is None:
+            check_classes(meta, info, path)
         if expected_arch is not None and meta.arch != expected_arch:
             raise UserError(
                 f"{path}: checkpoint is {meta.arch} but model= asks for {expected_arch}; eval rebuilds each checkpoint's "
@@ -156,7 +173,7 @@ def evaluate_checkpoints(
     todo = [i for i in range(len(paths)) if i not in reused]
     for chunk in chunks([paths[i] for i in todo], [metas[i] for i in todo], per_pass):
         chunk = [todo[j] for j in chunk]
-        models = [load_classifier(paths[i], device)[0] for i in chunk]
+        models = [with_head(load_classifier(paths[i], device)[0], heads[i]) for i in chunk]
         for eval_set in datasets.eval_sets(data_cfg, val_transform(models[0]), names):
             eval_set.relabellings = relabellings.get(eval_set.name, [])
             all_scores = score_models(
@@ -174,7 +191,9 @@ def evaluate_checkpoints(
             new = [
                 r
                 for i, s in zip(chunk, all_scores)
-                for r in checkpoint_set_records(ids[i], metas[i], provenance[i], eval_set, s, list(config), precision)
+                for r in checkpoint_set_records(
+                    ids[i], metas[i], provenance[i], eval_set, s, list(config), precision, head_record(heads[i], info)
+                )
             ]
             for record in new if is_main_process() else []:
                 log.info(
@@ -195,13 +214,38 @@ def evaluate_checkpoints(
     return records
 
 
+def with_head(classifier: ImageClassifier, head: tuple | None) -> ImageClassifier:
+    """The classifier with `head` = (weight, bias, provenance) in place of its own (None: its own)."""
+    if head is not None:
+        weight, bias, _ = head
+        classifier.head = torch.nn.Linear(weight.shape[1], weight.shape[0]).to(classifier.head.weight.device)
+        with torch.no_grad():
+            classifier.head.weight.copy_(weight)
+            classifier.head.bias.copy_(bias)
+    return classifier.eval()
+
+
+def head_record(head: tuple | None, info: datasets.ClassInfo) -> dict | None:
+    """The records' fields of a replaced head: its provenance, and the classes it scores (the dataset's)."""
+    return None if head is None else {**head[2], "classes": info.classes_id}
+
+
 def run(cfg: Any) -> list[dict]:
     """The `python -m eval` task (wrapped by models.cli.stage_entry)."""
     from models.cli import output_dir, overrides
     from models.evaluate import resolve_device
 
     device = init_distributed(resolve_device(cfg.device))
-    chose_model = any(o.lstrip("+~").split("=")[0] in ("model", "model.arch") for o in overrides())
+    chosen = {o.lstrip("+~").split("=")[0] for o in overrides()}
+    chose_model = bool(chosen & {"model", "model.arch"})
+    chose_foundation = bool(chosen & {"model", "model.pretrained"})
     return evaluate_checkpoints(
-        cfg.checkpoints, cfg.data, cfg.eval, output_dir(), device, overrides(), expected_arch=cfg.model.arch if chose_model else None
+        cfg.checkpoints,
+        cfg.data,
+        cfg.eval,
+        output_dir(),
+        device,
+        overrides(),
+        expected_arch=cfg.model.arch if chose_model else None,
+        chosen_foundation=str(cfg.model.pretrained) if chose_foundation and cfg.model.pretrained else None,
     )

@@ -65,7 +65,7 @@ def wants_quick_gelu(arch: str, pretrained: str | None) -> bool:
     """
     if arch_uses_quick_gelu(arch):
         return True
-    if pretrained and not _looks_like_path(str(pretrained)):
+    if pretrained and not looks_like_path(str(pretrained)):
         return bool(open_clip.get_pretrained_cfg(arch, str(pretrained)).get("quick_gelu", False))
     return False
 
@@ -94,7 +94,7 @@ def create_clip(arch: str, pretrained: str | None = None, device: str | torch.de
     quick_gelu = wants_quick_gelu(arch, pretrained) if activation is None else activation == "quick_gelu"
     if not quick_gelu and arch_uses_quick_gelu(arch):
         raise UserError(f"model.arch={arch} builds QuickGELU but the checkpoint was built with GELU; use the arch without -quickgelu")
-    if pretrained and not Path(str(pretrained)).exists() and _looks_like_path(str(pretrained)):
+    if pretrained and not Path(str(pretrained)).exists() and looks_like_path(str(pretrained)):
         raise UserError(f"model.pretrained: file not found: {pretrained}")
     try:
         with _quiet_open_clip(expect_random_init=not pretrained):
@@ -154,5 +154,5 @@ def get_tokenizer(arch: str):
     return open_clip.get_tokenizer(arch)
 
 
-def _looks_like_path(value: str) -> bool:
+def looks_like_path(value: str) -> bool:
     return "/" in value or value.endswith((".pt", ".bin", ".safetensors", ".pth"))

@@ -19,6 +19,7 @@ ACCUMULATE = ("float32", "float64")
 ORDERS = ("sorted", "random")
 ACCEPT = ("gt", "ge")  # soups.greedy.ACCEPT_RULES: strict > (the official code) or >= (the paper)
 ENDPOINTS = ("uniform", "best")  # WiSE-FT's fine-tuned endpoint among several ingredients
+HEADS = ("own", "zeroshot", "auto")  # eval.head (models/heads.py)
 
 
 def _one_of(field: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -42,6 +43,10 @@ class SoupParams:
     evaluate: bool = True  # evaluate the result on eval.sets and write results records
     eval_chunk: int = 8  # models scored per decoded batch (shared decoding) when evaluating several
     accumulate: str = "float32"  # dtype of running sums: float32 | float64
+    # ingredients fine-tuned on different tasks (class lists) from one foundation: the method averages their shared
+    # image tower only; heads are never averaged across tasks, and the soup is scored on this stage's data with the
+    # head of its ingredients of that task, else a zero-shot head (models/heads.py)
+    across_tasks: bool = False
 
     def __post_init__(self) -> None:
         _one_of("accumulate", self.accumulate, ACCUMULATE)
@@ -104,6 +109,23 @@ class WiseFTParams(SoupParams):
         if any(not 0.0 <= float(a) <= 1.0 for a in self.alphas):
             raise ValueError(f"alphas: every α must lie in [0, 1] (interpolation, not extrapolation), got {list(self.alphas)}")
         check_alpha(self.alpha)
+
+
+def _task_arithmetic_scalings() -> list[float]:
+    return [round(0.05 * i, 2) for i in range(21)]  # Ilharco et al. 2023, Sec. 2: λ in {0, 0.05, ..., 1}, picked on held-out
+
+
+@dataclasses.dataclass
+class TaskArithmeticParams(SoupParams):
+    """Task arithmetic (Ilharco et al. 2023): θ0 + λ·Σ_t τ_t from the foundation θ0 (`init`), one task vector per task."""
+
+    scaling: float | None = None  # λ; null: the one of `scalings` with the best held-out accuracy, as the reference picks it
+    scalings: list[float] = dataclasses.field(default_factory=_task_arithmetic_scalings)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.scaling is None and not self.scalings:
+            raise ValueError("scalings: the list is empty; give the λ to try, e.g. soup.scalings=[0.3,0.5], or one soup.scaling=0.4")
 
 
 # --- finetune.* -----------------------------------------------------------------------------------------
@@ -178,6 +200,10 @@ class EvalOptions:
     conf/eval/default.yaml starts from this class and only points batch_size and workers at `data.*`."""
 
     sets: Any = "all"  # all | heldout | id | shifts | a list of set names, e.g. [ImageNet,ImageNetV2]
+    # own: the checkpoint's head (the dataset must have its classes) | zeroshot: a zero-shot head for the dataset's
+    # classes from the pretrained text tower of the checkpoint's foundation | auto: own where the checkpoint (or a
+    # soup across tasks' ingredient) was fine-tuned on these classes, else zero-shot (models/heads.py)
+    head: str = "own"
     share_decoding: bool = True  # decode each image once for all checkpoints of a pass
     max_models_per_pass: int = 8  # checkpoints held in memory together when sharing decoding
     amp: Any = "auto"  # auto (float16 autocast on CUDA only) | true | false
@@ -210,6 +236,7 @@ SCHEMA_NODES = {  # ConfigStore group/name -> dataclass; conf/ refers to them as
     ("schema/soup", "greedy"): GreedyParams,
     ("schema/soup", "learned"): LearnedParams,
     ("schema/soup", "wise_ft"): WiseFTParams,
+    ("schema/soup", "task_arithmetic"): TaskArithmeticParams,
     ("schema/finetune", "recipe"): Recipe,
     ("schema/world", "pretrain"): PretrainConfig,
     ("schema/eval", "options"): EvalOptions,

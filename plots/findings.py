@@ -13,7 +13,7 @@ interval supports the paper's claim (`claim`):
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -130,20 +130,21 @@ def measure(finding: Finding, preds: Mapping[str, Predictions], sets: SetNames, 
             "shift_gain_pp": round(shift_gain, 3),
             "ratio": round(shift_gain / id_gain, 3) if id_gain else None,
         }
-    return {
-        "name": finding.name,
-        "metric": finding.metric,
-        "a": finding.a,
-        "b": finding.b,
+    return {"name": finding.name, "metric": finding.metric, **comparison(finding.a, finding.b, values, delta, lo, hi, finding.claim)} | {
+        "paper": finding.paper,
+        **extra,
+    }
+
+
+def comparison(a: str, b: str, values: Sequence[float], delta: float, lo: float, hi: float, claim: str) -> dict:
+    """Rows a and b, their values, a − b and its 95% interval (pp), and whether the interval supports `claim`."""
+    rounded = {
         "a_value": round(values[0], 3),
         "b_value": round(values[1], 3),
         "delta_pp": round(delta, 3),
         "ci95": [round(lo, 3), round(hi, 3)],
-        "claim": finding.claim,
-        "holds": holds(finding.claim, lo, hi),
-        "paper": finding.paper,
-        **extra,
     }
+    return {"a": a, "b": b, **rounded, "claim": claim, "holds": holds(claim, lo, hi)}
 
 
 def predictions(files: Mapping[tuple[str, str], Path], model_ids: list[str], set_name: str) -> Predictions:

@@ -5,6 +5,7 @@ The library (soups.library) works on plain state dicts or checkpoint paths, with
     from soups import uniform_soup, greedy_soup, learned_soup, wise_ft, model_stock, ensemble
     soup = uniform_soup(["a/model.safetensors", "b/model.safetensors"])
     soup, chosen = greedy_soup(states, score=held_out_accuracy)
+    towers, heads = split_heads(models_of_different_tasks)       # soups across tasks: average the towers, keep the heads
     report = basin_check(states, heldout_accuracies, names, init=theta0)   # the basin check; report.verdict in words
 
 The stage's layout: `methods` (the methods behind one interface, picked by name), the math in `average`,
@@ -17,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-LIBRARY = ("uniform_soup", "greedy_soup", "learned_soup", "wise_ft", "model_stock", "ensemble")
+LIBRARY = ("uniform_soup", "greedy_soup", "learned_soup", "wise_ft", "model_stock", "task_arithmetic", "split_heads", "ensemble")
 DIAGNOSE = ("basin_check",)  # can these be souped at all? (soups.diagnose, `python -m soups diagnose`)
 __all__ = list(LIBRARY + DIAGNOSE)
 

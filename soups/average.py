@@ -127,3 +127,19 @@ def interpolate(start: Mapping[str, torch.Tensor], end: Mapping[str, torch.Tenso
             check_equal(key, a, b, "fine-tuned endpoint")
             out[key] = a.clone()
     return out
+
+
+def add_task_vectors(init: Mapping[str, torch.Tensor], total: Mapping[str, torch.Tensor], count: int, scaling: float) -> StateDict:
+    """Task arithmetic (Ilharco et al. 2023, Sec. 2): θ0 + λ·Σ_i (θ_i − θ0), from `total` = Σ_i θ_i over `count`
+    ingredients (a RunningSum's sums), in the init's dtypes; non-float tensors must equal the init's."""
+    out = {}
+    for key, theta0 in init.items():
+        if key not in total:
+            raise UserError(f"task_arithmetic: key '{key}' of the init checkpoint is missing from the ingredients")
+        if theta0.is_floating_point():
+            base = theta0.to(total[key].dtype)
+            out[key] = (base + float(scaling) * (total[key] - count * base)).to(theta0.dtype)
+        else:
+            check_equal(key, theta0, total[key], "the ingredients")
+            out[key] = theta0.clone()
+    return out

@@ -23,6 +23,7 @@ class IngredientSpec:
     classes: str
     tensors: dict[str, TensorSpec]
     activation: str | None = None
+    pretrained: str | None = None  # the foundation it was fine-tuned from (soups across tasks need one)
 
 
 def tensors_only(name: str, tensors: dict[str, TensorSpec]) -> IngredientSpec:
@@ -52,6 +53,25 @@ def check_fits_architecture(spec: IngredientSpec, expected: dict[str, TensorSpec
             )
 
 
+def check_across_tasks(specs: Sequence[IngredientSpec]) -> None:
+    """Ingredients fine-tuned on different tasks: one foundation, and image towers (every key but `head.*`)
+    that `check_compatible` accepts; their heads may differ, since they are never averaged."""
+    from models.heads import is_head_key
+
+    if specs and specs[0].pretrained is not None:
+        for other in specs[1:]:
+            if other.pretrained != specs[0].pretrained:
+                raise UserError(
+                    f"{other.name}: fine-tuned from foundation {other.pretrained!r}, {specs[0].name} from {specs[0].pretrained!r}; "
+                    "a soup across tasks averages image towers fine-tuned from one foundation"
+                )
+    towers = [
+        dataclasses.replace(spec, num_classes=0, classes="", tensors={k: v for k, v in spec.tensors.items() if not is_head_key(k)})
+        for spec in specs
+    ]
+    check_compatible(towers)
+
+
 def check_compatible(specs: Sequence[IngredientSpec]) -> None:
     """Raise a UserError naming the first ingredient and key that differ from the first ingredient."""
     if not specs:
@@ -66,7 +86,8 @@ def check_compatible(specs: Sequence[IngredientSpec]) -> None:
         ):
             mine, theirs = getattr(other, field), getattr(first, field)
             if mine != theirs:
-                raise UserError(f"{other.name}: {what} {mine!r} differs from {first.name} ({theirs!r}); soups need {need}")
+                across = " (models fine-tuned on different tasks: soup.across_tasks=true)" if field in ("num_classes", "classes") else ""
+                raise UserError(f"{other.name}: {what} {mine!r} differs from {first.name} ({theirs!r}); soups need {need}{across}")
         missing = sorted(first.tensors.keys() - other.tensors.keys())
         extra = sorted(other.tensors.keys() - first.tensors.keys())
         if missing or extra:

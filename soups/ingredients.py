@@ -38,7 +38,8 @@ class Ingredient:
         return str(self.path)
 
     def spec(self) -> IngredientSpec:
-        return IngredientSpec(self.name, self.meta.arch, self.meta.num_classes, self.meta.classes, self.tensors, self.meta.activation)
+        meta = self.meta
+        return IngredientSpec(self.name, meta.arch, meta.num_classes, meta.classes, self.tensors, meta.activation, meta.pretrained)
 
 
 def _as_list(spec: Any) -> list[str]:

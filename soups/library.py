@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.checkpoint import read_meta
+from models.heads import image_tower, is_head_key
 from models.schemas import GreedyParams, LearnedParams, SoupParams, check_alpha
 from soups import average, checks, greedy, learned, stock
 from soups.streaming import is_pt, iter_ingredient_tensors, load_state, tensor_specs
@@ -154,6 +156,43 @@ def greedy_soup(
 
     steps = greedy.greedy_select(visit, own[visit[0]], n, candidate_score, commit, accept, early_rejection)
     return running.mean(in_place=True), [step.index for step in steps if step.accepted]
+
+
+def split_heads(checkpoints: Sequence[Ingredient]) -> tuple[list[StateDict], list[StateDict]]:
+    """Models fine-tuned on different tasks from one foundation, as (image towers, heads): soup the towers
+    with any method; the heads stay as they are, one per ingredient (never averaged across tasks). Files must
+    name one foundation, and the towers must share keys, shapes and dtypes (one line naming the first that differs).
+
+    >>> a = {"visual.w": torch.tensor([1.0]), "head.weight": torch.zeros(2, 1)}
+    >>> b = {"visual.w": torch.tensor([3.0]), "head.weight": torch.zeros(5, 1)}
+    >>> towers, heads = split_heads([a, b])
+    >>> uniform_soup(towers)["visual.w"].tolist(), [h["head.weight"].shape[0] for h in heads]
+    ([2.0], [2, 5])
+    """
+    specs = [_spec(c, name) for c, name in zip(checkpoints, _names(len(checkpoints)))]
+    for spec, c in zip(specs, checkpoints):
+        if _is_path(c) and not is_pt(Path(c)):
+            spec.pretrained = read_meta(c).pretrained
+    checks.check_across_tasks(specs)
+    states = [_state(c) for c in checkpoints]
+    return [image_tower(s) for s in states], [{k: v for k, v in s.items() if is_head_key(k)} for s in states]
+
+
+def task_arithmetic(
+    init: Ingredient, checkpoints: Sequence[Ingredient], scaling: float, *, accumulate: torch.dtype = ACCUMULATE
+) -> StateDict:
+    """Task arithmetic (Ilharco et al. 2023, "Editing models with task arithmetic", Sec. 2): the task vectors
+    θ_i − θ0 of the fine-tuned models added to the foundation θ0, scaled by λ: θ0 + λ·Σ_i (θ_i − θ0).
+
+    >>> task_arithmetic({"w": torch.tensor([1.0])}, [{"w": torch.tensor([2.0])}, {"w": torch.tensor([4.0])}], 0.5)["w"].tolist()
+    [3.0]
+    """
+    names = _names(len(checkpoints))
+    check_ingredients([init, *checkpoints], ["init", *names])
+    running = average.RunningSum(accumulate)
+    for name, checkpoint in zip(names, checkpoints):
+        running.add(_tensors(checkpoint), name=name)
+    return average.add_task_vectors(_state(init), running.sums, running.count, scaling)
 
 
 def sorted_by_score(scores: Sequence[float]) -> list[int]:

@@ -7,6 +7,7 @@ no file. The stage (soups.stage) evaluates the outcome's models on the sets and 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -20,7 +21,8 @@ from torch.utils.data import DataLoader
 
 from models.checkpoint import sha256_prefix
 from models.errors import UserError
-from models.schemas import GreedyParams, LearnedParams, WiseFTParams
+from models.heads import image_tower, is_head_key
+from models.schemas import GreedyParams, LearnedParams, TaskArithmeticParams, WiseFTParams
 from soups import average, greedy, learned, library, output_space, stock
 from soups.ingredients import Ingredient, recorded_heldout
 from soups.registry import METHODS, Method, Row, register
@@ -50,6 +52,7 @@ class SoupOutcome:
     weights: list[float] | None = None  # per ingredient, for the checkpoint metadata
     hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
     init_weight: float | None = None  # weight of the init checkpoint (wise_ft, model_stock)
+    members: list[int] | None = None  # the ingredients the soup is made of (the greedy soup's selection); None: all
     files: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> text, written to <out>/
 
 
@@ -64,6 +67,13 @@ class SoupContext:
     init: Ingredient | None = None  # the zero-shot / LP init (wise_ft, model_stock)
     hashes: BackgroundHashes | None = None
     _scorer: Scorer | None = None
+    # across tasks (soup.across_tasks): ingredients are read without their heads (only image towers are souped);
+    # the Scorer and the written checkpoint add the one head of the stage's data (soups.stage.AcrossTasks)
+    across: Any = None
+
+    @property
+    def across_tasks(self) -> bool:
+        return self.across is not None
 
     def sha256(self, path: Path) -> str:
         return self.hashes.get(path) if self.hashes is not None else sha256_prefix(path)
@@ -76,22 +86,33 @@ class SoupContext:
 
     def stream(self, index: int, borrowed: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
         """One ingredient, tensor by tensor; `borrowed` tensors are only valid until the next is read."""
-        return iter_ingredient_tensors(self.ingredients[index].path, borrowed=borrowed)
+        pairs = iter_ingredient_tensors(self.ingredients[index].path, borrowed=borrowed)
+        return ((k, v) for k, v in pairs if not is_head_key(k)) if self.across_tasks else pairs
 
     def load(self, index: int) -> StateDict:
-        return load_state(self.ingredients[index].path)
+        return self._soupable(load_state(self.ingredients[index].path))
 
     def load_init(self) -> StateDict:
         if self.init is None:
             raise UserError(
                 f"soup.init: {self.params.name} needs the zero-shot (or LP) init checkpoint; pass soup.init=/path/to/model.safetensors"
             )
-        return load_state(self.init.path)
+        return self._soupable(load_state(self.init.path))
+
+    def layers(self, indices: list[int]) -> Iterator[tuple[str, list[torch.Tensor]]]:
+        """The ingredients `indices` layer by layer (soups.streaming.iter_layers), without heads across tasks."""
+        layers = iter_layers([self.ingredients[i].path for i in indices])
+        return ((k, v) for k, v in layers if not is_head_key(k)) if self.across_tasks else layers
+
+    def _soupable(self, state: StateDict) -> StateDict:
+        return image_tower(state) if self.across_tasks else state
 
     def heldout_correct(self) -> list[int]:
         """Each ingredient's held-out correct count: from its run's results records, else computed."""
         scorer, n = self.scorer, self.scorer.n_heldout
-        counts: list[int | None] = [recorded_heldout(ing, scorer.heldout.name, n, self.sha256) for ing in self.ingredients]
+        # across tasks an ingredient's own record scored its own task's head, not the one the soup is scored with
+        recorded = [None if self.across_tasks else recorded_heldout(ing, scorer.heldout.name, n, self.sha256) for ing in self.ingredients]
+        counts: list[int | None] = recorded
         missing = [i for i, c in enumerate(counts) if c is None]
         log.info("held-out accuracy: %d ingredient(s) from results records, %d to compute", len(counts) - len(missing), len(missing))
         chunk = self.params.eval_chunk
@@ -150,7 +171,7 @@ def _log_savings(steps: list[greedy.GreedyStep], n: int) -> dict[str, int]:
 # --- the methods --------------------------------------------------------------------------------------
 
 
-@register("uniform", "paper Eq. 1, Table 3 'Uniform soup'", (Row("uniform_soup", "Uniform soup", "C0", "o", 200),))
+@register("uniform", "paper Eq. 1, Table 3 'Uniform soup'", (Row("uniform_soup", "Uniform soup", "C0", "o", 200),), across_tasks=True)
 def uniform_method(ctx: SoupContext) -> SoupOutcome:
     state = _uniform_state(ctx, list(range(len(ctx.ingredients))))
     n = len(ctx.ingredients)
@@ -162,6 +183,7 @@ def uniform_method(ctx: SoupContext) -> SoupOutcome:
     "paper Recipe 1, Table 3 'Greedy soup'; order=random: 'Greedy soup (random order)'",
     (Row("greedy_soup", "Greedy soup", "C4", "*", 400), Row("greedy_soup_random_order", "Greedy soup (random order)", "C9", "P", 200)),
     GreedyParams,
+    across_tasks=True,
 )
 def greedy_method(ctx: SoupContext) -> SoupOutcome:
     scorer = ctx.scorer
@@ -203,6 +225,7 @@ def greedy_method(ctx: SoupContext) -> SoupOutcome:
         weights,
         hparams={"order": ctx.params.order, "accept": ctx.params.accept, **savings},
         files={"greedy_trajectory.jsonl": _trajectory(ctx, steps, individual, n)},
+        members=sorted(members),
     )
 
 
@@ -322,7 +345,10 @@ def wise_ft_method(ctx: SoupContext) -> SoupOutcome:
 
 
 @register(
-    "model_stock", "Jang et al. 2024 (Model Stock), Eq. 7: one of the later baselines", (Row("model_stock", "Model Stock", "teal", "8"),)
+    "model_stock",
+    "Jang et al. 2024 (Model Stock), Eq. 7: one of the later baselines",
+    (Row("model_stock", "Model Stock", "teal", "8"),),
+    across_tasks=True,
 )
 def model_stock_method(ctx: SoupContext) -> SoupOutcome:
     init = ctx.load_init()
@@ -331,7 +357,7 @@ def model_stock_method(ctx: SoupContext) -> SoupOutcome:
     same = [ing.path.resolve() == theta0[0] or ctx.sha256(ing.path) == theta0[1] for ing in ctx.ingredients]
     kept = stock.besides_init([ing.name for ing in ctx.ingredients], same)
     names = [ctx.ingredients[i].name for i in kept]
-    state, ratios, clipped = stock.model_stock(init, iter_layers([ctx.ingredients[i].path for i in kept]), names)
+    state, ratios, clipped = stock.model_stock(init, ctx.layers(kept), names)
     mean_t = sum(ratios.values()) / max(len(ratios), 1)
     n = len(kept)
     log.info("model stock: mean ratio t = %.4f over %d tensors, %d clipped to [0, 1]", mean_t, len(ratios), len(clipped))
@@ -346,6 +372,47 @@ def model_stock_method(ctx: SoupContext) -> SoupOutcome:
         [mean_t / n if i in kept else 0.0 for i in range(len(ctx.ingredients))],
         hparams={"mean_t": mean_t, "clipped_tensors": len(clipped), "dropped_theta0": len(ctx.ingredients) - n},
         init_weight=1.0 - mean_t,
+        files=files,
+    )
+
+
+@register(
+    "task_arithmetic",
+    "Ilharco et al. 2023 (Editing models with task arithmetic), Sec. 2: θ0 + λ Σ_i (θ_i − θ0)",
+    (Row("task_arithmetic", "Task arithmetic", "olive", "d"),),
+    TaskArithmeticParams,
+    across_tasks=True,
+)
+def task_arithmetic_method(ctx: SoupContext) -> SoupOutcome:
+    params: TaskArithmeticParams = ctx.params
+    init = ctx.load_init()
+    # one task vector per task (the reference's τ_t): of several fine-tunes of one task (one class list), their mean
+    per_task = collections.Counter(ing.meta.classes for ing in ctx.ingredients)
+    running = average.RunningSum(_accumulate_dtype(ctx))
+    for i, ing in enumerate(ctx.ingredients):
+        running.add(ctx.stream(i, borrowed=True), weight=1.0 / per_task[ing.meta.classes], name=ing.name)
+    count = len(per_task)  # Σ_t τ_t = Σ_i w_i θ_i − T·θ0, the weights of each task summing to 1
+    scalings = [float(params.scaling)] if params.scaling is not None else [float(x) for x in params.scalings]
+    heldout: dict[float, float] = {}
+    if len(scalings) > 1:  # the reference picks λ on held-out data: the best held-out accuracy, the smallest λ on ties
+        for start in range(0, len(scalings), params.eval_chunk):
+            group = scalings[start : start + params.eval_chunk]
+            states = [average.add_task_vectors(init, running.sums, count, x) for x in group]
+            for x, (correct, n) in zip(group, ctx.scorer.accuracies(states, ctx.scorer.heldout)):
+                heldout[x] = correct / n
+        scaling = max(scalings, key=lambda x: (heldout[x], -x))
+        log.info("task arithmetic: λ = %.2f (held-out %.4f of %s)", scaling, heldout[scaling], [round(v, 4) for v in heldout.values()])
+    else:
+        scaling = scalings[0]
+    state = average.add_task_vectors(init, running.sums, count, scaling)
+    files = {"task_arithmetic_scalings.json": json.dumps({"scaling": scaling, "heldout_top1": heldout}, indent=1) + "\n"}
+    return SoupOutcome(
+        "task_arithmetic",
+        [Candidate(ctx.run_name, state, extra={"scaling": scaling})],
+        state,
+        [scaling / per_task[ing.meta.classes] for ing in ctx.ingredients],
+        hparams={"scaling": scaling, "tasks": count, "heldout_top1_by_scaling": heldout},
+        init_weight=1.0 - scaling * count,
         files=files,
     )
 

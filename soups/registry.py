@@ -38,20 +38,26 @@ class Method:
     run: Callable[[Any], Any]  # (SoupContext) -> SoupOutcome, soups/methods.py
     space: Space
     rows: tuple[Row, ...]  # in the table's order; the run picks one per outcome (greedy: by soup.order)
+    across_tasks: bool = False  # averages image towers of ingredients fine-tuned on different tasks (soup.across_tasks)
 
 
 METHODS: dict[str, Method] = {}  # in registration order, which is the table's; read it through soups.methods.all_methods()
 
 
 def register(
-    name: str, reference: str, rows: tuple[Row, ...], params: type[SoupParams] = SoupParams, space: Space = "weight"
+    name: str,
+    reference: str,
+    rows: tuple[Row, ...],
+    params: type[SoupParams] = SoupParams,
+    space: Space = "weight",
+    across_tasks: bool = False,
 ) -> Callable[[Callable], Callable]:
     def add(run: Callable) -> Callable:
         if name in METHODS:
             raise ValueError(f"soup method {name!r} is registered twice")
         if space not in ("weight", "output") or not rows:
             raise ValueError(f"soup method {name!r}: space must be 'weight' or 'output', and it makes at least one row")
-        METHODS[name] = Method(name, reference, params, run, space, tuple(rows))
+        METHODS[name] = Method(name, reference, params, run, space, tuple(rows), across_tasks)
         return run
 
     return add

@@ -20,6 +20,7 @@ from datasets import EvalSet
 from models.checkpoint import CheckpointMeta
 from models.errors import UserError
 from models.evaluate import SetScores, accuracies, iter_logits, precision_name, score_models
+from models.heads import image_tower
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +54,16 @@ class Scorer:
         loader_kwargs: dict[str, Any],
         eval_sets_fn: EvalSetsFn | None = None,
         relabel_cfg: Any = None,
+        head: Mapping[str, torch.Tensor] | None = None,
     ):
+        """`head`: across tasks, the one head (head.weight, head.bias) every state is scored with, in place of its own."""
         # Imported here: open_clip adds ~300 MB of RSS, which a plain uniform soup without evaluation never needs.
         from models.classifier import ImageClassifier, clip_for_checkpoint, embed_dim_of
 
         clip_model, preprocess, _ = clip_for_checkpoint(meta, meta.arch)
         self.model = ImageClassifier(clip_model.visual, embed_dim_of(clip_model), meta.num_classes).to(device).eval()
         self.device = device
+        self.head = dict(head) if head is not None else None
         self.loader_kwargs = {**loader_kwargs, "device": device}  # batch_size, workers, amp, ... of models.evaluate.iter_logits
         self.precision = precision_name(loader_kwargs.get("amp", False), device)
         self.sets = (eval_sets_fn or datasets.eval_sets)(data_cfg, preprocess, list(set_names))
@@ -82,7 +86,7 @@ class Scorer:
     def _models_for(self, states: Sequence[Mapping[str, torch.Tensor]]) -> list[nn.Module]:
         models = [self.model] + [copy.deepcopy(self.model) for _ in states[1:]]
         for model, state in zip(models, states):
-            model.load_state_dict(state, strict=True)
+            model.load_state_dict(state if self.head is None else {**image_tower(state), **self.head}, strict=True)
         return models
 
     def heldout_outcomes(self, state: Mapping[str, torch.Tensor], chunks: Sequence[torch.Tensor]) -> Iterator[torch.Tensor]:

@@ -26,12 +26,13 @@ from models.checkpoint import CheckpointMeta, save_checkpoint, sha256_prefix
 from models.cli import DONE_FILE, RUN_CONFIG_FILE, identity_config, without_ignored
 from models.errors import UserError
 from models.evaluate import count_correct, resolve_device
+from models.heads import TASK_HEADS, head_for, image_tower
 from models.logits import LOGITS_DIR, load_logits, save_logits
 from models.results import RESULTS_FILE, append_records, read_records, set_records
-from soups.checks import check_compatible, check_fits_architecture
+from soups.checks import check_across_tasks, check_compatible, check_fits_architecture
 from soups.config import soup_params
 from soups.ingredients import architecture_specs, describe, resolve_ingredients
-from soups.methods import Candidate, SoupContext, SoupOutcome, get_method
+from soups.methods import Candidate, SoupContext, SoupOutcome, all_methods, get_method
 from soups.scoring import EvalSetsFn, Scorer, selected_set_names
 from soups.streaming import BackgroundHashes
 
@@ -51,32 +52,75 @@ def loader_kwargs(eval_cfg: Any) -> dict[str, Any]:
     }
 
 
+@dataclasses.dataclass
+class AcrossTasks:
+    """A soup of ingredients fine-tuned on different tasks (soup.across_tasks): the one head it is scored with on
+    the stage's data and written with (the mean head of the ingredients of that task, else a zero-shot head), its
+    provenance, each task's ingredients (the checkpoint records them, so `eval.head=auto` finds each task's own
+    head), and the metadata of a model of the stage's classes."""
+
+    head: dict[str, torch.Tensor]
+    provenance: dict[str, Any]
+    task_heads: dict[str, list[dict[str, str]]]
+    meta: CheckpointMeta
+
+
+def across_tasks(ingredients: list, init: Any, data_cfg: Any, sha256: Callable[[Path], str]) -> AcrossTasks:
+    """Check that the ingredients (and θ0) share one foundation and one image tower, and pick the head."""
+    check_across_tasks([ing.spec() for ing in ingredients + ([init] if init is not None else [])])
+    info = datasets.class_info(data_cfg)
+    task_heads: dict[str, list[dict[str, str]]] = {}
+    for ing in ingredients:
+        task_heads.setdefault(ing.meta.classes, []).append({"path": ing.name, "sha256": sha256(ing.path)})
+    first = ingredients[0].meta
+    soup = dataclasses.replace(first, classes="", hparams={TASK_HEADS: task_heads})  # classes "": never its "own" head
+    weight, bias, provenance = head_for(soup, info, "auto", "ingredients")
+    meta = dataclasses.replace(first, num_classes=len(info.classnames), classes=info.classes_id)
+    log.info("soup across %d tasks, scored on %s with the %s head", len(task_heads), info.classes_id, provenance["head"])
+    return AcrossTasks({"head.weight": weight, "head.bias": bias}, provenance, task_heads, meta)
+
+
 def build_context(cfg: Any, eval_sets_fn: EvalSetsFn | None = None) -> SoupContext:
     """Resolve and check the ingredients (and the init, if any) before anything is computed."""
     params = soup_params(cfg.soup)  # an unknown method or a bad option fails before any file is read
+    method = get_method(params.name)
+    if params.across_tasks and not method.across_tasks:
+        able = sorted(name for name, m in all_methods().items() if m.across_tasks)
+        raise UserError(f"soup.across_tasks: {params.name} does not soup across tasks; use one of {', '.join(able)}")
     ingredients = resolve_ingredients(cfg.ingredients, cfg.model)
-    check_compatible([ing.spec() for ing in ingredients])
-    first = ingredients[0]
-    check_fits_architecture(first.spec(), architecture_specs(first.meta.arch, first.meta.num_classes))
     init = None
     if params.init:
         init_path = Path(params.init)
         if not init_path.exists():
             raise UserError(f"soup.init: {init_path}: no such checkpoint")
         init = describe(init_path, cfg.model)
-        check_compatible([ingredients[0].spec(), init.spec()])
+    first = ingredients[0]
+    across = None
+    hashes = BackgroundHashes([ing.path for ing in ingredients] + ([init.path] if init is not None else []))
+    try:
+        if params.across_tasks:
+            across = across_tasks(ingredients, init, cfg.data, hashes.get)
+        else:
+            check_compatible([ing.spec() for ing in ingredients])
+            if init is not None:
+                check_compatible([first.spec(), init.spec()])
+        check_fits_architecture(first.spec(), architecture_specs(first.meta.arch, first.meta.num_classes))
+    except BaseException:
+        hashes.close()
+        raise
     device = resolve_device(str(cfg.device))
     evaluate = params.evaluate
     names = selected_set_names(cfg.data, cfg.eval.sets) if evaluate else [cfg.data.heldout]
     sources = [(ing.name, ing.meta) for ing in ingredients + ([init] if init is not None else [])]
     datasets.check_heldout_split(cfg.data, sources, eval_sets_fn)
-    meta = ingredients[0].meta
+    meta = across.meta if across is not None else first.meta
+    head = across.head if across is not None else None
 
     def make_scorer() -> Scorer:
-        return Scorer(meta, cfg.data, names, device, loader_kwargs(cfg.eval), eval_sets_fn, cfg.eval if evaluate else None)
+        return Scorer(meta, cfg.data, names, device, loader_kwargs(cfg.eval), eval_sets_fn, cfg.eval if evaluate else None, head)
 
-    hashes = BackgroundHashes([ing.path for ing in ingredients] + ([init.path] if init is not None else []))
-    return SoupContext(ingredients, params, str(cfg.run_name), 0 if cfg.seed is None else int(cfg.seed), device, make_scorer, init, hashes)
+    seed = 0 if cfg.seed is None else int(cfg.seed)
+    return SoupContext(ingredients, params, str(cfg.run_name), seed, device, make_scorer, init, hashes, across=across)
 
 
 Logits = dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]  # (model_id, set) -> (logits, labels)
@@ -177,9 +221,10 @@ def _ensemble_logits(
 
 
 def checkpoint_meta(ctx: SoupContext, outcome: SoupOutcome, cfg: Any) -> CheckpointMeta:
-    first = ctx.ingredients[0].meta
+    first = ctx.across.meta if ctx.across is not None else ctx.ingredients[0].meta
     ingredients = [
-        {"path": ing.name, "sha256": ctx.sha256(ing.path), "weight": w} for ing, w in zip(ctx.ingredients, outcome.weights or [])
+        {"path": ing.name, "sha256": ctx.sha256(ing.path), "weight": w, "classes": ing.meta.classes}
+        for ing, w in zip(ctx.ingredients, outcome.weights or [])
     ]
     if ctx.init is not None and outcome.init_weight is not None:
         ingredients.append({"path": ctx.init.name, "sha256": ctx.sha256(ctx.init.path), "weight": outcome.init_weight, "role": "init"})
@@ -189,6 +234,10 @@ def checkpoint_meta(ctx: SoupContext, outcome: SoupOutcome, cfg: Any) -> Checkpo
         **outcome.hparams,
         "options": dataclasses.asdict(ctx.params),
     }
+    if ctx.across is not None:  # each task's head: of the ingredients of that task the soup is made of
+        kept = {ctx.ingredients[i].name for i in (outcome.members if outcome.members is not None else range(len(ctx.ingredients)))}
+        task_heads = {classes: [e for e in entries if e["path"] in kept] for classes, entries in ctx.across.task_heads.items()}
+        hparams.update(head=ctx.across.provenance, **{TASK_HEADS: {k: v for k, v in task_heads.items() if v}})
     kind = "wise_ft" if outcome.kind == "wise_ft" else "soup"
     return CheckpointMeta(
         arch=first.arch,
@@ -214,6 +263,8 @@ def run_soup(cfg: Any, out: Path, config_overrides: Sequence[str] = (), eval_set
 def _run(ctx: SoupContext, cfg: Any, out: Path, config_overrides: Sequence[str]) -> SoupOutcome:
     log.info("soup %s over %d ingredient(s) on %s", ctx.params.name, len(ctx.ingredients), ctx.device)
     outcome = get_method(ctx.params.name).run(ctx)
+    if ctx.across is not None and outcome.checkpoint is not None:  # the image tower souped, the stage's head exactly
+        outcome.checkpoint = {**image_tower(outcome.checkpoint), **ctx.across.head}
     keep_logits = bool(cfg.eval.save_logits)
     recorded = None
     if cfg.eval.logits_from and any(c.state is None for c in outcome.candidates):
@@ -253,6 +304,7 @@ def _run(ctx: SoupContext, cfg: Any, out: Path, config_overrides: Sequence[str])
             "method": ctx.params.name,
             "ingredients": len(ctx.ingredients),
             "precision": ctx.scorer.precision,
+            **(ctx.across.provenance if ctx.across is not None else {}),
             **eval_set.provenance,
             **candidate.extra,
         }

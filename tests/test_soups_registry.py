@@ -66,6 +66,7 @@ def test_the_table_rows_are_the_papers_order_then_later_methods():
         "greedy_ensemble",
         "wise_ft",
         "model_stock",
+        "task_arithmetic",
     )
     spaces = {name: method.space for name, method in all_methods().items()}
     assert {name for name, space in spaces.items() if space == "output"} == {"ensemble", "greedy_ensemble"}

@@ -25,7 +25,7 @@ from soups.methods import all_methods
 
 # What each paper method's option must hold, with where the value comes from. A method added later is not listed
 # here (its own test pins its values); every option, listed or not, is checked to start from its method's dataclass.
-COMMON = {"init": None, "evaluate": True, "eval_chunk": 8, "accumulate": "float32"}  # θ0 unset; shared decoding of 8
+COMMON = {"init": None, "evaluate": True, "eval_chunk": 8, "accumulate": "float32", "across_tasks": False}  # θ0 unset; one task
 GREEDY = {"order": "sorted", "accept": "gt", "early_rejection": True}  # official greedy: sorted by held-out, strict >
 LEARNED = {"lr": 0.05, "weight_decay": 0.0, "epochs": 5}  # official learned-soup script: AdamW lr 0.05, 5 epochs
 REFERENCE_VALUES = {
@@ -46,6 +46,14 @@ REFERENCE_VALUES = {
         "endpoint": "uniform",
     },
     "model_stock": {"name": "model_stock", "run_name": "model_stock", **COMMON},
+    # task arithmetic (Ilharco et al. 2023): λ over their grid 0, 0.05, ..., 1 unless given; θ0 = the zero-shot model
+    "task_arithmetic": {
+        "name": "task_arithmetic",
+        "run_name": "task_arithmetic",
+        **COMMON,
+        "scaling": None,
+        "scalings": [i / 20 for i in range(21)],
+    },
 }
 SOUP_OPTIONS = sorted(p.stem for p in (REPO / "conf/soup").glob("*.yaml"))
 OLD_FINETUNE_YAML = {  # conf/finetune/default.yaml before this change (workers: ${data.workers} = 0 for the world)
@@ -102,7 +110,7 @@ def test_soup_defaults_are_the_references_values(option):
     expected = dict(REFERENCE_VALUES[option])
     if option in ("learned", "learned_by_layer"):  # the loader follows data.* (data=world: batch 256, no workers)
         expected.update(batch_size=256, workers=0)
-    if option == "wise_ft":  # θ0 is the experiment's zero-shot model (the WiSE-FT reference)
+    if option in ("wise_ft", "task_arithmetic"):  # θ0 is the experiment's zero-shot model (their references)
         expected["init"] = f"{cfg.paths.runs}/{cfg.name}/inits/zeroshot/model.safetensors"
     assert resolved == expected
     params = soup_params(cfg.soup)
