@@ -208,7 +208,8 @@ def test_readme_quotes_the_committed_findings():
 
     findings = json.loads((PROJECT_ROOT / "results" / "demo" / "findings.json").read_text())
     readme = (PROJECT_ROOT / "README.md").read_text()
-    section = readme[readme.index("### Which findings reproduce") : readme.index("## Use as a library")]
+    start = readme.index("### Which findings reproduce")
+    section = readme[start : readme.index("\n## ", start)]  # up to the next section (the transfer findings follow)
     rows = [line for line in section.splitlines() if line.startswith("| ") and "[" in line]
     assert len(rows) == len(findings)
 
