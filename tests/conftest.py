@@ -14,18 +14,16 @@ import threading
 import traceback
 from pathlib import Path
 
-# One thread per process unless OMP_NUM_THREADS says otherwise, for this process and every command a test starts:
-# the suite is one process on one core while the long end-to-end commands (`early`, below) use the other; two
-# threads each would make them fight over the cores (docs/benchmarks.md: OMP_NUM_THREADS=1 beside other jobs).
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO.parent / "shared" / "reference" / "model-soups-official"
 
-torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # stages run in this process use what a `python -m` would
+# torch's threads: OMP_NUM_THREADS when set (`OMP_NUM_THREADS=1` beside other jobs, as docs/benchmarks.md advises; the
+# stages run in this process by `run_in_process` then use what a fresh `python -m` would), else two. Measured: one
+# thread for the suite and its commands made `.ci/run` slower (the early commands end first and leave a core idle).
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or min(2, os.cpu_count() or 1))
 
 # The one wall-clock bound in the suite: it stops a hung process, never a slow one (a loaded 2-core machine runs a
 # stage many times slower than an idle one), so no test's outcome depends on the machine's speed.

@@ -560,7 +560,9 @@ def test_a_malformed_pipeline_is_one_line_naming_the_field(conf_copy, capsys, pi
 def test_an_unknown_experiment_is_one_line_listing_the_known_ones():
     result = run_in_process("pipeline", "no_such_experiment")
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
-    assert result.stderr.startswith("error: unknown experiment 'no_such_experiment'; choose from demo, folder, paper_transfer, paper_vitb32,")
+    assert result.stderr.startswith(
+        "error: unknown experiment 'no_such_experiment'; choose from demo, folder, paper_transfer, paper_vitb32,"
+    )
     seeds = run_in_process("pipeline", "demo", "name=x", "--seeds", "0", "1", "--print")
     assert seeds.returncode == 2 and seeds.stderr == "error: --seeds runs the plain demo once per seed; it takes no overrides (name=x)\n"
 
