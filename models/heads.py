@@ -76,13 +76,20 @@ def _foundation_clip(arch: str, foundation: str, activation: str | None):
     return clip_model, tokenizer
 
 
+@functools.lru_cache(maxsize=8)
+def _zeroshot_weight(arch: str, foundation: str, activation: str | None, classnames: tuple, templates: tuple) -> torch.Tensor:
+    """One text-tower pass per foundation and class list, whatever the number of checkpoints scored with it
+    (a sweep's 72 checkpoints share one ImageNet head of 1000 classes x 80 templates)."""
+    from models.classifier import zeroshot_head_weight
+
+    clip_model, tokenizer = _foundation_clip(arch, foundation, activation)
+    return zeroshot_head_weight(clip_model, tokenizer, list(classnames), templates)
+
+
 def zeroshot_head(meta: CheckpointMeta, info: Any, foundation: str) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """(weight, bias, provenance): the zero-shot head of `info`'s classes from the foundation's text tower
     (models.classifier.zeroshot_head_weight, as finetune.init=zeroshot; bias 0)."""
-    from models.classifier import zeroshot_head_weight
-
-    clip_model, tokenizer = _foundation_clip(meta.arch, foundation, meta.activation)
-    weight = zeroshot_head_weight(clip_model, tokenizer, list(info.classnames), info.templates)
+    weight = _zeroshot_weight(meta.arch, foundation, meta.activation, tuple(info.classnames), tuple(info.templates))
     return weight, torch.zeros(weight.shape[0]), {"head": "zeroshot", "text_tower": text_tower_identity(foundation)}
 
 

@@ -92,6 +92,24 @@ def test_a_62_class_checkpoint_scores_a_10_class_digit_folder_with_a_zero_shot_h
     assert zeroshot["test"]["top1"] > 0.5  # chance is 0.1: the tiny CLIP reads these digits without a digit head
 
 
+def test_checkpoints_of_one_foundation_share_one_zero_shot_head_pass(tmp_path, monkeypatch):
+    """Scoring many checkpoints of one foundation with zero-shot heads runs the text tower once per class list."""
+    import models.classifier
+    import models.heads
+
+    models.heads._zeroshot_weight.cache_clear()
+    calls = []
+    real = models.classifier.zeroshot_head_weight
+    monkeypatch.setattr(models.classifier, "zeroshot_head_weight", lambda *a, **k: calls.append(1) or real(*a, **k))
+    paths = [character_world_zeroshot(tmp_path / f"world62_{i}/model.safetensors") for i in range(3)]
+    info = datasets.ClassInfo(["zero", "one", "two"], ("a photo of a {}.",), "digits3")
+    heads = [head_for(read_meta(p), info, "zeroshot", p) for p in paths]
+    assert len(calls) == 1
+    clip, _, tokenizer = create_clip(ARCH, str(FOUNDATION))
+    expected = real(clip, tokenizer, ["zero", "one", "two"], ("a photo of a {}.",))
+    assert all(torch.equal(weight, expected) and not bias.any() for weight, bias, _ in heads)
+
+
 def test_without_its_text_tower_a_zero_shot_head_is_refused_in_one_line(tmp_path):
     root = render(tmp_path / "digits", {"train": 2, "test": 1}, classes=("zero", "one"))
     gone = tmp_path / "moved/tiny_clip_chars.safetensors"
