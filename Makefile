@@ -9,11 +9,12 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
+# uv installs the same pinned packages as pip, about five times faster (docs/benchmarks.md: 27 s against 150 s cold).
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip install --quiet uv==0.13.9
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -r requirements-dev.txt
+	$(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 # The paper in miniature on the embedded world; finished stages are reused, a killed run resumes.

@@ -28,7 +28,9 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -48,7 +50,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hydra_plugins.model_soups_launcher import register_launcher
 from models.atomic import write_text_atomic
@@ -459,9 +461,7 @@ def _run_locked(
             _fail(out, err, write_failed=is_multirun())
             return None
         if action == "skip":
-            (out / FAILED_FILE).unlink(missing_ok=True)  # a refused launch's note; the finished run stands
-            log.info("skipping %s: already finished with this config (DONE exists; pass force=true to rerun)", out)
-            report_outcome("skip", out)
+            _skip(out)
             return None
         if action == "clean":
             log.info("force=true: removing the earlier outputs in %s", out)
@@ -493,6 +493,42 @@ def _run_locked(
     return result
 
 
+def _skip(out: Path) -> None:
+    (out / FAILED_FILE).unlink(missing_ok=True)  # a refused launch's note; the finished run stands
+    log.info("skipping %s: already finished with this config (DONE exists; pass force=true to rerun)", out)
+    report_outcome("skip", out)
+
+
+def skip_finished_job(sweep_config: DictConfig, inputs: Callable[[DictConfig], tuple[str, dict]] | None) -> bool:
+    """A launcher's check before it submits a sweep job (hydra_plugins/model_soups_launcher.py): True when the job's
+    run folder already finished with this config, reported as the job itself would report it (`_skip`).
+
+    Computed as the job computes it: the run folder and the task config as Hydra's `run_job` makes them from the
+    job's sweep config, then `identity_config` and `check_identity`. Anything else (a fresh or unfinished run,
+    force=true, another config, an error while checking) is False: the job is submitted and decides, and reports."""
+    saved = HydraConfig.instance().cfg
+    try:
+        HydraConfig.instance().set_config(sweep_config)
+        out = Path(str(sweep_config.hydra.sweep.dir), str(sweep_config.hydra.sweep.subdir))
+        with read_write(sweep_config.hydra.runtime), open_dict(sweep_config.hydra.runtime):
+            sweep_config.hydra.runtime.output_dir = os.path.abspath(out)
+        HydraConfig.instance().set_config(sweep_config)
+        task_cfg = copy.deepcopy(sweep_config)
+        with read_write(task_cfg), open_dict(task_cfg):
+            del task_cfg["hydra"]
+        named_inputs = inputs(task_cfg) if inputs is not None else None
+        config = identity_config(task_cfg, named_inputs)
+        action = check_identity(out, config, bool(task_cfg.get("force", False)), named_inputs and named_inputs[0])
+    except Exception:  # noqa: BLE001 - the submitted job meets the same error and reports it in its own words
+        return False
+    finally:
+        HydraConfig.instance().cfg = saved
+    if action != "skip":
+        return False
+    _skip(out)
+    return True
+
+
 def stage_entry(
     config_name: str,
     task: Callable[[DictConfig], Any],
@@ -504,9 +540,12 @@ def stage_entry(
     values before any work (see `precheck_overrides`). `inputs(cfg)` -> (config key, {file: sha256 prefix}):
     the run's identity holds the files the key resolves to, not its text (eval: `checkpoints=`)."""
 
-    @hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")
-    def hydra_main(cfg: DictConfig) -> Any:
+    def run(cfg: DictConfig) -> Any:
         return run_task(task, cfg, resumable, inputs)
+
+    # our launchers ask it before they submit a job: a finished run starts no process (no SLURM task)
+    run.skip_finished_job = functools.partial(skip_finished_job, inputs=inputs) if resumable else None
+    hydra_main = hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(run)
 
     def main() -> None:
         precheck_overrides(config_name, sys.argv[1:], check)

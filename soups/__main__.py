@@ -7,15 +7,19 @@ from omegaconf import DictConfig
 
 from models.cli import output_dir, overrides, stage_entry
 from soups.config import soup_params
-from soups.diagnose import run_diagnose
-from soups.stage import run_soup
+
+# The stage's work is imported where it runs: a sweep's launcher (and --help) loads neither open_clip nor the data.
 
 
 def run(cfg: DictConfig) -> None:
+    from soups.stage import run_soup
+
     run_soup(cfg, output_dir(), overrides())
 
 
 def diagnose(cfg: DictConfig) -> None:
+    from soups.diagnose import run_diagnose
+
     run_diagnose(cfg, output_dir())
 
 

@@ -16,7 +16,6 @@ from typing import Any
 from models.checkpoint import OFFICIAL_SOURCE, CheckpointMeta, import_checkpoint, natural_key, read_meta, sha256_prefix
 from models.cli import DONE_FILE
 from models.errors import UserError
-from models.factory import wants_quick_gelu
 from models.results import RESULTS_FILE, read_records
 from soups.checks import IngredientSpec
 from soups.streaming import TensorSpec, is_pt, tensor_specs
@@ -94,6 +93,8 @@ def describe(path: Path, model_cfg: Any) -> Ingredient:
         state, has_head = import_checkpoint(path)
         if not has_head:
             raise UserError(f"{path}: no classification head; soups average whole classifiers (image tower + head)")
+        from models.factory import wants_quick_gelu  # open_clip loads where a model is read, not for a sweep's launcher
+
         meta = CheckpointMeta(
             arch=model_cfg.arch,
             pretrained=model_cfg.pretrained,

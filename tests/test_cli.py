@@ -3,51 +3,18 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import textwrap
 
 import pytest
-from conftest import HANG_S, REPO, run_in_process, run_module
-
-TOY_STAGE = textwrap.dedent(
-    """
-    import sys
-    from models.cli import output_dir, stage_entry
-    from models.errors import UserError
-
-    def run(cfg):
-        if cfg.seed == 1:
-            raise UserError("seed: 1 is unlucky; pick another")
-        if cfg.seed == 2:
-            raise RuntimeError("a bug")
-        (output_dir() / "work.txt").write_text(str(cfg.seed))
-
-    if __name__ == "__main__":
-        if "--own-names" not in sys.argv:
-            sys.argv.append("run_name=s${seed}")
-        else:
-            sys.argv.remove("--own-names")
-        stage_entry("plots", run)()
-    """
-)
+from conftest import run_in_process, run_module
 
 
 @pytest.fixture
 def toy(tmp_path):
-    script = tmp_path / "toy_stage.py"
-    script.write_text(TOY_STAGE)
+    """The toy stage (tests/toy_stage), in this process, its runs under tmp_path."""
 
-    def run(*args):
-        env = {**os.environ, "PYTHONPATH": str(REPO)}  # this checkout's code, whichever one the environment installed
-        return subprocess.run(
-            [sys.executable, str(script), *args, f"paths.runs={tmp_path}/runs"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=HANG_S,
-            env=env,
-        )
+    def run(*args, env=None):
+        return run_in_process("toy_stage", *args, f"paths.runs={tmp_path}/runs", env=env)
 
     return run
 
@@ -177,3 +144,39 @@ def test_an_in_process_run_leaves_no_hydra_state_behind(tmp_path):
     assert not GlobalHydra.instance().is_initialized()
     with pytest.raises(ValueError):
         HydraConfig.get()
+
+
+@pytest.mark.parametrize("launcher", ["local", "slurm"])
+def test_a_relaunched_sweep_submits_only_its_unfinished_jobs(toy, tmp_path, monkeypatch, launcher):
+    """Our launchers ask the stage before they submit: a job finished with this config is reported as skipped and
+    never submitted (no process, no SLURM task); a new job, a changed config and force=true are submitted."""
+    import submitit
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from models.cli import OUTCOMES_ENV
+
+    assert toy("-m", "seed=0,3").returncode == 0  # Hydra's basic launcher, in this process: two finished runs
+    submitted = []
+
+    class Submitted:  # stands in for submitit (local processes or sbatch): records what it was given
+        def __init__(self, cluster, **params):
+            pass
+
+        def update_parameters(self, **params):
+            pass
+
+        def map_array(self, launcher, job_overrides, *params):
+            submitted.append(sorted(o for overrides in job_overrides for o in overrides if o.startswith("seed=")))
+            done = [JobReturn(overrides=list(o), status=JobStatus.COMPLETED, _return_value=None) for o in job_overrides]
+            return [type("Job", (), {"results": lambda self, r=r: [r]})() for r in done]
+
+    monkeypatch.setattr(submitit, "AutoExecutor", Submitted)
+    outcomes = tmp_path / "outcomes"
+    sweep = tmp_path / "runs/default/plots"
+    again = toy("-m", "seed=0,3,4", f"hydra/launcher={launcher}", env={OUTCOMES_ENV: str(outcomes)})
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert submitted == [["seed=4"]]
+    assert outcomes.read_text() == f"skip {sweep}/s0\nskip {sweep}/s3\n"  # what the jobs themselves would report
+    assert toy("-m", "seed=0,3", "plots.max_examples=7", f"hydra/launcher={launcher}").returncode == 0
+    assert toy("-m", "seed=0", "force=true", f"hydra/launcher={launcher}").returncode == 0
+    assert submitted == [["seed=4"], ["seed=0", "seed=3"], ["seed=0"]]  # another config: the jobs refuse it themselves

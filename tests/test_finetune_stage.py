@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import HANG_S, REPO, run_in_process, run_module
+from conftest import HANG_S, REPO, run_in_process
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
@@ -321,7 +321,7 @@ def test_a_two_job_sweep_through_submitit_local_then_a_relaunch_skips_it(world):
     args = ["-m", "sweep=demo", "hydra/launcher=submitit_local", "sweep.index=0,1", "data.scale=small", "model.pretrained=null"]
     args += ["finetune.batch_size=100", "finetune.warmup_steps=2", "finetune.progress=false", "name=sweep"]
     args += ["finetune.lp.init_from=null"]  # no inits step here: each job fits its own LP head (the pipeline's sweeps read inits/lp)
-    result = run_module("finetune", *args, env=world["env"])
+    result = run_in_process("finetune", *args, env=world["env"])  # the launcher here; each job a submitit process
     assert result.returncode == 0, result.stderr[-3000:]
     sweep_dir = world["runs"] / "sweep" / "finetune"
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -336,9 +336,11 @@ def test_a_two_job_sweep_through_submitit_local_then_a_relaunch_skips_it(world):
         assert len((folder / "metrics.jsonl").read_text().splitlines()) == drawn["epochs"]
         stamps[index] = (folder / "model.safetensors").stat().st_mtime_ns
 
-    again = run_module("finetune", *[a.replace("submitit_local", "basic") for a in args], env=world["env"])  # one process
+    # our launcher (hydra/launcher=local) asks each job's run folder first: both finished, so no job is submitted
+    again = run_in_process("finetune", *[a.replace("submitit_local", "local") for a in args], env=world["env"])
     assert again.returncode == 0, again.stderr[-3000:]
     assert {i: (sweep_dir / f"model_{i}" / "model.safetensors").stat().st_mtime_ns for i in (0, 1)} == stamps
+    assert again.stdout.count("already finished with this config") == 2 and "Submitit 'local'" not in again.stdout
 
 
 def test_a_job_from_the_lp_init_file_starts_from_its_weights_without_a_zero_shot_head(world, monkeypatch):
