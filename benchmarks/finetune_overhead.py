@@ -71,7 +71,7 @@ def bare_loop(model: torch.nn.Module, data: Dataset, batch: int) -> float:
 
 def our_loop(model: torch.nn.Module, data: Dataset, batch: int) -> float:
     """Seconds for one epoch of `train_loop` with the same optimizer, lr, clipping and batches."""
-    recipe = Recipe(lr=1e-5, epochs=1, batch_size=batch, warmup_steps=0, workers=0, save_every_minutes=0)
+    recipe = Recipe(lr=1e-5, epochs=1, batch_size=batch, warmup_steps=0, workers=0, save_every_minutes=0, progress=False)
     with tempfile.TemporaryDirectory() as run_dir:
         start = time.perf_counter()
         book = Logbook(Path(run_dir), {"name": "none"}, "bench", {})
@@ -80,13 +80,10 @@ def our_loop(model: torch.nn.Module, data: Dataset, batch: int) -> float:
             model,
             SeededExamples(data, 0, random_transform=False),
             recipe,
-            10,
-            0,
             torch.device("cpu"),
             Ranks(),
             Path(run_dir),
             book,
-            False,
         )
         return time.perf_counter() - start
 

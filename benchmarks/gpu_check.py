@@ -84,13 +84,13 @@ def train(arch: str, data: RandomImages, batch: int, precision: str, device: tor
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(classifier, device_ids=[device.index or 0] if device.type == "cuda" else None)
-    recipe = Recipe(lr=1e-5, epochs=1, batch_size=batch, warmup_steps=2, workers=0, save_every_minutes=0, precision=precision)
+    recipe = Recipe(
+        lr=1e-5, epochs=1, batch_size=batch, warmup_steps=2, workers=0, save_every_minutes=0, precision=precision, progress=False
+    )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    steps = train_loop(
-        model, classifier, SeededExamples(data, 0, random_transform=False), recipe, CLASSES, 0, device, Ranks(), None, None, False
-    )
+    steps = train_loop(model, classifier, SeededExamples(data, 0, random_transform=False), recipe, device, Ranks())
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start

@@ -228,23 +228,22 @@ def train_loop(
     classifier: ImageClassifier,
     train_data: SeededExamples,
     hp: Recipe,
-    num_classes: int,
-    seed: int,
     device: torch.device,
     ranks: Ranks | None = None,
     run_dir: Path | None = None,
     logbook: Logbook | None = None,
-    show_progress: bool = True,
     after_step: Callable[[int], None] | None = None,
 ) -> int:
     """Train `model` (the classifier, maybe DDP-wrapped or compiled) from its saved state, if any, to the end.
 
-    The stage gives a run folder (resumable state, periodic saves) and a logbook (per-epoch metrics);
-    without them this is the plain loop over `train_data`, in memory (the world probe calls it so).
+    The batches and mixup draws come from `train_data.seed`, the soft targets span the classifier's head, and
+    `hp.progress` shows a bar. The stage gives a run folder (resumable state, periodic saves) and a logbook
+    (per-epoch metrics); without them this is the plain loop over `train_data`, in memory (the world probe calls it so).
     `after_step(step)`, if given, runs after each optimizer step (e.g. a held-out curve); the loop puts
     the model back in training mode afterwards. Returns the number of optimizer steps taken in this call.
     """
     ranks = ranks or Ranks()
+    seed, num_classes = train_data.seed, classifier.head.out_features
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     amp_dtype = autocast_dtype(hp.precision, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None  # fp16's loss scaling
@@ -258,7 +257,7 @@ def train_loop(
     if logbook is not None:
         logbook.rewind(at.step)  # a fresh start (step 0) also clears the metrics of an earlier forced run
     guard = PreemptionGuard().install()
-    bar = progress_bar(total_steps, at.step, hp.batch_size, show_progress and ranks.main)
+    bar = progress_bar(total_steps, at.step, hp.batch_size, hp.progress and ranks.main)
     train_mode(model, hp.freeze_bn)
     while at.step < total_steps:
         epoch, start = divmod(at.step, per_epoch)
@@ -478,7 +477,7 @@ def finetune(cfg: DictConfig) -> Path:
         enabled=ranks.main,
     )
     try:
-        train_loop(model, classifier, train_data, hp, len(info.classnames), seed, device, ranks, run_dir, logbook, hp.progress)
+        train_loop(model, classifier, train_data, hp, device, ranks, run_dir, logbook)
         checkpoint = run_dir / CHECKPOINT_FILE
         if ranks.main:
             hparams = dict(

@@ -89,10 +89,8 @@ def probe_run(
 
     start = time.time()
     data = train_data(train, preprocess, run.shift_px, run.seed)
-    num_classes = classifier.head.weight.shape[0]
-    train_loop(
-        classifier, classifier, data, run.recipe, num_classes, run.seed, torch.device("cpu"), show_progress=False, after_step=held_out_curve
-    )
+    recipe = dataclasses.replace(run.recipe, progress=False)
+    train_loop(classifier, classifier, data, recipe, torch.device("cpu"), after_step=held_out_curve)
     classifier.eval()
     return {"curve": curve, "seconds": time.time() - start}
 

@@ -22,6 +22,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -207,17 +208,14 @@ def distributed_shard() -> tuple[int, int] | None:
 def score_models(
     models: Sequence[nn.Module],
     eval_set: EvalSet,
-    batch_size: int = 256,
-    workers: int = 0,
-    device: torch.device | str = "cpu",
-    amp: bool | str | None = "auto",
-    skip_bad_images: bool = False,
     keep_logits: bool = False,
     logits_dtype: torch.dtype = torch.float16,
     progress: bool = False,
+    **loader: Any,
 ) -> list[SetScores]:
     """Score every model on `eval_set` in one pass over the images (sharded across ranks under torchrun);
-    `progress`: a bar on stderr with images/s and the time left (this rank's shard)."""
+    `progress`: a bar on stderr with images/s and the time left (this rank's shard). `loader`: `iter_logits`'s
+    batch_size, workers, device, amp and skip_bad_images, with its defaults."""
     num_classes = len(eval_set.classnames)
     shard = distributed_shard()
     per_class_correct = torch.zeros(len(models), num_classes, dtype=torch.long)
@@ -227,7 +225,7 @@ def score_models(
     kept_labels: list[torch.Tensor] = []
     keep_predictions = bool(eval_set.relabellings)
     predictions: list[list[torch.Tensor]] = [[] for _ in models]
-    batches = iter_logits(models, eval_set, batch_size, workers, device, amp, skip_bad_images, lambda bad: skipped.append(bad.path), shard)
+    batches = iter_logits(models, eval_set, on_skip=lambda bad: skipped.append(bad.path), shard=shard, **loader)
     size = len(eval_set.dataset) if shard is None else len(shard_range(len(eval_set.dataset), *shard))
     label = f"{eval_set.name} ({len(models)} model{'s' if len(models) > 1 else ''})"
     bar = tqdm(total=size, desc=label, unit="img", file=sys.stderr, disable=not progress, dynamic_ncols=True, leave=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 
@@ -68,14 +69,11 @@ def train(tmp_path, data: Dataset) -> ImageClassifier:
         classifier,
         classifier,
         SeededExamples(data, 0),
-        HP,
-        3,
-        0,
+        dataclasses.replace(HP, progress=False),
         torch.device("cpu"),
         Ranks(),
         tmp_path,
         Logbook(tmp_path, {"name": "none"}, "toy", {}),
-        False,
     )
     return classifier
 

@@ -132,10 +132,10 @@ def test_foundation_is_written_in_the_configured_dtype():
 
 
 def test_a_bad_save_dtype_is_refused_before_pretraining(tmp_path):
-    from conftest import run_module
+    from conftest import run_in_process  # the stage's real command: tests/test_cli.py (--help) and the demo
 
     foundation = tmp_path / "f.safetensors"
-    result = run_module(
+    result = run_in_process(
         "datasets.world", "task=pretrain", "pretrain.save_dtype=int8", f"paths.cache={tmp_path}", f"foundation={foundation}"
     )
     assert result.returncode == 2 and "pretrain.save_dtype: 'int8'" in result.stderr, result.stderr[-500:]
