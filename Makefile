@@ -9,12 +9,18 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-# uv installs the same pinned packages as pip, about five times faster (docs/benchmarks.md: 27 s against 150 s cold).
+# Python keeps the bytecode it compiles (a PYTHONDONTWRITEBYTECODE in the environment would make each of the
+# test suite's ~100 processes, and each stage of a pipeline, compile torch's modules again).
+unexport PYTHONDONTWRITEBYTECODE
+
+# uv installs the same pinned packages as pip, several times faster (docs/benchmarks.md); the last line compiles,
+# once, the modules every stage imports (uv, unlike pip, compiles nothing at install).
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet uv==0.13.9
-	$(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) -r requirements-dev.txt
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -r requirements-dev.txt
 	$(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps --no-build-isolation -e .
+	$(PY) -c "import finetune.train, soups.stage, eval.runner, plots.report, plots.compute, pipeline.steps"
 	touch $(STAMP)
 
 # The paper in miniature on the embedded world; finished stages are reused, a killed run resumes.
