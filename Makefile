@@ -15,10 +15,10 @@ unexport PYTHONDONTWRITEBYTECODE
 
 # uv installs the same pinned packages as pip, several times faster (docs/benchmarks.md); the last line compiles,
 # once, the modules every stage imports (uv, unlike pip, compiles nothing at install).
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt requirements-overrides.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet uv==0.13.9
-	$(VENV)/bin/uv pip install --quiet --python $(PY) -r requirements-dev.txt
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -r requirements-dev.txt --override requirements-overrides.txt
 	$(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps --no-build-isolation -e .
 	$(PY) -c "import finetune.train, soups.stage, eval.runner, plots.report, plots.compute, pipeline.steps"
 	touch $(STAMP)

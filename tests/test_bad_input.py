@@ -5,7 +5,7 @@ the one line must hold. After the run, no results record, checkpoint or DONE may
 (for a refused rerun: the finished folder is byte-for-byte as it was).
 
 Most cases run the stage's `main()` in this process (`run_in_process`: the same entry, without a new
-interpreter's imports); the cases in `AS_COMMAND`, one per stage, run the real `python -m <stage>` command.
+interpreter's imports); the cases in `AS_COMMAND` run the real `python -m <stage>` command.
 """
 
 from __future__ import annotations
@@ -212,9 +212,10 @@ CASES = {
 }
 
 
-# One case per stage as the user runs it; the unpickling exploit among them, since only a real process
-# shows that `os.system` never ran (its output goes to the file descriptor, not to sys.stdout).
-AS_COMMAND = {"malicious_pickle", "batch_not_divisible", "imagenet_r_199_classes"}
+# Cases run as the user runs them: the unpickling exploit, since only a real process shows that `os.system` never
+# ran (its output goes to the file descriptor, not to sys.stdout), and one fine-tune. Eval's one line from a real
+# process: tests/test_faults.py (a stop signal), which also covers soups.
+AS_COMMAND = {"malicious_pickle", "batch_not_divisible"}
 
 
 def left_behind(runs: Path) -> list[str]:

@@ -31,17 +31,36 @@ def test_the_stages_are_the_documented_ones():
     assert STAGES == ["eval", "finetune", "plots", "soups", "world"]
 
 
-@pytest.mark.parametrize("stage", STAGES)
-@pytest.mark.parametrize("group,option", group_options())
-def test_every_option_composes(stage: str, group: str, option: str):
+def is_global(group: str, option: str) -> bool:
+    """An experiment, or an option that sets keys across the tree (`@package _global_`)."""
+    return group == "experiment" or "@package _global_" in (CONF_DIR / group / f"{option}.yaml").read_text()
+
+
+@pytest.fixture(scope="module")
+def stage_trees() -> dict[str, dict]:
+    """Each stage's primary config as composed, unresolved and untyped (an option's node is put into it)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(stage, overrides=[f"{group}={option}"])
-    # Resolve everything a job reads (hydra: interpolations only exist inside a Hydra run).
-    job = OmegaConf.to_container(cfg, resolve=True)
-    assert job["stage"] == stage
-    if group == "experiment" or "@package _global_" in (CONF_DIR / group / f"{option}.yaml").read_text():
-        return  # sets keys across the tree; test_pipeline_experiments and the stages' tests check those
-    assert OmegaConf.to_container(cfg[group], resolve=False) == option_node(group, option)
+        return {stage: OmegaConf.to_container(compose(stage), resolve=False) for stage in STAGES}
+
+
+@pytest.mark.parametrize("group,option", group_options())
+def test_every_option_composes_with_every_stage(group: str, option: str, stage_trees: dict[str, dict]):
+    # An option that sets keys across the tree is composed with every stage. Any other one fills only cfg[group]
+    # (the stages share base.yaml's groups): composed once, its node is what its file says, and that node resolves
+    # in every stage's tree (Hydra itself in the first, each other stage's keys behind its interpolations).
+    stages = STAGES if is_global(group, option) else STAGES[:1]
+    for stage in stages:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(stage, overrides=[f"{group}={option}"])
+        job = OmegaConf.to_container(cfg, resolve=True)  # hydra: interpolations exist only inside a Hydra run
+        assert job["stage"] == stage
+    if is_global(group, option):
+        return  # test_pipeline_experiments and the stages' tests check the keys those set
+    node = option_node(group, option)
+    assert OmegaConf.to_container(cfg[group], resolve=False) == node
+    for stage, tree in stage_trees.items():
+        resolved = OmegaConf.to_container(OmegaConf.create({**tree, group: node}), resolve=True)
+        assert resolved["stage"] == stage and resolved[group].keys() == node.keys()
 
 
 def option_node(group: str, option: str) -> dict:

@@ -7,7 +7,7 @@ import pkgutil
 
 import pytest
 import torch
-from conftest import mark_done, run_in_process, run_module
+from conftest import mark_done, run_in_process
 from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import load_file
@@ -46,7 +46,7 @@ def expected_predictions(checkpoint, paths, project):
 def test_records_match_an_independent_computation(tree, tmp_path):
     root, mini, checkpoints = tree
     out = tmp_path / "eval"
-    result = run_module(
+    result = run_in_process(  # eval as a real process: tests/test_faults.py (a stop signal) and the pipelines
         "eval",
         *COMMON,
         f"data.root={mini.root}",
