@@ -146,10 +146,9 @@ def test_an_in_process_run_leaves_no_hydra_state_behind(tmp_path):
         HydraConfig.get()
 
 
-@pytest.mark.parametrize("launcher", ["local", "slurm"])
-def test_a_relaunched_sweep_submits_only_its_unfinished_jobs(toy, tmp_path, monkeypatch, launcher):
-    """Our launchers ask the stage before they submit: a job finished with this config is reported as skipped and
-    never submitted (no process, no SLURM task); a new job, a changed config and force=true are submitted."""
+def test_a_relaunched_sweep_submits_only_its_unfinished_jobs(toy, tmp_path, monkeypatch):
+    """Our launchers (local, slurm) ask the stage before they submit: a job finished with this config is reported as
+    skipped and never submitted (no process, no SLURM task); a new job and a changed config are submitted."""
     import submitit
     from hydra.core.utils import JobReturn, JobStatus
 
@@ -160,23 +159,23 @@ def test_a_relaunched_sweep_submits_only_its_unfinished_jobs(toy, tmp_path, monk
 
     class Submitted:  # stands in for submitit (local processes or sbatch): records what it was given
         def __init__(self, cluster, **params):
-            pass
+            self.cluster = cluster
 
         def update_parameters(self, **params):
             pass
 
         def map_array(self, launcher, job_overrides, *params):
-            submitted.append(sorted(o for overrides in job_overrides for o in overrides if o.startswith("seed=")))
+            submitted.append((self.cluster, sorted(o for overrides in job_overrides for o in overrides if o.startswith("seed="))))
             done = [JobReturn(overrides=list(o), status=JobStatus.COMPLETED, _return_value=None) for o in job_overrides]
             return [type("Job", (), {"results": lambda self, r=r: [r]})() for r in done]
 
     monkeypatch.setattr(submitit, "AutoExecutor", Submitted)
     outcomes = tmp_path / "outcomes"
     sweep = tmp_path / "runs/default/plots"
-    again = toy("-m", "seed=0,3,4", f"hydra/launcher={launcher}", env={OUTCOMES_ENV: str(outcomes)})
+    again = toy("-m", "seed=0,3,4", "hydra/launcher=local", env={OUTCOMES_ENV: str(outcomes)})
     assert again.returncode == 0, again.stderr[-2000:]
-    assert submitted == [["seed=4"]]
     assert outcomes.read_text() == f"skip {sweep}/s0\nskip {sweep}/s3\n"  # what the jobs themselves would report
-    assert toy("-m", "seed=0,3", "plots.max_examples=7", f"hydra/launcher={launcher}").returncode == 0
-    assert toy("-m", "seed=0", "force=true", f"hydra/launcher={launcher}").returncode == 0
-    assert submitted == [["seed=4"], ["seed=0", "seed=3"], ["seed=0"]]  # another config: the jobs refuse it themselves
+    assert toy("-m", "seed=0,3", "plots.max_examples=7", "hydra/launcher=slurm").returncode == 0
+    assert toy("-m", "seed=3", "hydra/launcher=slurm").returncode == 0
+    # the new job; both jobs of another config (they refuse it themselves); nothing for a finished one
+    assert submitted == [("local", ["seed=4"]), ("slurm", ["seed=0", "seed=3"])]
