@@ -37,9 +37,7 @@ def launch_unfinished(
     """`submit(overrides, first_index)` for the jobs whose run is not finished; a finished one's JobReturn says so."""
     skip = getattr(launcher.task_function, "skip_finished_job", None)  # None: a stage without resumable runs
     finished: dict[int, JobReturn] = {}
-    for number, overrides in enumerate(job_overrides):
-        if skip is None:
-            break
+    for number, overrides in enumerate(job_overrides if skip is not None else ()):
         sweep_config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
         with open_dict(sweep_config.hydra.job):
             sweep_config.hydra.job.num = initial_job_idx + number

@@ -89,7 +89,8 @@ def _zeroshot_weight(arch: str, foundation: str, activation: str | None, classna
 def zeroshot_head(meta: CheckpointMeta, info: Any, foundation: str) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """(weight, bias, provenance): the zero-shot head of `info`'s classes from the foundation's text tower
     (models.classifier.zeroshot_head_weight, as finetune.init=zeroshot; bias 0)."""
-    weight = _zeroshot_weight(meta.arch, foundation, meta.activation, tuple(info.classnames), tuple(info.templates))
+    # a copy: the cached tensor is shared by every later call, and a caller may change what it gets (a soup's state)
+    weight = _zeroshot_weight(meta.arch, foundation, meta.activation, tuple(info.classnames), tuple(info.templates)).clone()
     return weight, torch.zeros(weight.shape[0]), {"head": "zeroshot", "text_tower": text_tower_identity(foundation)}
 
 
