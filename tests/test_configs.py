@@ -43,24 +43,46 @@ def stage_trees() -> dict[str, dict]:
         return {stage: OmegaConf.to_container(compose(stage), resolve=False) for stage in STAGES}
 
 
-@pytest.mark.parametrize("group,option", group_options())
-def test_every_option_composes_with_every_stage(group: str, option: str, stage_trees: dict[str, dict]):
-    # An option that sets keys across the tree is composed with every stage. Any other one fills only cfg[group]
-    # (the stages share base.yaml's groups): composed once, its node is what its file says, and that node resolves
-    # in every stage's tree (Hydra itself in the first, each other stage's keys behind its interpolations).
-    stages = STAGES if is_global(group, option) else STAGES[:1]
-    for stage in stages:
+def option_rounds() -> list[list[tuple[str, str]]]:
+    """Every option, dealt into rounds of at most one option per group (one Hydra compose checks a round; a typo
+    names its file in the error either way). Options that set keys across the tree go in rounds of their own: an
+    experiment sets other groups itself, and a round's other options would replace its choices."""
+    rounds = []
+    for global_ in (True, False):
+        by_group: dict[str, list[str]] = {}
+        for group, option in group_options():
+            if is_global(group, option) == global_:
+                by_group.setdefault(group, []).append(option)
+        depth = max(map(len, by_group.values()))
+        rounds += [[(group, options[i]) for group, options in by_group.items() if i < len(options)] for i in range(depth)]
+    return rounds
+
+
+def test_the_rounds_hold_every_option_once():
+    dealt = [pair for round_ in option_rounds() for pair in round_]
+    assert sorted(dealt) == group_options()
+    assert all(len({group for group, _ in round_}) == len(round_) for round_ in option_rounds())
+
+
+@pytest.mark.parametrize("round_", option_rounds(), ids=lambda r: "+".join(f"{g}={o}" for g, o in r))
+def test_every_option_composes_with_every_stage(round_: list[tuple[str, str]], stage_trees: dict[str, dict]):
+    # A round of options that set keys across the tree is composed with every stage. Any other option fills only
+    # cfg[group] (the stages share base.yaml's groups): composed once, its node is what its file says, and that node
+    # resolves in every stage's tree (Hydra itself in the first, each other stage's keys behind its interpolations).
+    global_ = is_global(*round_[0])
+    for stage in STAGES if global_ else STAGES[:1]:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(stage, overrides=[f"{group}={option}"])
+            cfg = compose(stage, overrides=[f"{group}={option}" for group, option in round_])
         job = OmegaConf.to_container(cfg, resolve=True)  # hydra: interpolations exist only inside a Hydra run
         assert job["stage"] == stage
-    if is_global(group, option):
+    if global_:
         return  # test_pipeline_experiments and the stages' tests check the keys those set
-    node = option_node(group, option)
-    assert OmegaConf.to_container(cfg[group], resolve=False) == node
-    for stage, tree in stage_trees.items():
-        resolved = OmegaConf.to_container(OmegaConf.create({**tree, group: node}), resolve=True)
-        assert resolved["stage"] == stage and resolved[group].keys() == node.keys()
+    for group, option in round_:
+        node = option_node(group, option)
+        assert OmegaConf.to_container(cfg[group], resolve=False) == node, f"{group}={option}"
+        for stage, tree in stage_trees.items():
+            resolved = OmegaConf.to_container(OmegaConf.create({**tree, group: node}), resolve=True)
+            assert resolved["stage"] == stage and resolved[group].keys() == node.keys()
 
 
 def option_node(group: str, option: str) -> dict:

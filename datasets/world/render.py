@@ -161,6 +161,13 @@ def warp(mask: np.ndarray, scale: float, angle_deg: float, shear: float, shift: 
     return np.asarray(out, dtype=np.float32) / 255.0
 
 
+def upright_pose(rng: np.random.Generator, scale_range: tuple[float, float], angle_sd: float, shear_sd: float, shift_sd: float) -> dict:
+    """`warp`'s pose for a near-upright glyph: scale uniform in `scale_range`, then angle (degrees), shear and the two shifts
+    normal around zero with these deviations, drawn from `rng` in that order (the order fixes the pixels)."""
+    scale, angle = rng.uniform(*scale_range), rng.normal(0, angle_sd)
+    return {"scale": scale, "angle_deg": angle, "shear": rng.normal(0, shear_sd), "shift": tuple(rng.normal(0, shift_sd, size=2))}
+
+
 # --- textures: SIZE x SIZE x 3 float arrays in [0, 1] ---------------------------------------------
 
 _GRID = np.stack(np.meshgrid(np.arange(SIZE), np.arange(SIZE), indexing="xy"), axis=-1).astype(np.float32)
@@ -259,13 +266,7 @@ def render_photo(rng: np.random.Generator, label: int, g: Glyphs = DIGITS, fonts
         for _ in range(int(rng.integers(0, g.photo_distractors + 1))):
             clutter = jitter_colour(rng, _choice(rng, COLOUR_NAMES), 0.1)
             background = composite(background, clutter[None, None, :], 0.35 * _fragment(rng, _choice(rng, FONT_SETS[fonts]), g))
-    alpha = warp(
-        mask(g, font, label),
-        scale=rng.uniform(0.65, 0.95),
-        angle_deg=rng.normal(0, 8 * jitter),
-        shear=rng.normal(0, 0.08 * jitter),
-        shift=tuple(rng.normal(0, 1.5 * jitter, size=2)),
-    )
+    alpha = warp(mask(g, font, label), **upright_pose(rng, (0.65, 0.95), 8 * jitter, 0.08 * jitter, 1.5 * jitter))
     image = composite(background, jitter_colour(rng, fg_name, 0.06)[None, None, :], alpha)
     bold = "bold " if "Bold" in font else ""
     caption = f"a photo of a {bold}{fg_name} {g.noun} {g.names[label]} on a {kind} {bg_name} background"
@@ -282,13 +283,7 @@ def render_sketch(rng: np.random.Generator, label: int, g: Glyphs = DIGITS) -> S
     font = _choice(rng, FONT_SETS["photo"] + FONT_SETS["v2"][:2])
     paper = 0.75 + 0.15 * rng.random() + 0.06 * (smooth_noise(rng, 16) - 0.5)
     background = np.repeat(paper[..., None], 3, axis=-1)
-    alpha = warp(
-        mask(g, font, label, outline=True),
-        scale=rng.uniform(0.6, 0.95),
-        angle_deg=rng.normal(0, 10),
-        shear=rng.normal(0, 0.1),
-        shift=tuple(rng.normal(0, 2, size=2)),
-    )
+    alpha = warp(mask(g, font, label, outline=True), **upright_pose(rng, (0.6, 0.95), 10, 0.1, 2))
     pencil = np.full(3, rng.uniform(0.05, 0.35), dtype=np.float32)
     image = composite(background, pencil[None, None, :], alpha * rng.uniform(0.7, 1.0))
     caption = f"a pencil sketch of the {g.noun} {g.names[label]} on grey paper"
@@ -312,13 +307,7 @@ def render_rendition(rng: np.random.Generator, label: int, g: Glyphs = DIGITS) -
         np.broadcast_to(jitter_colour(rng, fg_name, 0.05), (SIZE, SIZE, 3)), jitter_colour(rng, second, 0.05)[None, None, :], 0.6 * pattern
     )
     background = textured_background(rng, bg_name, _choice(rng, ["plain", "noisy"]), rng.uniform(0.05, 0.2))
-    alpha = warp(
-        mask(g, font, label),
-        scale=rng.uniform(0.65, 0.95),
-        angle_deg=rng.normal(0, 10),
-        shear=rng.normal(0, 0.1),
-        shift=tuple(rng.normal(0, 2, size=2)),
-    )
+    alpha = warp(mask(g, font, label), **upright_pose(rng, (0.65, 0.95), 10, 0.1, 2))
     image = composite(background, fill, alpha)
     caption = f"a {pattern_kind} rendition of the {g.noun} {g.names[label]} in {fg_name} and {second}"
     return Sample(to_uint8(image, rng, 0.02), label, caption)
@@ -326,13 +315,8 @@ def render_rendition(rng: np.random.Generator, label: int, g: Glyphs = DIGITS) -
 
 def _fragment(rng: np.random.Generator, font: str, g: Glyphs) -> np.ndarray:
     """Part of a random glyph (cut by a half-plane): clutter that is not a whole glyph."""
-    alpha = warp(
-        mask(g, font, int(rng.integers(g.n))),
-        scale=rng.uniform(0.4, 0.8),
-        angle_deg=rng.uniform(-180, 180),
-        shear=0.0,
-        shift=tuple(rng.uniform(-14, 14, size=2)),
-    )
+    glyph = mask(g, font, int(rng.integers(g.n)))
+    alpha = warp(glyph, rng.uniform(0.4, 0.8), rng.uniform(-180, 180), 0.0, tuple(rng.uniform(-14, 14, size=2)))  # any angle, no shear
     angle = rng.uniform(0, 2 * math.pi)
     side = (_GRID[..., 0] - SIZE / 2) * math.cos(angle) + (_GRID[..., 1] - SIZE / 2) * math.sin(angle)
     return alpha * (side > rng.uniform(-4, 4))
@@ -348,13 +332,7 @@ def render_unusual(rng: np.random.Generator, label: int, g: Glyphs = DIGITS) -> 
         clutter = jitter_colour(rng, _choice(rng, COLOUR_NAMES), 0.1)
         background = composite(background, clutter[None, None, :], 0.45 * _fragment(rng, _choice(rng, FONT_SETS["photo"]), g))
     angle = rng.uniform(35, 100) * (1 if rng.random() < 0.5 else -1)
-    alpha = warp(
-        mask(g, font, label),
-        scale=rng.uniform(0.6, 0.85),
-        angle_deg=angle,
-        shear=rng.uniform(-0.35, 0.35),
-        shift=tuple(rng.uniform(-4, 4, size=2)),
-    )
+    alpha = warp(mask(g, font, label), rng.uniform(0.6, 0.85), angle, rng.uniform(-0.35, 0.35), tuple(rng.uniform(-4, 4, size=2)))
     image = composite(background, jitter_colour(rng, fg_name, 0.06)[None, None, :], alpha)
     caption = f"a rotated {fg_name} {g.noun} {g.names[label]} in clutter"
     return Sample(to_uint8(image, rng, 0.03), label, caption)
@@ -366,13 +344,8 @@ def render_hard(rng: np.random.Generator, label: int, g: Glyphs = DIGITS) -> Sam
     bg_name = _choice(rng, COLOUR_NAMES)
     fg_name = pick_contrasting(rng, bg_name, 0.15)
     background = textured_background(rng, bg_name, _choice(rng, ["noisy", "striped"]), rng.uniform(0.15, 0.3))
-    alpha = warp(
-        mask(g, font, label),
-        scale=rng.uniform(0.4, 0.65),
-        angle_deg=rng.normal(0, 15),
-        shear=rng.normal(0, 0.15),
-        shift=tuple(rng.uniform(-6, 6, size=2)),
-    )
+    scale, angle_deg, shear = rng.uniform(0.4, 0.65), rng.normal(0, 15), rng.normal(0, 0.15)
+    alpha = warp(mask(g, font, label), scale, angle_deg, shear, shift=tuple(rng.uniform(-6, 6, size=2)))
     fg = jitter_colour(rng, fg_name, 0.06)
     image = composite(background, fg[None, None, :], alpha * rng.uniform(0.5, 0.9))
     # an occluding bar across part of the glyph
