@@ -5,7 +5,8 @@ the one line must hold. After the run, no results record, checkpoint or DONE may
 (for a refused rerun: the finished folder is byte-for-byte as it was).
 
 Most cases run the stage's `main()` in this process (`run_in_process`: the same entry, without a new
-interpreter's imports); the cases in `AS_COMMAND` run the real `python -m <stage>` command.
+interpreter's imports); the cases in `AS_COMMAND` run the real `python -m <stage>` command, started with the
+session beside the suite.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 import safetensors
 import safetensors.torch
 import torch
-from conftest import run_in_process, run_module
+from conftest import run_in_process
 
 from datasets.imagenet_miniature import make_miniature
 from models.checkpoint import CheckpointMeta, save_checkpoint
@@ -33,6 +34,12 @@ from models.factory import create_clip
 class Exploit:
     def __reduce__(self):
         return (os.system, ("echo pwned",))
+
+
+def write_exploit(folder: Path) -> None:
+    """code.pt: a pickle that runs `echo pwned` through os.system when unpickled."""
+    with open(folder / "code.pt", "wb") as handle:
+        pickle.dump({"model.visual.w": Exploit()}, handle)
 
 
 def world_meta(num_classes: int = 10, arch: str = "TinyCLIP", classes: str = "world") -> CheckpointMeta:
@@ -88,8 +95,7 @@ def crafted(tmp_path_factory) -> Path:
         torch.save(state, root / f"wrong_shape{i}.pt")
     (root / "truncated.safetensors").write_bytes((root / "good1.safetensors").read_bytes()[:-100])
     shifted_offsets(root / "good1.safetensors", root / "shifted.safetensors", "head.weight", 4)
-    with open(root / "code.pt", "wb") as handle:
-        pickle.dump({"model.visual.w": Exploit()}, handle)
+    write_exploit(root)
     torch.save({"model.visual.w": torch.nn.Linear(2, 2)}, root / "module.pt")
     # ImageNet-R with 199 of its 200 official class folders, and ImageNet-A with an empty class folder.
     mini = make_miniature(root / "imagenet", sets=("ImageNetR", "ImageNetA"), per_class=1, size=4)
@@ -218,6 +224,18 @@ CASES = {
 AS_COMMAND = {"malicious_pickle", "batch_not_divisible"}
 
 
+def as_command(case: str):
+    """The case as its real `python -m` command, started with the session beside the suite (conftest's `early`),
+    its inputs (code.pt) written in the command's own folder first."""
+    stage, overrides, _ = CASES[case]
+
+    def prepare(folder: Path) -> list[str]:
+        write_exploit(folder)
+        return [*overrides(folder), "device=cpu"]
+
+    return pytest.param(case, marks=pytest.mark.early(stage, prepare=prepare))
+
+
 def left_behind(runs: Path) -> list[str]:
     outputs = ("results.jsonl", "model.safetensors", "predictions.safetensors", "DONE")
     return sorted(str(p.relative_to(runs)) for p in runs.rglob("*") if p.name in outputs)
@@ -232,13 +250,16 @@ def assert_one_line_exit_2(result, phrase: str) -> None:
     assert "pwned" not in result.stdout
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, crafted, tmp_path):
+@pytest.mark.parametrize("case", [as_command(case) if case in AS_COMMAND else case for case in sorted(CASES)])
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, tmp_path, request):
     stage, overrides, phrase = CASES[case]
-    runs = tmp_path / "runs"
-    env = {"MODEL_SOUPS_RUNS": str(runs), "MODEL_SOUPS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    run = run_module if case in AS_COMMAND else run_in_process
-    result = run(stage, *overrides(crafted), "device=cpu", env=env)
+    if case in AS_COMMAND:  # run last, with the early tests: this module's `crafted` is not built again for them
+        early = request.getfixturevalue("early")
+        (result,), runs = early.wait(), early.folder / "runs"
+    else:
+        runs = tmp_path / "runs"
+        env = {"MODEL_SOUPS_RUNS": str(runs), "MODEL_SOUPS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+        result = run_in_process(stage, *overrides(request.getfixturevalue("crafted")), "device=cpu", env=env)
     assert_one_line_exit_2(result, phrase)
     assert left_behind(runs) == []
 

@@ -6,7 +6,7 @@ import os
 import sys
 
 import pytest
-from conftest import run_in_process, run_module
+from conftest import run_in_process
 
 
 @pytest.fixture
@@ -22,16 +22,16 @@ def toy(tmp_path):
 @pytest.mark.parametrize(
     "module,own_text",
     [
-        ("finetune", "fine-tune a CLIP image tower plus a linear head"),
+        # one stage as the real command, started with the session beside the suite (conftest's `early`)
+        pytest.param("finetune", "fine-tune a CLIP image tower plus a linear head", marks=pytest.mark.early("finetune", "--help")),
         ("eval", "python -m eval data=imagenet checkpoints="),
         ("soups", "python -m soups diagnose ingredients=...   (the basin check"),
         ("plots", "regenerate the paper's tables and figures from results records"),
         ("datasets.world", "Usage: python -m datasets.world [task=zeroshot|pretrain]"),
     ],
 )
-def test_help_explains_the_stage(module, own_text):
-    run = run_module if module == "finetune" else run_in_process  # one stage as the real command
-    result = run(module, "--help")
+def test_help_explains_the_stage(module, own_text, request):
+    result = request.getfixturevalue("early").wait()[0] if module == "finetune" else run_in_process(module, "--help")
     assert result.returncode == 0
     assert result.stdout.startswith(f"python -m {module}: ") and own_text in result.stdout
     assert "Config groups" in result.stdout and "experiment:" in result.stdout and "Examples:" in result.stdout

@@ -162,7 +162,7 @@ def test_plots_writes_findings_from_saved_logits(tmp_path):
 # --- three sweep seeds ----------------------------------------------------------------------------------
 
 
-def test_seeds_summary_by_hand(tmp_path):
+def test_seeds_summary_by_hand(tmp_path, capsys):
     seeds = [
         [{"name": "g", "metric": "top1_id", "claim": "greater", "delta_pp": d, "holds": d > 0.5}, {"name": "e", "metric": "ece_id", "delta_pp": 1.0, "holds": True}]
         for d in (0.2, 0.8, 1.1)
@@ -179,8 +179,12 @@ def test_seeds_summary_by_hand(tmp_path):
     )
     assert summary["g"]["held"] == 2 and summary["e"]["sd_pp"] == 0.0
     assert "| g | top1_id | +0.70 | 0.46 | 2/3 | +0.20, +0.80, +1.10 |" in (tmp_path / "out" / "findings_seeds.md").read_text()
-    missing = run_module("plots.seeds", str(tmp_path / "nope.json"), f"--out={tmp_path / 'out2'}")
-    assert missing.returncode == 2 and "nope.json" in missing.stderr and missing.stderr.count("\n") == 1
+    from plots.seeds import main  # a missing file: the command's own code path, in this process
+
+    capsys.readouterr()
+    assert main([str(tmp_path / "nope.json"), f"--out={tmp_path / 'out2'}"]) == 2
+    stderr = capsys.readouterr().err
+    assert "nope.json" in stderr and stderr.count("\n") == 1
 
 
 def test_seed_runs_draw_their_own_sweep_into_their_own_folders():

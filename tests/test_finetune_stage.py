@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import HANG_S, REPO, run_in_process
+from conftest import HANG_S, REPO, early_env, run_in_process
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
@@ -50,7 +50,7 @@ RECIPE = [
 BATCHNORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: the DDP test runs last, with the early tests, and reuses it
 def world(tmp_path_factory) -> dict:
     """Cache and runs folders for this module, with the small world generated once."""
     base = tmp_path_factory.mktemp("finetune")
@@ -69,7 +69,7 @@ def finetune(world: dict, name: str, *args: str) -> subprocess.CompletedProcess:
     return run_in_process("finetune", f"name={name}", *args, env=world["env"])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(world) -> Path:
     """An uninterrupted 1-process run of RECIPE."""
     result = finetune(world, "reference", *RECIPE)
@@ -153,21 +153,17 @@ def test_two_jobs_with_the_same_hyperparameters_train_on_their_own_data_streams(
     assert files["job4"].read_bytes() == files["job4again"].read_bytes()
 
 
-def test_ddp_on_two_processes_matches_one_process_at_the_same_global_batch(world, reference):
+# torchrun's module, started with the session beside the suite (conftest's `early`), in a folder of its own: the
+# command generates the same small world there (the world is a function of its config and seed).
+@pytest.mark.early(
+    "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "finetune", *RECIPE, "finetune.grad_accum=1", "name=ddp"
+)
+def test_ddp_on_two_processes_matches_one_process_at_the_same_global_batch(world, reference, early):
     # 1 process x 2 accumulation steps of 50 == 2 processes x 1 step of 50 (gloo on CPU).
-    args = [*RECIPE, "finetune.grad_accum=1", "name=ddp"]
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0", **world["env"]}
-    torchrun = Path(sys.executable).with_name("torchrun")
-    result = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "finetune", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=HANG_S,
-    )
+    (result,) = early.wait()
     assert result.returncode == 0, result.stderr[-3000:]
-    got = load_file(str(run_dir(world, "ddp") / "model.safetensors"))
+    ddp_dir = early.folder / "runs" / "ddp" / "finetune" / "finetune"
+    got = load_file(str(ddp_dir / "model.safetensors"))
     expected = load_file(str(reference / "model.safetensors"))
     # BatchNorm running statistics (a ResNet tower) are per-rank buffers in DDP, as everywhere; weights must agree.
     weights = [k for k in expected if not k.endswith(BATCHNORM_BUFFERS)]
@@ -180,11 +176,11 @@ def test_ddp_on_two_processes_matches_one_process_at_the_same_global_batch(world
     whole = finetune(world, "whole", *RECIPE, "finetune.grad_accum=1")
     assert whole.returncode == 0, whole.stderr[-3000:]
     losses = {
-        name: [json.loads(line)["loss"] for line in (run_dir(world, name) / "metrics.jsonl").read_text().splitlines()]
-        for name in ("ddp", "whole")
+        name: [json.loads(line)["loss"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        for name, folder in (("ddp", ddp_dir), ("whole", run_dir(world, "whole")))
     }
     assert len(losses["whole"]) == 2 and losses["ddp"] == pytest.approx(losses["whole"], rel=1e-5)
-    assert len((run_dir(world, "ddp") / "metrics.jsonl").read_text().splitlines()) == 2  # rank 0 logs alone
+    assert len((ddp_dir / "metrics.jsonl").read_text().splitlines()) == 2  # rank 0 logs alone
 
 
 def test_the_heldout_split_is_never_trained_on(world):
@@ -317,13 +313,16 @@ def test_lp_init_fits_the_head_on_cached_frozen_features(world, monkeypatch):
     assert len(list((cache / "features").glob("features-*.safetensors"))) == 2
 
 
-def test_a_two_job_sweep_through_submitit_local_then_a_relaunch_skips_it(world):
-    args = ["-m", "sweep=demo", "hydra/launcher=submitit_local", "sweep.index=0,1", "data.scale=small", "model.pretrained=null"]
-    args += ["finetune.batch_size=100", "finetune.warmup_steps=2", "finetune.progress=false", "name=sweep"]
-    args += ["finetune.lp.init_from=null"]  # no inits step here: each job fits its own LP head (the pipeline's sweeps read inits/lp)
-    result = run_in_process("finetune", *args, env=world["env"])  # the launcher here; each job a submitit process
+SWEEP = ["-m", "sweep=demo", "hydra/launcher=submitit_local", "sweep.index=0,1", "data.scale=small", "model.pretrained=null"]
+SWEEP += ["finetune.batch_size=100", "finetune.warmup_steps=2", "finetune.progress=false", "name=sweep"]
+SWEEP += ["finetune.lp.init_from=null"]  # no inits step here: each job fits its own LP head (the pipeline's sweeps read inits/lp)
+
+
+@pytest.mark.early("finetune", *SWEEP)  # the real command (each job a submitit process), started with the session
+def test_a_two_job_sweep_through_submitit_local_then_a_relaunch_skips_it(early):
+    (result,) = early.wait()
     assert result.returncode == 0, result.stderr[-3000:]
-    sweep_dir = world["runs"] / "sweep" / "finetune"
+    sweep_dir = early.folder / "runs" / "sweep" / "finetune"
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         demo = OmegaConf.to_container(compose("finetune", overrides=["sweep=demo"]).sweep, resolve=True)
     stamps = {}
@@ -337,7 +336,7 @@ def test_a_two_job_sweep_through_submitit_local_then_a_relaunch_skips_it(world):
         stamps[index] = (folder / "model.safetensors").stat().st_mtime_ns
 
     # our launcher (hydra/launcher=local) asks each job's run folder first: both finished, so no job is submitted
-    again = run_in_process("finetune", *[a.replace("submitit_local", "local") for a in args], env=world["env"])
+    again = run_in_process("finetune", *[a.replace("submitit_local", "local") for a in SWEEP], env=early_env(early.folder))
     assert again.returncode == 0, again.stderr[-3000:]
     assert {i: (sweep_dir / f"model_{i}" / "model.safetensors").stat().st_mtime_ns for i in (0, 1)} == stamps
     assert again.stdout.count("already finished with this config") == 2 and "Submitit 'local'" not in again.stdout

@@ -5,7 +5,7 @@ import math
 
 import pandas as pd
 import pytest
-from conftest import mark_done, run_in_process, run_module
+from conftest import mark_done, run_in_process
 
 from models.results import append_records, make_record
 from plots.inputs import load_official
@@ -90,7 +90,7 @@ def test_cli_writes_tables_and_figures(tmp_path):
     ]
     (runs / "b" / "greedy_trajectory.jsonl").write_text("".join(json.dumps(t) + "\n" for t in trajectory))
     out = tmp_path / "out"
-    result = run_module("plots", f"results={runs}", f"out={out}", "hydra.output_subdir=null")  # the stage's one real `python -m` here
+    result = run_in_process("plots", f"results={runs}", f"out={out}", "hydra.output_subdir=null")  # the real command: both pipelines
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(out / "main_table.csv", index_col="method")
     assert table.loc["greedy_soup", "avg_shifts"] == pytest.approx(58.33)
