@@ -36,6 +36,18 @@ def test_help_explains_the_stage(module, own_text, request):
     assert result.stdout.startswith(f"python -m {module}: ") and own_text in result.stdout
     assert "Config groups" in result.stdout and "experiment:" in result.stdout and "Examples:" in result.stdout
     assert result.stdout.count("Runs go to ") == 1  # the shared part (conf/base.yaml), once
+    groups = result.stdout.split("== Config groups (choose with GROUP=OPTION) ==\n")[1].split("\n\n")[0].splitlines()
+    assert "logger: none, wandb" in groups and "eval: default" in groups  # conf/logger/{none,wandb}.yaml, conf/eval/default.yaml
+    assert not any(line.startswith(("schema/", "hydra")) for line in groups)  # structured nodes and Hydra's own are not choices
+    assert "\nmodel:\n  arch: " in result.stdout  # the composed config follows
+
+
+def test_help_shows_the_config_with_the_overrides_and_a_bad_one_is_one_line():
+    result = run_in_process("soups", "soup=greedy", "soup.accept=ge", "--help")
+    assert result.returncode == 0 and "\n  accept: ge\n" in result.stdout and "\n  order: sorted\n" in result.stdout
+    result = run_in_process("eval", "model=vit_b99", "--help")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: ") and "Could not find 'model/vit_b99'" in result.stderr and result.stderr.count("\n") == 1
 
 
 @pytest.mark.parametrize(
