@@ -100,7 +100,8 @@ def run_in_process(module: str, *args: str, env: dict | None = None) -> subproce
 
 
 # --- long end-to-end commands, started with the session -----------------------------------------------------
-# A test marked `@pytest.mark.early(module, *args, prepare=f, times=n)` gets `python -m module args` started when
+# A test marked `@pytest.mark.early(module, *args, prepare=f, times=n, env=e)` gets `python -m module args` (or
+# `python -c SCRIPT args` for `early("-c", SCRIPT, *args)`, with `e` added to its environment) started when
 # the session starts (n times in a row: a rerun), in a folder of its own (runs/ and cache/ there, one thread), so
 # it runs on the second core beside the rest of the suite (one process, mostly one core); the test, run last,
 # waits for it through the `early` fixture. `prepare(folder)`, if given, writes the inputs first and returns more
@@ -112,14 +113,16 @@ class EarlyRun:
     folder: Path
     args: tuple[str, ...]
     times: int
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
     results: list[subprocess.CompletedProcess] = dataclasses.field(default_factory=list)
     stamps: list[dict[Path, int]] = dataclasses.field(default_factory=list)  # after each run: mtime of every file in runs/
     thread: threading.Thread | None = None
 
     def run(self) -> None:
-        env = {**os.environ, "HYDRA_FULL_ERROR": "0", **early_env(self.folder)}
+        env = {**os.environ, "HYDRA_FULL_ERROR": "0", **early_env(self.folder), **self.env}
+        argv = [sys.executable, *(self.args if self.args[0] == "-c" else ("-m", *self.args))]
         for _ in range(self.times):
-            done = subprocess.run([sys.executable, "-m", *self.args], cwd=REPO, capture_output=True, text=True, env=env, timeout=HANG_S)
+            done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env=env, timeout=HANG_S)
             self.results.append(done)
             self.stamps.append({p: p.stat().st_mtime_ns for p in (self.folder / "runs").rglob("*") if p.is_file()})
             if done.returncode != 0:
@@ -148,7 +151,8 @@ def _early_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
             continue
         folder = tmp_path_factory.mktemp(f"early_{item.name[:40]}")
         prepare = marker.kwargs.get("prepare")
-        run = EarlyRun(folder, (*marker.args, *(prepare(folder) if prepare else ())), marker.kwargs.get("times", 1))
+        args = (*marker.args, *(prepare(folder) if prepare else ()))
+        run = EarlyRun(folder, args, marker.kwargs.get("times", 1), marker.kwargs.get("env", {}))
         run.thread = threading.Thread(target=run.run, daemon=True)
         run.thread.start()
         runs[item.nodeid] = run

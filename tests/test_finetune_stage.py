@@ -10,16 +10,14 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import os
 import signal
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import HANG_S, REPO, early_env, run_in_process
+from conftest import early_env, run_in_process
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
@@ -112,18 +110,16 @@ KILLER = textwrap.dedent(
 )
 
 
-def test_resume_after_sigkill_mid_epoch_is_bit_identical(world, reference):
+@pytest.mark.early("-c", KILLER, "name=resumed", *RECIPE, env={"KILL_AT": "15"})  # started with the session, beside the suite
+def test_resume_after_sigkill_mid_epoch_is_bit_identical(reference, early):
     # Micro-batch 15 is in step 7 of epoch 0; the last saved state is at step 6 (save_every_steps=3).
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0", **world["env"], "KILL_AT": "15"}
-    killed = subprocess.run(
-        [sys.executable, "-c", KILLER, "name=resumed", *RECIPE], cwd=REPO, capture_output=True, text=True, env=env, timeout=HANG_S
-    )
+    (killed,) = early.wait()
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    folder = run_dir(world, "resumed")
+    folder = early.folder / "runs" / "resumed" / "finetune" / "finetune"
     assert torch.load(folder / "train_state.pt", weights_only=True)["step"] == 6
     assert not (folder / "model.safetensors").exists() and not (folder / "DONE").exists()
 
-    resumed = finetune(world, "resumed", *RECIPE)
+    resumed = run_in_process("finetune", "name=resumed", *RECIPE, env=early_env(early.folder))  # in the killed run's folders
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stderr + resumed.stdout
     expected, got = load_file(str(reference / "model.safetensors")), load_file(str(folder / "model.safetensors"))
