@@ -8,6 +8,7 @@ the same pass and written as records of their own (role `id_relabel`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -123,6 +124,44 @@ def reusable_records(out: Path, ids: Sequence[str], provenance: Sequence[dict], 
     return reused
 
 
+@dataclasses.dataclass
+class EvalPlan:
+    """What evaluate_checkpoints checked before any scoring: the checkpoints, their heads and the sets."""
+
+    paths: list[Path]
+    metas: list[CheckpointMeta]
+    heads: list[tuple | None]  # models.heads.head_for: None is the checkpoint's own head
+    info: Any  # the data's class names and id (datasets.class_info)
+    names: list[str]  # the sets to score
+    relabellings: dict[str, list]  # per set: ReaL / multilabel
+
+
+def plan_eval(
+    checkpoints: str | Sequence[str], data_cfg: Any, eval_cfg: Any, expected_arch: str | None, chosen_foundation: str | None
+) -> EvalPlan:
+    """Every check a user's input can fail, before any model is loaded: heads, classes, architecture, held-out split,
+    logits dtype, relabellings."""
+    check_head_choice(str(eval_cfg.head))
+    paths = resolve_checkpoints(checkpoints)
+    metas = [read_meta(p) for p in paths]
+    info = datasets.class_info(data_cfg)
+    heads = [head_for(meta, info, str(eval_cfg.head), path, chosen_foundation) for path, meta in zip(paths, metas)]
+    for path, meta, head in zip(paths, metas, heads):
+        if head is None:
+            check_classes(meta, info, path)
+        if expected_arch is not None and meta.arch != expected_arch:
+            raise UserError(
+                f"{path}: checkpoint is {meta.arch} but model= asks for {expected_arch}; eval rebuilds each checkpoint's "
+                "own architecture, so drop model= or pick the matching one"
+            )
+    names = selected_sets(eval_cfg.sets, data_cfg)
+    if data_cfg.heldout in names:
+        datasets.check_heldout_split(data_cfg, [(str(p), m) for p, m in zip(paths, metas)])
+    if str(eval_cfg.logits_dtype) not in LOGITS_DTYPES:
+        raise UserError(f"eval.logits_dtype: unknown dtype {str(eval_cfg.logits_dtype)!r}; expected one of {sorted(LOGITS_DTYPES)}")
+    return EvalPlan(paths, metas, heads, info, names, checked_relabellings(data_cfg, eval_cfg, names))
+
+
 def evaluate_checkpoints(
     checkpoints: str | Sequence[str],
     data_cfg: Any,
@@ -139,32 +178,14 @@ def evaluate_checkpoints(
     With `eval.head` other than own, each is scored with the head models.heads.head_for gives it on this data
     (a zero-shot head from `chosen_foundation`, the model.pretrained the user chose, or the checkpoint's own).
     """
-    check_head_choice(str(eval_cfg.head))
-    paths = resolve_checkpoints(checkpoints)
+    plan = plan_eval(checkpoints, data_cfg, eval_cfg, expected_arch, chosen_foundation)
+    paths, metas, heads = plan.paths, plan.metas, plan.heads
     ids = model_ids(paths)
-    metas = [read_meta(p) for p in paths]
-    info = datasets.class_info(data_cfg)
-    heads = [head_for(meta, info, str(eval_cfg.head), path, chosen_foundation) for path, meta in zip(paths, metas)]
-    for path, meta, head in zip(paths, metas, heads):
-        if head is None:
-            check_classes(meta, info, path)
-        if expected_arch is not None and meta.arch != expected_arch:
-            raise UserError(
-                f"{path}: checkpoint is {meta.arch} but model= asks for {expected_arch}; eval rebuilds each checkpoint's "
-                "own architecture, so drop model= or pick the matching one"
-            )
-    names = selected_sets(eval_cfg.sets, data_cfg)
-    if data_cfg.heldout in names:
-        datasets.check_heldout_split(data_cfg, [(str(p), m) for p, m in zip(paths, metas)])
     precision = precision_name(eval_cfg.amp, device)
     per_pass = int(eval_cfg.max_models_per_pass) if eval_cfg.share_decoding else 1
-    dtype_name = str(eval_cfg.logits_dtype)
-    if dtype_name not in LOGITS_DTYPES:
-        raise UserError(f"eval.logits_dtype: unknown dtype {dtype_name!r}; expected one of {sorted(LOGITS_DTYPES)}")
-    relabellings = checked_relabellings(data_cfg, eval_cfg, names)
     provenance = [{"path": str(path), "sha256": checkpoint_sha256(path)} for path in paths]
     out = Path(out)
-    reused = reusable_records(out, ids, provenance, names)
+    reused = reusable_records(out, ids, provenance, plan.names)
     if reused and is_main_process():
         log.info("reusing the records of %d of %d checkpoints, scored by this run before its folder grew", len(reused), len(paths))
     if is_main_process() and (out / RESULTS_FILE).exists():  # what is not reused is rescored: its old records go
@@ -174,8 +195,8 @@ def evaluate_checkpoints(
     for chunk in chunks([paths[i] for i in todo], [metas[i] for i in todo], per_pass):
         chunk = [todo[j] for j in chunk]
         models = [with_head(load_classifier(paths[i], device)[0], heads[i]) for i in chunk]
-        for eval_set in datasets.eval_sets(data_cfg, val_transform(models[0]), names):
-            eval_set.relabellings = relabellings.get(eval_set.name, [])
+        for eval_set in datasets.eval_sets(data_cfg, val_transform(models[0]), plan.names):
+            eval_set.relabellings = plan.relabellings.get(eval_set.name, [])
             all_scores = score_models(
                 models,
                 eval_set,
@@ -185,33 +206,33 @@ def evaluate_checkpoints(
                 amp=eval_cfg.amp,
                 skip_bad_images=bool(eval_cfg.skip_bad_images),
                 keep_logits=bool(eval_cfg.save_logits),
-                logits_dtype=LOGITS_DTYPES[dtype_name],
+                logits_dtype=LOGITS_DTYPES[str(eval_cfg.logits_dtype)],
                 progress=show_progress(eval_cfg.progress) and is_main_process(),
             )
             new = [
                 r
                 for i, s in zip(chunk, all_scores)
                 for r in checkpoint_set_records(
-                    ids[i], metas[i], provenance[i], eval_set, s, list(config), precision, head_record(heads[i], info)
+                    ids[i], metas[i], provenance[i], eval_set, s, list(config), precision, head_record(heads[i], plan.info)
                 )
             ]
-            for record in new if is_main_process() else []:
-                log.info(
-                    "%s on %s: top1 %.4f (n=%d, skipped %d)",
-                    record["model_id"],
-                    record["dataset"],
-                    record["top1"],
-                    record["n"],
-                    record["skipped"],
-                )
             if is_main_process():
-                append_records(out, new)
-                if eval_cfg.save_logits:
-                    for i, s in zip(chunk, all_scores):
-                        save_logits(out, ids[i], eval_set.name, s.logits, s.labels)
+                write_set_results(out, new, [ids[i] for i in chunk], eval_set.name, all_scores, bool(eval_cfg.save_logits))
             records.extend(new)
         del models
     return records
+
+
+def write_set_results(out: Path, new: list[dict], ids: list[str], set_name: str, all_scores: list[SetScores], logits: bool) -> None:
+    """The main process's part: log each new record, append them to out/results.jsonl, save the logits if asked."""
+    for record in new:
+        log.info(
+            "%s on %s: top1 %.4f (n=%d, skipped %d)", record["model_id"], record["dataset"], record["top1"], record["n"], record["skipped"]
+        )
+    append_records(out, new)
+    if logits:
+        for model_id, scores in zip(ids, all_scores):
+            save_logits(out, model_id, set_name, scores.logits, scores.labels)
 
 
 def with_head(classifier: ImageClassifier, head: tuple | None) -> ImageClassifier:

@@ -72,7 +72,7 @@ def at_chance_summary(run_root: Path) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("experiment", help="which experiment's sequence to run: conf/experiment/EXPERIMENT.yaml, its pipeline: key")
     parser.add_argument("--print", action="store_true", help="print the stage commands instead of running them")
@@ -97,8 +97,42 @@ def main(argv: list[str] | None = None) -> int:
         help="with --detach: an sbatch option for the pipeline's job, e.g. --sbatch=--time=3-00:00:00 --sbatch=--partition=cpu",
     )
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides passed to every stage (data.root=..., model=...)")
-    args = parser.parse_intermixed_args(argv)
+    return parser
 
+
+def _submit(args: argparse.Namespace, extra: list[str], runs: Path, name: str) -> int:
+    """--detach: this same command (without --detach) as a one-CPU SLURM job."""
+    again = [args.experiment, *(["--from", str(args.start)] if args.start != 1 else []), *extra]
+    again += ["--seeds", *map(str, args.seeds)] if args.seeds else []
+    try:
+        job = detach([sys.executable, "-m", "pipeline", *again], ROOT, runs / name, f"pipeline-{name}", args.sbatch)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"submitted the {args.experiment} pipeline as SLURM job {job}; its log: {runs / name}/pipeline-{job}.log "
+        f"(squeue -j {job}; scancel {job} stops it, and the same command resumes)"
+    )
+    return 0
+
+
+def _run_step(argv: list[str], outcomes_path: Path) -> tuple[int, str]:
+    """Run one step's command; its exit code and the skip|run lines its runs appended to `outcomes_path` (on the
+    runs folder, which the cluster's jobs share). A step refused before any work leaves no empty runs folder behind."""
+    new_folders = [f for f in (*reversed(outcomes_path.parent.parents), outcomes_path.parent) if not f.exists()]
+    outcomes_path.parent.mkdir(parents=True, exist_ok=True)
+    outcomes_path.write_text("")
+    result = subprocess.run(argv, cwd=ROOT, env={**os.environ, OUTCOMES_ENV: str(outcomes_path)})
+    outcomes = outcomes_path.read_text()
+    outcomes_path.unlink()
+    for folder in reversed(new_folders):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only if empty
+    return result.returncode, outcomes
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_intermixed_args(argv)
     runs = Path(os.environ.get("MODEL_SOUPS_RUNS", ROOT / "runs"))
     cache = Path(os.environ.get("MODEL_SOUPS_CACHE", ROOT / ".cache"))
     # stages run from the repository root: a dataset folder given relative to here must still be found
@@ -117,21 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         for number, step in enumerate(steps, start=1):
             print(f"# {number}. {step.name}{_withheld(step)}\n{shlex.join(step.argv)}\n")
         return 0
-
     name = split_overrides(extra)[0] or args.experiment
     if args.detach:
-        again = [args.experiment, *(["--from", str(args.start)] if args.start != 1 else []), *extra]
-        again += ["--seeds", *map(str, args.seeds)] if args.seeds else []
-        try:
-            job = detach([sys.executable, "-m", "pipeline", *again], ROOT, runs / name, f"pipeline-{name}", args.sbatch)
-        except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        print(
-            f"submitted the {args.experiment} pipeline as SLURM job {job}; its log: {runs / name}/pipeline-{job}.log "
-            f"(squeue -j {job}; scancel {job} stops it, and the same command resumes)"
-        )
-        return 0
+        return _submit(args, extra, runs, name)
+
     timings_path = runs / name / "pipeline_timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     earlier, timed_now = dict(timings), {}
@@ -146,26 +169,15 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         step_start = time.monotonic()
-        argv = [sys.executable if a == "python" else a for a in step.argv]
-        # each run of the step appends skip|run; on the runs folder, which the cluster's jobs share
-        outcomes_path = timings_path.parent / ".step_outcomes"
-        new_folders = [f for f in (*reversed(outcomes_path.parent.parents), outcomes_path.parent) if not f.exists()]
-        outcomes_path.parent.mkdir(parents=True, exist_ok=True)
-        outcomes_path.write_text("")
-        result = subprocess.run(argv, cwd=ROOT, env={**os.environ, OUTCOMES_ENV: str(outcomes_path)})
-        outcomes = outcomes_path.read_text()
-        outcomes_path.unlink()
-        for folder in reversed(new_folders):  # a step refused before any work leaves no empty runs folder behind
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only if empty
-        if result.returncode == 2:  # a user's mistake: the stage has said why in one line; nothing was kept
+        code, outcomes = _run_step([sys.executable if a == "python" else a for a in step.argv], timings_path.parent / ".step_outcomes")
+        if code == 2:  # a user's mistake: the stage has said why in one line; nothing was kept
             return 2
-        if result.returncode != 0:
+        if code != 0:
             print(
-                f"error: step {number} ({step.name}) failed with exit code {result.returncode}; fix it and rerun (finished work is kept)",
+                f"error: step {number} ({step.name}) failed with exit code {code}; fix it and rerun (finished work is kept)",
                 file=sys.stderr,
             )
-            return result.returncode
+            return code
         if found_finished(outcomes):
             print(f"    step {number}: every run had finished with this config; nothing was redone", flush=True)
         else:  # a step that skipped finished work keeps its real timing and sets no pace
