@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 
 import datasets
 from datasets.world import CLASSNAMES, TEMPLATES, sets
-from datasets.world.foundation import FIRST_STEPS, first_losses, init_model, zero_shot_table
+from datasets.world.foundation import FIRST_STEPS, init_model, zero_shot_table
 from datasets.world.pretrain import PretrainConfig, pretrain
 from models.classifier import zeroshot_head_weight
 from models.cli import CONF_DIR, PROJECT_ROOT
@@ -106,7 +106,22 @@ def test_committed_foundation_gives_recorded_zero_shot_accuracy(tmp_path, world)
     assert zero_shot_table(cfg)["photo"] == top1["photo"]
 
 
-def test_pretraining_command_reproduces_its_first_steps(tmp_path):
+FIRST_STEPS_SCRIPT = """
+# The pretraining command's first losses (datasets.world.foundation.first_losses: its config, init, data and thread
+# count), as JSON on stdout; the world is rendered into this process's MODEL_SOUPS_CACHE.
+import json
+from hydra import compose, initialize_config_dir
+from models.cli import CONF_DIR
+from datasets.world.foundation import first_losses, init_model
+with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    cfg = compose("world")
+model, _ = init_model(cfg.model.arch, cfg.pretrain.seed)
+print(json.dumps({"threads": cfg.pretrain.threads, "losses": first_losses(model, cfg)}))
+"""
+
+
+@pytest.mark.early("-c", FIRST_STEPS_SCRIPT)  # started with the session beside the suite: it renders the whole corpus
+def test_pretraining_command_reproduces_its_first_steps(early):
     # (The version-5 command is pinned by its zero-shot table above and by the resume test in
     # test_world_v5.py: replaying it here would generate its 60,000-image corpus, minutes in CI.)
     # The command's first losses are recorded in results/world/pretrain.json; the same config, seed and
@@ -114,11 +129,11 @@ def test_pretraining_command_reproduces_its_first_steps(tmp_path):
     # kernels by instruction set (docs/benchmarks.md, "Reproducibility"), so the recorded floats hold to 1e-5 relative
     # (an AVX-512 Xeon differs from the recording AMD EPYC in the 7th digit).
     record = json.loads((RESULTS / "pretrain.json").read_text())
-    cfg = world_config(f"paths.cache={tmp_path}")
-    assert record["pretrain"]["threads"] == cfg.pretrain.threads
-    model, _ = init_model(cfg.model.arch, cfg.pretrain.seed)
-    losses = first_losses(model, cfg, FIRST_STEPS)
-    assert losses == pytest.approx(record["first_losses"], rel=1e-5)
+    (result,) = early.wait()
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["pretrain"]["threads"] == got["threads"]
+    assert len(got["losses"]) == FIRST_STEPS and got["losses"] == pytest.approx(record["first_losses"], rel=1e-5)
 
 
 def test_world_stage_rejects_an_unknown_scale(tmp_path):
