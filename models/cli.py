@@ -198,9 +198,10 @@ def config_groups() -> str:
 
 def stage_help(config_name: str, argv: list[str]) -> str:
     """`python -m <stage> [overrides] --help`: conf/base.yaml's `hydra.help.template`, with $APP_CONFIG_GROUPS from
-    `config_groups` and $CONFIG the composed config (resolved with --resolve), as Hydra fills it. Hydra's own
-    listing copies its whole config repository for each of its ~60 groups (3 s per --help) and lists schema/."""
-    overrides = [a for a in argv if a not in (*HELP_FLAGS, "--resolve")]
+    `config_groups` and $CONFIG the composed config with the overrides in `argv` (resolved with --resolve; other
+    flags are ignored), as Hydra fills it. Hydra's own listing copies its whole config repository for each config
+    group it lists (3 s of every --help here) and lists the schema/ nodes too."""
+    overrides = [a for a in argv if not a.startswith("-")]  # flags (-m, --resolve); an override never starts with -
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     template = str(cfg.hydra.help.template)
@@ -579,10 +580,11 @@ def stage_entry(
     def main() -> None:
         if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
             try:
-                print(stage_help(config_name, sys.argv[1:]))
+                text = stage_help(config_name, sys.argv[1:])
             except Exception as err:  # any composition failure is a user's config mistake
                 print(f"error: {one_line(err)}", file=sys.stderr)
                 sys.exit(2)
+            print(text)
             return
         precheck_overrides(config_name, sys.argv[1:], check)
         hydra_main()
