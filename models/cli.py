@@ -584,7 +584,10 @@ def stage_entry(
             except Exception as err:  # any composition failure is a user's config mistake
                 print(f"error: {one_line(err)}", file=sys.stderr)
                 sys.exit(2)
-            print(text)
+            try:
+                print(text, flush=True)
+            except BrokenPipeError:  # `--help | head`: the reader left (Python's documented recipe: no error at exit)
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return
         precheck_overrides(config_name, sys.argv[1:], check)
         hydra_main()
