@@ -108,6 +108,8 @@ def test_checkpoints_of_one_foundation_share_one_zero_shot_head_pass(tmp_path, m
     clip, _, tokenizer = create_clip(ARCH, str(FOUNDATION))
     expected = real(clip, tokenizer, ["zero", "one", "two"], ("a photo of a {}.",))
     assert all(torch.equal(weight, expected) and not bias.any() for weight, bias, _ in heads)
+    heads[0][0].zero_()  # a caller that changes its head (a soup's state dict) changes no other caller's
+    assert torch.equal(heads[1][0], expected) and torch.equal(head_for(read_meta(paths[2]), info, "zeroshot", paths[2])[0], expected)
 
 
 def test_without_its_text_tower_a_zero_shot_head_is_refused_in_one_line(tmp_path):
