@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import open_clip
 import torch
 from torch.utils.data import Dataset
 
@@ -48,6 +47,8 @@ DEFAULT_DIRS = {
 
 
 def class_info(data_cfg: Any) -> ClassInfo:
+    import open_clip  # here, not at the top: the miniature's writer (python -m datasets.imagenet_miniature) needs none of it
+
     return ClassInfo(list(open_clip.IMAGENET_CLASSNAMES), list(open_clip.OPENAI_IMAGENET_TEMPLATES), CLASSES_ID)
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
 from datasets import UnreadableImage
 from models.errors import UserError
@@ -108,6 +107,8 @@ def folder_samples(root: Path, folder_to_label: dict[str, int], set_name: str, e
     """Every image under `root/<folder>/` for the given folders, in ImageFolder order; each folder must hold one."""
     for folder in sorted(folder_to_label):
         require_dir(root / folder, set_name, expected)
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset  # here: torchvision loads torch._dynamo (~1.5 s)
+
     samples = make_dataset(str(root), folder_to_label, extensions=IMG_EXTENSIONS, allow_empty=True)
     present = {label for _, label in samples}
     for folder, label in sorted(folder_to_label.items()):

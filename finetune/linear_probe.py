@@ -43,22 +43,25 @@ def extract_features(
     return torch.cat(features), torch.cat(labels)
 
 
-def cached_features(cache_dir: Path | None, key: dict, compute) -> tuple[torch.Tensor, torch.Tensor]:
-    """`compute()` once per `key` (architecture, weights, data); later calls read the safetensors file."""
+def cached_tensors(cache_dir: Path | None, kind: str, key: dict, compute) -> dict[str, torch.Tensor]:
+    """`compute()` (a dict of tensors) once per `key`; later calls read `cache_dir/<kind>-<digest>.safetensors`."""
     if cache_dir is None:
         return compute()
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"features-{digest}.safetensors"
+    path = Path(cache_dir) / f"{kind}-{digest}.safetensors"
     if path.exists():
-        log.info("linear probe: reading cached features %s", path)
-        tensors = read_tensors(path)  # fresh 64-byte aligned tensors: the LP fit equals one on fresh features, bit for bit
-        return tensors["features"], tensors["labels"]
-    features, labels = compute()
+        log.info("reading cached %s %s", kind, path)
+        return read_tensors(path)  # fresh 64-byte aligned tensors: what is computed from them equals the fresh case, bit for bit
+    tensors = compute()
     with atomic_path(path) as tmp:
-        save_file(
-            {"features": features.contiguous(), "labels": labels.contiguous()}, str(tmp), metadata={"key": json.dumps(key, sort_keys=True)}
-        )
-    return features, labels
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"key": json.dumps(key, sort_keys=True)})
+    return tensors
+
+
+def cached_features(cache_dir: Path | None, key: dict, compute) -> tuple[torch.Tensor, torch.Tensor]:
+    """`compute()` once per `key` (architecture, weights, data); later calls read the safetensors file."""
+    tensors = cached_tensors(cache_dir, "features", key, lambda: dict(zip(("features", "labels"), compute())))
+    return tensors["features"], tensors["labels"]
 
 
 def fit_linear_head(

@@ -9,6 +9,7 @@ backward, clip and step (`_optimizer_step`), log, save (`_maybe_save`). The reci
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -191,6 +192,34 @@ def lp_init(cfg: DictConfig, hp: Recipe, classifier: ImageClassifier, preprocess
         classifier.head.weight.copy_(weight)
         classifier.head.bias.copy_(bias)
     return float(((features @ weight.T + bias).argmax(-1) == labels).float().mean())
+
+
+def text_tower_digest(clip_model: nn.Module) -> str:
+    """sha256 of every weight outside the image tower: what a zero-shot head is computed from."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(clip_model.state_dict().items()):
+        if not name.startswith("visual."):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def zeroshot_head(cfg: DictConfig, clip_model: nn.Module, tokenizer, info: datasets.ClassInfo) -> torch.Tensor:
+    """The zero-shot head rows (models.classifier.zeroshot_head_weight), computed once per text tower, tokenizer
+    and prompts and kept under ${paths.cache}/heads: a sweep's zero-shot and LP init jobs share one (for
+    ImageNet a text-tower pass over 1,000 classes x 80 templates)."""
+    prompts = [template(name) if callable(template) else template.format(name) for name in info.classnames for template in info.templates]
+    key = {
+        "arch": cfg.model.arch,  # the tokenizer
+        "text_tower": text_tower_digest(clip_model),
+        "prompts": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
+        "per_class": len(info.templates),
+    }
+
+    def compute() -> dict[str, torch.Tensor]:
+        return {"weight": zeroshot_head_weight(clip_model, tokenizer, info.classnames, info.templates)}
+
+    return linear_probe.cached_tensors(Path(cfg.paths.cache) / "heads", "zeroshot_head", key, compute)["weight"]
 
 
 # --- the loop ---------------------------------------------------------------------------------------
@@ -447,7 +476,7 @@ def finetune(cfg: DictConfig) -> Path:
     if lp_from:  # the LP init file holds every weight: no zero-shot head (a text-tower pass over classes x templates)
         classifier = classifier_from_clip(clip_model, num_classes=len(info.classnames)).to(device)
     else:
-        head = zeroshot_head_weight(clip_model, tokenizer, info.classnames, info.templates)  # init=zeroshot, or the LP's start
+        head = zeroshot_head(cfg, clip_model, tokenizer, info)  # init=zeroshot, or the LP's start
         classifier = classifier_from_clip(clip_model, head).to(device)
     del clip_model  # the text tower is not trained
 

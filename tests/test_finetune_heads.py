@@ -137,3 +137,37 @@ def test_feature_cache_hands_back_aligned_features_whatever_the_key(tmp_path):
         assert cached.data_ptr() % 64 == 0 and torch.equal(cached, features), pad
         head = linear_probe.fit_linear_head(cached, cached_labels, torch.zeros(3, 8), torch.zeros(3), steps=20, lr=0.1, weight_decay=0.0)
         assert torch.equal(head[0], fresh[0]) and torch.equal(head[1], fresh[1]), pad
+
+
+def test_the_zero_shot_head_is_computed_once_per_text_tower_and_prompts(tmp_path, monkeypatch):
+    """A sweep's zero-shot and LP init jobs build the same head: the second reads the first's from the cache,
+    equal bit for bit to a fresh computation; other prompts or another text tower compute it again, another
+    image tower does not."""
+    from omegaconf import OmegaConf
+
+    from datasets import ClassInfo
+    from finetune import train
+
+    torch.manual_seed(0)
+    clip_model, _, tokenizer = create_clip("TinyCLIP", None)
+    cfg = OmegaConf.create({"model": {"arch": "TinyCLIP"}, "paths": {"cache": str(tmp_path)}})
+    info = ClassInfo(["seven", "eight"], ["a photo of a {}.", "a {}."], "digits")
+    calls = []
+    monkeypatch.setattr(train, "zeroshot_head_weight", lambda *args: calls.append(args[3]) or zeroshot_head_weight(*args))
+
+    def head(info: ClassInfo) -> torch.Tensor:
+        built = train.zeroshot_head(cfg, clip_model, tokenizer, info)
+        assert torch.equal(built, zeroshot_head_weight(clip_model, tokenizer, info.classnames, info.templates))
+        return built
+
+    head(info), head(info)
+    assert len(calls) == 1 and len(list((tmp_path / "heads").iterdir())) == 1
+    head(ClassInfo(["seven", "eight"], ["a photo of a {}."], "digits"))  # other prompts
+    assert len(calls) == 2
+    with torch.no_grad():
+        clip_model.visual.conv1.weight.add_(1.0)  # the image tower: the same head
+        head(info)
+        assert len(calls) == 2
+        clip_model.token_embedding.weight.add_(0.1)  # the text tower: another head
+        head(info)
+    assert len(calls) == 3

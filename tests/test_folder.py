@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, early_env, run_in_process, run_module
+from conftest import REPO, early_env, run_in_process
 from folder_dataset import CLASSES, render
 from omegaconf import OmegaConf
 from PIL import Image
@@ -113,16 +113,21 @@ def test_class_names_outside_the_tiny_clips_vocabulary_are_named():
         check_prompt_words(WorldTokenizer(), ["seven"], ["a blurry photo of a {}."])
 
 
-def test_the_pipeline_refuses_a_bad_layout_in_one_line_and_writes_nothing(small, tmp_path):
-    (small / "train/zero/003.png").write_bytes(b"\x89PNG broken")
-    runs = tmp_path / "runs"
-    result = run_module(
-        "pipeline", "folder", f"data.root={small}", env={"MODEL_SOUPS_RUNS": str(runs), "MODEL_SOUPS_CACHE": str(tmp_path / "c")}
-    )
+def broken_folder(folder: Path) -> list[str]:
+    """The small folder with one unreadable image, written before the command's early start."""
+    data = render(folder / "data", {"train": 8, "test": 2, "inverted": 2}, classes=CLASSES[:3])
+    (data / "train/zero/003.png").write_bytes(b"\x89PNG broken")
+    return [f"data.root={data}"]
+
+
+@pytest.mark.early("pipeline", "folder", prepare=broken_folder)  # the real `python -m pipeline`, started with the session
+def test_the_pipeline_refuses_a_bad_layout_in_one_line_and_writes_nothing(early):
+    (result,) = early.wait()
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith(f"error: data.root: unreadable image {small}/train/zero/003.png (UnidentifiedImageError"), line
-    assert not runs.exists()
+    image = early.folder / "data/train/zero/003.png"
+    assert line.startswith(f"error: data.root: unreadable image {image} (UnidentifiedImageError"), line
+    assert not (early.folder / "runs").exists()
 
 
 def permuted(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:

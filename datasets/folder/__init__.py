@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from datasets import ClassInfo, EvalSet
 from datasets.imagenet_folders import ImageFiles, Sample, is_folder
@@ -58,8 +57,16 @@ class Layout:
     shifts: tuple[str, ...]
 
 
+def image_extensions() -> tuple[str, ...]:
+    """torchvision's ImageFolder extensions, imported here: torchvision loads torch._dynamo (~1.5 s per process)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return IMG_EXTENSIONS
+
+
 def _image_files(folder: Path) -> list[str]:
-    return sorted(str(folder / name) for name in os.listdir(folder) if name.lower().endswith(IMG_EXTENSIONS) and not name.startswith("."))
+    extensions = image_extensions()
+    return sorted(str(folder / name) for name in os.listdir(folder) if name.lower().endswith(extensions) and not name.startswith("."))
 
 
 def _subfolders(path: Path) -> list[str]:
@@ -97,7 +104,7 @@ def scan(root: str | os.PathLike, heldout_split: str = "auto") -> Layout:
         for label, folder in enumerate(folders):
             images = _image_files(root / split / folder)
             if not images:
-                raise UserError(f"data.root: {root / split / folder} holds no images ({', '.join(IMG_EXTENSIONS[:4])}, ...)")
+                raise UserError(f"data.root: {root / split / folder} holds no images ({', '.join(image_extensions()[:4])}, ...)")
             samples += [(path, label) for path in images]
         files[split] = tuple(samples)
     id_set = TEST if TEST in splits else VAL
