@@ -122,7 +122,9 @@ class EarlyRun:
         env = {**os.environ, "HYDRA_FULL_ERROR": "0", **early_env(self.folder), **self.env}
         argv = [sys.executable, *(self.args if self.args[0] == "-c" else ("-m", *self.args))]
         for _ in range(self.times):
-            done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env=env, timeout=HANG_S)
+            done = subprocess.run(
+                argv, cwd=REPO, capture_output=True, text=True, env=env, timeout=HANG_S, preexec_fn=lambda: os.nice(EARLY_NICE)
+            )
             self.results.append(done)
             self.stamps.append({p: p.stat().st_mtime_ns for p in (self.folder / "runs").rglob("*") if p.is_file()})
             if done.returncode != 0:
@@ -131,6 +133,12 @@ class EarlyRun:
     def wait(self) -> list[subprocess.CompletedProcess]:
         self.thread.join(timeout=HANG_S)
         return self.results
+
+
+# The early commands run at a slightly lower priority (nice 2: the scheduler's weight 655 against 1024), so the suite's
+# one process gets about 0.9 of a core beside the two pipelines rather than 2/3, and the two lanes end together
+# (measured at equal priority: the commands ended 112 s before the suite). Priority orders the work, never a result.
+EARLY_NICE = 2
 
 
 def early_env(folder: Path) -> dict[str, str]:

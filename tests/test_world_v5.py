@@ -45,19 +45,27 @@ def test_x_height_is_kept_so_case_is_visible():
     assert abs((scaled[0][1] - scaled[0][0]) - (scaled[1][1] - scaled[1][0])) <= 2
 
 
-def test_small_character_world_labels_and_captions(tmp_path):
+@pytest.fixture(scope="module")
+def small_v5(tmp_path_factory):
+    """The small character world, built once for this module (a build renders every set; seconds of CPU)."""
+    root = tmp_path_factory.mktemp("world_v5")
+    sets.build_world(root, "small", 0, workers=1, version=5)
+    return root
+
+
+def test_small_character_world_labels_and_captions(small_v5):
     cfg = OmegaConf.create(
-        {"name": "world", "root": str(tmp_path), "scale": "small", "seed": 0, "version": 5, "classes": "world", "heldout": "heldout",
+        {"name": "world", "root": str(small_v5), "scale": "small", "seed": 0, "version": 5, "classes": "world", "heldout": "heldout",
          "id": "photo", "shifts": ["photo_v2", "rendition", "sketch", "unusual", "hard"], "batch_size": 100, "workers": 0}
     )  # fmt: skip
-    train = sets.load_set(tmp_path, "small", 0, "train", version=5)
+    train = sets.load_set(small_v5, "small", 0, "train", version=5)
     assert len(train.labels) == sets.VERSIONS[5].scales["small"]["train"] and train.labels.max() < 62
     assert len(np.unique(train.labels)) > 55  # 1,000 draws over 62 classes
     assert all(f"character {render.CHARACTERS.names[y]}" in c for c, y in zip(train.captions, train.labels))
     info = datasets.class_info(cfg)
     assert info.classes_id == "world-v5" and info.classnames[36] == "lower alfa"
     assert info.templates[0] == "a photo of the character {}."
-    assert (tmp_path / "small-seed0-v5" / "train.npz").exists()  # its own cache folder
+    assert (small_v5 / "small-seed0-v5" / "train.npz").exists()  # its own cache folder
     with pytest.raises(Exception, match="data.version"):
         datasets.class_info(OmegaConf.merge(cfg, {"version": 9}))
 
@@ -68,7 +76,7 @@ def test_demo_scale_sizes():
     assert all(demo[s] >= 10_000 for s in ("photo", "photo_v2", "rendition", "sketch", "unusual", "hard"))
 
 
-def test_a_cache_of_other_set_sizes_is_generated_again(tmp_path, monkeypatch, caplog):
+def test_a_cache_of_other_set_sizes_is_generated_again(small_v5, tmp_path, monkeypatch, caplog):
     """A world cached by a release with other set sizes (the train set had 500 photos) is not read as this
     one: every set is generated again, the hard set included (it is filtered by a classifier fit on train)."""
     version = sets.VERSIONS[5]
@@ -83,14 +91,14 @@ def test_a_cache_of_other_set_sizes_is_generated_again(tmp_path, monkeypatch, ca
     assert "other sizes (train)" in caplog.text and not (folder / "DONE").exists()
     sets.build_world(tmp_path, "small", 0, workers=1, version=5)
     assert not np.array_equal(sets.load_set(tmp_path, "small", 0, "hard", version=5).images, old_hard.images)
-    fresh = sets.build_world(tmp_path / "fresh", "small", 0, workers=1, version=5)
+    fresh = sets.cache_dir(small_v5, "small", 0, version=5)  # a world built where no other cache was
     for name in sets.SCALES["small"]:
         assert np.array_equal(np.load(fresh / f"{name}.npz")["images"], np.load(folder / f"{name}.npz")["images"]), name
 
 
-def test_killed_pretraining_resumes_to_the_same_model(tmp_path):
+def test_killed_pretraining_resumes_to_the_same_model(small_v5, tmp_path):
     torch.set_num_threads(1)
-    corpus = sets.load_set(tmp_path, "small", 0, "corpus", version=5)
+    corpus = sets.load_set(small_v5, "small", 0, "corpus", version=5)
     tokenizer = get_tokenizer("TinyCLIP-Chars")
     plain = PretrainConfig(steps=6, batch_size=32, warmup_steps=2)
     model, _ = init_model("TinyCLIP-Chars", 0)
