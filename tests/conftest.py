@@ -120,11 +120,10 @@ class EarlyRun:
 
     def run(self) -> None:
         env = {**os.environ, "HYDRA_FULL_ERROR": "0", **early_env(self.folder), **self.env}
-        argv = [sys.executable, *(self.args if self.args[0] == "-c" else ("-m", *self.args))]
+        # coreutils' nice, not a preexec_fn: this runs in a thread, where Python code between fork and exec may deadlock
+        argv = ["nice", "-n", str(EARLY_NICE), sys.executable, *(self.args if self.args[0] == "-c" else ("-m", *self.args))]
         for _ in range(self.times):
-            done = subprocess.run(
-                argv, cwd=REPO, capture_output=True, text=True, env=env, timeout=HANG_S, preexec_fn=lambda: os.nice(EARLY_NICE)
-            )
+            done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env=env, timeout=HANG_S)
             self.results.append(done)
             self.stamps.append({p: p.stat().st_mtime_ns for p in (self.folder / "runs").rglob("*") if p.is_file()})
             if done.returncode != 0:
